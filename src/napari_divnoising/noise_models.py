@@ -1,0 +1,201 @@
+"""Pixel-wise noise models p(x | s) in raw intensity units (METHOD.md section 4).
+
+Both models are ``torch.nn.Module`` objects with the same interface:
+
+- ``log_likelihood(observation, signal)`` returns log p(x_i | s_i) per pixel
+  (same shape as the inputs), computed stably in log space;
+- ``variance(signal)`` returns the model's noise variance at each signal value;
+- ``to_config()`` returns a JSON-serialisable dict; with ``state_dict()`` it
+  rebuilds the model through :func:`noise_model_from_config`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _poly(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """sum_j weights[..., j] * u**j for each row of ``weights``; returns (rows, *u.shape)."""
+    out = torch.zeros((weights.shape[0],) + tuple(u.shape), dtype=u.dtype, device=u.device)
+    power = torch.ones_like(u)
+    for j in range(weights.shape[1]):
+        out = out + weights[:, j].reshape((-1,) + (1,) * u.ndim) * power
+        power = power * u
+    return out
+
+
+class GMMNoiseModel(nn.Module):
+    """Gaussian-mixture noise model of the reference code (PPN2V / DivNoising / CAREamics).
+
+    Parameters
+    ----------
+    weight
+        Array (3K, n_coeff): rows 0..K-1 are the mean polynomials, K..2K-1 the
+        log-variance polynomials (exp is applied to the coefficients), 2K..3K-1
+        the mixture logits. Polynomials are in u = (s - min) / (max - min).
+    min_signal, max_signal
+        Signal range used to normalise u.
+    min_sigma
+        Floor on the *variance* of each component (the reference's name).
+    """
+
+    kind = "gmm"
+
+    def __init__(self, weight: Any, min_signal: float, max_signal: float, min_sigma: float = 1.0):
+        super().__init__()
+        w = torch.as_tensor(weight, dtype=torch.float32)
+        if w.ndim != 2 or w.shape[0] % 3 != 0 or w.shape[0] == 0:
+            raise ValueError(f"GMM weight must have shape (3K, n_coeff); got {tuple(w.shape)}")
+        if not float(max_signal) > float(min_signal):
+            raise ValueError(f"max_signal ({max_signal}) must exceed min_signal ({min_signal})")
+        self.weight = nn.Parameter(w.clone())
+        self.register_buffer("min_signal", torch.tensor(float(min_signal), dtype=torch.float32))
+        self.register_buffer("max_signal", torch.tensor(float(max_signal), dtype=torch.float32))
+        self.register_buffer("min_sigma", torch.tensor(float(min_sigma), dtype=torch.float32))
+
+    @classmethod
+    def initial(
+        cls, min_signal: float, max_signal: float, n_gaussians: int = 3, n_coeffs: int = 2,
+        min_sigma: float = 1.0, generator: torch.Generator | None = None,
+    ) -> "GMMNoiseModel":
+        """The reference initialisation: W ~ N(0, 1), variance rows' linear term log(max - min)."""
+        w = torch.randn(3 * n_gaussians, n_coeffs, generator=generator)
+        if n_coeffs > 1:
+            w[n_gaussians : 2 * n_gaussians, 1] = math.log(float(max_signal) - float(min_signal))
+        return cls(w, min_signal, max_signal, min_sigma)
+
+    @property
+    def n_gaussians(self) -> int:
+        return self.weight.shape[0] // 3
+
+    @property
+    def n_coeffs(self) -> int:
+        return self.weight.shape[1]
+
+    def parameters_at(self, signal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(means, variances, log_weights)``, each (K, *signal.shape), at raw ``signal``."""
+        k = self.n_gaussians
+        w = self.weight.to(signal.dtype)
+        u = (signal - self.min_signal) / (self.max_signal - self.min_signal)
+        means = _poly(w[:k], u)
+        variances = torch.clamp(_poly(torch.exp(w[k : 2 * k]), u), min=float(self.min_sigma))
+        log_weights = torch.log_softmax(_poly(w[2 * k :], u), dim=0)
+        mixture_mean = (log_weights.exp() * means).sum(0)
+        means = means - mixture_mean + signal
+        return means, variances, log_weights
+
+    def log_likelihood(self, observation: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
+        """log p(observation | signal) per pixel, via logsumexp over the components."""
+        means, variances, log_weights = self.parameters_at(signal)
+        log_normal = -0.5 * ((observation - means) ** 2 / variances + torch.log(variances) + LOG_2PI)
+        return torch.logsumexp(log_weights + log_normal, dim=0)
+
+    def mean(self, signal: torch.Tensor) -> torch.Tensor:
+        """Mixture mean at ``signal`` (equals ``signal`` by construction)."""
+        means, _, log_weights = self.parameters_at(signal)
+        return (log_weights.exp() * means).sum(0)
+
+    def variance(self, signal: torch.Tensor) -> torch.Tensor:
+        """Total variance of the mixture at ``signal``."""
+        means, variances, log_weights = self.parameters_at(signal)
+        a = log_weights.exp()
+        m = (a * means).sum(0)
+        return (a * (variances + means**2)).sum(0) - m**2
+
+    def to_config(self) -> dict:
+        return {
+            "kind": self.kind,
+            "n_gaussians": self.n_gaussians,
+            "n_coeffs": self.n_coeffs,
+            "min_signal": float(self.min_signal),
+            "max_signal": float(self.max_signal),
+            "min_sigma": float(self.min_sigma),
+        }
+
+
+class GaussianNoiseModel(nn.Module):
+    """Gaussian noise with variance linear in the signal: N(x; s, max(a*s + b, sigma_min**2)).
+
+    Used as the co-learned noise model (METHOD.md 4b, ``trainable=True``) or
+    as a fixed Gaussian of known sigma (``a=0, b=sigma**2``). Internally
+    a and b are kept as O(1) numbers relative to the data scale so that Adam
+    moves them at a useful speed whatever the intensity range:
+    ``var = scale**2 * (alpha * (s - offset) / scale + beta)``.
+    """
+
+    kind = "gaussian"
+
+    def __init__(
+        self, a: float = 0.0, b: float = 1.0, sigma_min: float = 1.0,
+        offset: float = 0.0, scale: float = 1.0, trainable: bool = True,
+    ):
+        super().__init__()
+        scale = float(scale) if scale > 0 else 1.0
+        self.register_buffer("offset", torch.tensor(float(offset), dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
+        self.register_buffer("sigma_min", torch.tensor(float(sigma_min), dtype=torch.float32))
+        alpha = float(a) / scale
+        beta = (float(b) + float(a) * float(offset)) / scale**2
+        self.alpha = nn.Parameter(torch.tensor(alpha, dtype=torch.float32), requires_grad=trainable)
+        self.beta = nn.Parameter(torch.tensor(beta, dtype=torch.float32), requires_grad=trainable)
+
+    @property
+    def a(self) -> float:
+        """Slope of the variance in raw units."""
+        return float(self.alpha.detach() * self.scale)
+
+    @property
+    def b(self) -> float:
+        """Intercept of the variance in raw units (variance at signal 0)."""
+        return float(self.beta.detach() * self.scale**2 - self.alpha.detach() * self.scale * self.offset)
+
+    def variance(self, signal: torch.Tensor) -> torch.Tensor:
+        var = self.scale**2 * (self.alpha * (signal - self.offset) / self.scale + self.beta)
+        return torch.clamp(var, min=float(self.sigma_min) ** 2)
+
+    def log_likelihood(self, observation: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
+        var = self.variance(signal)
+        return -0.5 * ((observation - signal) ** 2 / var + torch.log(var) + LOG_2PI)
+
+    def mean(self, signal: torch.Tensor) -> torch.Tensor:
+        return signal
+
+    def to_config(self) -> dict:
+        return {
+            "kind": self.kind,
+            "a": self.a,
+            "b": self.b,
+            "sigma_min": float(self.sigma_min),
+            "offset": float(self.offset),
+            "scale": float(self.scale),
+            "trainable": bool(self.alpha.requires_grad),
+        }
+
+
+NoiseModel = GMMNoiseModel | GaussianNoiseModel
+
+
+def noise_model_from_config(config: dict, state_dict: dict | None = None) -> nn.Module:
+    """Rebuild a noise model from :meth:`to_config` output and (optionally) its ``state_dict``."""
+    kind = config.get("kind")
+    if kind == "gmm":
+        k, n = int(config["n_gaussians"]), int(config["n_coeffs"])
+        model: nn.Module = GMMNoiseModel(
+            torch.zeros(3 * k, n), config["min_signal"], config["max_signal"], config["min_sigma"]
+        )
+    elif kind == "gaussian":
+        model = GaussianNoiseModel(
+            a=config["a"], b=config["b"], sigma_min=config["sigma_min"], offset=config["offset"],
+            scale=config["scale"], trainable=config.get("trainable", True),
+        )
+    else:
+        raise ValueError(f"unknown noise model kind {kind!r}")
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    return model
