@@ -68,14 +68,21 @@ def test_calibration_fit_recovers_poisson_gaussian_variance(calibration_fit):
 
 def test_fit_yields_decreasing_progress_and_converges(calibration_stack):
     signal, obs = calibration_pairs(calibration_stack)
-    events = list(fit_gmm_iter(signal, obs, max_iterations=200))
+    events = list(fit_gmm_iter(signal, obs, explore_iterations=600, polish_iterations=200))
     progress = [e for e in events if isinstance(e, NoiseFitProgress)]
     result = events[-1]
     assert len(progress) == result.iterations >= 3
     assert [p.iteration for p in progress] == list(range(1, len(progress) + 1))
-    assert progress[-1].nll < progress[0].nll
-    assert result.converged and result.iterations < 200
-    assert result.train_nll == pytest.approx(progress[-1].nll)
+    assert all(p.total == 800 for p in progress)
+    stages = [p.stage for p in progress]
+    assert stages == sorted(stages)  # "explore" first, then "polish"
+    assert {"explore", "polish"} == set(stages)
+    explore = [p.nll for p in progress if p.stage == "explore"]
+    polish = [p.nll for p in progress if p.stage == "polish"]
+    assert explore[-1] < explore[0]
+    assert polish[-1] <= polish[0] + 1e-9
+    assert result.converged and result.iterations < 800
+    assert result.train_nll == pytest.approx(polish[-1])
     assert isinstance(result.model, GMMNoiseModel) and result.model.weight.dtype == torch.float32
 
 
