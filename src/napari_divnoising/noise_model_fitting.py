@@ -42,6 +42,7 @@ from .noise_models import GMMNoiseModel
 DEFAULT_MAX_PAIRS = 200_000
 DEFAULT_HELDOUT_PAIRS = 200_000
 DEFAULT_EXPLORE_PAIRS = 20_000
+_CHUNK_PAIRS = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -163,33 +164,39 @@ def empirical_noise_statistics(
     signal_range
         (low, high) of the bins; the signal's min and max by default.
     """
-    sig = np.asarray(signal, dtype=np.float64)
-    obs = np.asarray(observation, dtype=np.float64)
+    sig = np.asarray(signal)
+    obs = np.asarray(observation)
     shape = np.broadcast_shapes(sig.shape, obs.shape)
     lo, hi = (float(sig.min()), float(sig.max())) if signal_range is None else map(float, signal_range)
     if not hi > lo:
         hi = lo + 1.0
-    # Bin the (small) signal array once and count each pixel once per observation it has.
-    sig_b = np.broadcast_to(sig, shape).reshape(-1) if sig.shape != shape else sig.reshape(-1)
-    obs_b = np.broadcast_to(obs, shape).reshape(-1) if obs.shape != shape else obs.reshape(-1)
-    keep = (sig_b >= lo) & (sig_b <= hi)
-    sig_b, obs_b = sig_b[keep], obs_b[keep]
-    bins = np.clip(((sig_b - lo) / (hi - lo) * n_bins).astype(np.int64), 0, n_bins - 1)
-    count = np.bincount(bins, minlength=n_bins).astype(np.float64)
-    sum_s = np.bincount(bins, sig_b, minlength=n_bins)
-    centre = np.bincount(bins, obs_b, minlength=n_bins) / np.maximum(count, 1)
-    # Two-pass variance about the bin mean (no catastrophic cancellation for 16-bit data).
-    dev = obs_b - centre[bins]
-    var = np.bincount(bins, dev * dev, minlength=n_bins) / np.maximum(count - 1, 1)
+    count = np.zeros(n_bins)
+    sum_s = np.zeros(n_bins)
+    sum_r = np.zeros(n_bins)
+    sum_rr = np.zeros(n_bins)
+    sig_full, obs_full = np.broadcast_to(sig, shape), np.broadcast_to(obs, shape)
+    # Chunks along the first axis keep memory bounded for large calibration stacks.
+    rows = max(1, _CHUNK_PAIRS // max(1, int(np.prod(shape[1:]))))
+    for start in range(0, shape[0] if shape else 1, rows):
+        s_c = (sig_full[start : start + rows] if shape else sig_full).astype(np.float64).reshape(-1)
+        x_c = (obs_full[start : start + rows] if shape else obs_full).astype(np.float64).reshape(-1)
+        keep = (s_c >= lo) & (s_c <= hi)
+        s_c, x_c = s_c[keep], x_c[keep]
+        bins = np.clip(((s_c - lo) / (hi - lo) * n_bins).astype(np.int64), 0, n_bins - 1)
+        # Residuals x - s are centred near zero, so one-pass sums of squares lose no precision.
+        r_c = x_c - s_c
+        count += np.bincount(bins, minlength=n_bins)
+        sum_s += np.bincount(bins, s_c, minlength=n_bins)
+        sum_r += np.bincount(bins, r_c, minlength=n_bins)
+        sum_rr += np.bincount(bins, r_c * r_c, minlength=n_bins)
     ok = count >= max(min_count, 2)
-    # Variance of x around its own signal, not around the bin mean: remove the spread of s within the bin.
-    s_mean = sum_s / np.maximum(count, 1)
-    ds = sig_b - s_mean[bins]
-    s_var = np.bincount(bins, ds * ds, minlength=n_bins) / np.maximum(count - 1, 1)
-    cov = np.bincount(bins, ds * dev, minlength=n_bins) / np.maximum(count - 1, 1)
-    noise_var = np.maximum(var + s_var - 2 * cov, 0.0)
+    n = np.maximum(count, 1)
+    s_mean = sum_s / n
+    r_mean = sum_r / n
+    # Variance of x around its own signal within the bin (not around the bin's mean observation).
+    noise_var = np.maximum((sum_rr - count * r_mean**2) / np.maximum(count - 1, 1), 0.0)
     return BinnedNoiseStatistics(
-        signal=s_mean[ok], mean=centre[ok], variance=noise_var[ok], count=count[ok].astype(np.int64)
+        signal=s_mean[ok], mean=(s_mean + r_mean)[ok], variance=noise_var[ok], count=count[ok].astype(np.int64)
     )
 
 
