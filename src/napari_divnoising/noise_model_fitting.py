@@ -42,7 +42,7 @@ from .noise_models import GMMNoiseModel
 DEFAULT_MAX_PAIRS = 200_000
 DEFAULT_HELDOUT_PAIRS = 200_000
 DEFAULT_EXPLORE_PAIRS = 20_000
-_CHUNK_PAIRS = 4_000_000
+_CHUNK_PAIRS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -108,12 +108,14 @@ def calibration_pairs(
     frames). The reference code does not correct this; pass ``False`` to get
     the raw frames.
     """
-    obs = as_image_stack(stack, name=name, min_frames=2)
-    signal64 = obs.mean(axis=0, dtype=np.float64)[None]
+    obs = as_image_stack(stack, name=name, min_frames=2)  # a float32 copy, safe to change in place
+    signal = obs.mean(axis=0, dtype=np.float64)[None].astype(np.float32)
     if unbiased:
         n = obs.shape[0]
-        obs = (signal64 + (obs - signal64) * math.sqrt(n / (n - 1))).astype(np.float32)
-    return signal64.astype(np.float32), obs
+        obs -= signal
+        obs *= np.float32(math.sqrt(n / (n - 1)))
+        obs += signal
+    return signal, obs
 
 
 def is_integer_valued(data: np.ndarray, max_values: int = 100_000) -> bool:

@@ -107,11 +107,13 @@ def plot_noise_histograms(
     them. The density axis is logarithmic so the tails can be compared.
     """
     shape = np.broadcast_shapes(np.shape(signal), np.shape(observations))
-    sig = np.broadcast_to(np.asarray(signal, dtype=np.float64), shape).reshape(-1)
-    obs = np.broadcast_to(np.asarray(observations, dtype=np.float64), shape).reshape(-1)
-    if sig.size > max_pairs:
-        pick = np.random.default_rng(seed).choice(sig.size, max_pairs, replace=False)
-        sig, obs = sig[pick], obs[pick]
+    sig_full, obs_full = np.broadcast_to(signal, shape), np.broadcast_to(observations, shape)
+    n_total = int(np.prod(shape))
+    if n_total > max_pairs:  # index a random subsample without materialising the broadcast pairs
+        pick = np.unravel_index(np.random.default_rng(seed).choice(n_total, max_pairs, replace=False), shape)
+        sig, obs = sig_full[pick].astype(np.float64), obs_full[pick].astype(np.float64)
+    else:
+        sig, obs = sig_full.astype(np.float64).reshape(-1), obs_full.astype(np.float64).reshape(-1)
     lo, hi = np.percentile(sig, [5, 99])
     centres = np.linspace(lo, hi, levels) if levels > 1 else np.array([0.5 * (lo + hi)])
     half_width = 0.01 * (sig.max() - sig.min()) + 1e-9

@@ -97,9 +97,10 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(desc="fitting noise model", unit="it", leave=False) as bar:
         for event in itertools.chain([first], events):
             if isinstance(event, NoiseFitProgress):
-                bar.total = event.total
+                if bar.total != event.total:
+                    bar.total = event.total
+                bar.set_postfix(stage=event.stage, nll=f"{event.nll:.5f}", refresh=False)
                 bar.update(event.iteration - bar.n)
-                bar.set_postfix(nll=f"{event.nll:.5f}")
             elif isinstance(event, NoiseFitResult):
                 result = event
     assert result is not None
