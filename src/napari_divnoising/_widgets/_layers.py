@@ -1,0 +1,134 @@
+"""Layer pickers that list only single-channel image layers, kept in sync with the viewer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import QComboBox, QListWidget, QListWidgetItem
+
+from ..errors import DivNoisingError
+from ._notify import show_warning
+
+
+def is_usable_image(layer: Any) -> bool:
+    """Whether ``layer`` is a single-channel 2-D image or 3-D stack Image layer."""
+    from napari.layers import Image
+
+    return isinstance(layer, Image) and not layer.rgb and layer.ndim in (2, 3)
+
+
+def warn_if_unusable(layer: Any, warned: set[int]) -> None:
+    """Tell the user once why an RGB or >3-D image layer is not offered in the pickers."""
+    from napari.layers import Image
+
+    if not isinstance(layer, Image) or is_usable_image(layer) or id(layer) in warned:
+        return
+    warned.add(id(layer))
+    if layer.rgb:
+        show_warning(
+            f"Layer '{layer.name}' is RGB; DivNoising needs single-channel images, so it is not offered. "
+            "Right-click the layer > Split RGB and use one channel."
+        )
+    else:
+        show_warning(
+            f"Layer '{layer.name}' has {layer.ndim} dimensions; DivNoising takes 2-D images or 3-D stacks, "
+            "so it is not offered. Split the channels (right-click > Split Stack) first."
+        )
+
+
+def layer_data_copy(layer: Any) -> np.ndarray:
+    """A private numpy copy of an image layer's data (full resolution), safe to use in a worker."""
+    if layer is None:
+        raise DivNoisingError("No image layer is selected; add or open an image first.")
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return np.array(data, copy=True)
+
+
+def _connect_viewer(viewer: Any, refresh: Any) -> None:
+    viewer.layers.events.inserted.connect(refresh)
+    viewer.layers.events.removed.connect(refresh)
+    viewer.layers.events.moved.connect(refresh)
+
+    def on_inserted(event: Any) -> None:
+        event.value.events.name.connect(refresh)
+
+    viewer.layers.events.inserted.connect(on_inserted)
+    for layer in viewer.layers:
+        layer.events.name.connect(refresh)
+
+
+class LayerPicker(QComboBox):
+    """Combo box of the viewer's usable image layers (by name)."""
+
+    layer_changed = Signal()
+
+    def __init__(self, viewer: Any, parent: Any = None) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        _connect_viewer(viewer, self.refresh)
+        self.currentIndexChanged.connect(lambda _: self.layer_changed.emit())
+        self.refresh()
+
+    def refresh(self, *_: Any) -> None:
+        current = self.currentText()
+        names = [layer.name for layer in self._viewer.layers if is_usable_image(layer)]
+        if names == [self.itemText(i) for i in range(self.count())]:
+            return
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(names)
+        if current in names:
+            self.setCurrentText(current)
+        elif names:
+            self.setCurrentIndex(len(names) - 1)
+        self.blockSignals(False)
+        self.layer_changed.emit()
+
+    def current_layer(self) -> Any:
+        name = self.currentText()
+        if name and name in self._viewer.layers:
+            layer = self._viewer.layers[name]
+            return layer if is_usable_image(layer) else None
+        return None
+
+    def set_layer(self, name: str) -> None:
+        self.setCurrentText(name)
+
+
+class LayerChecklist(QListWidget):
+    """Checkable list of the viewer's usable image layers (choose several)."""
+
+    def __init__(self, viewer: Any, parent: Any = None) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self.setMaximumHeight(90)
+        _connect_viewer(viewer, self.refresh)
+        self.refresh()
+
+    def refresh(self, *_: Any) -> None:
+        checked = set(self.checked_names())
+        names = [layer.name for layer in self._viewer.layers if is_usable_image(layer)]
+        self.clear()
+        for name in names:
+            item = QListWidgetItem(name)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if name in checked else Qt.CheckState.Unchecked)
+            self.addItem(item)
+
+    def checked_names(self) -> list[str]:
+        return [
+            self.item(i).text() for i in range(self.count())
+            if self.item(i).checkState() == Qt.CheckState.Checked
+        ]
+
+    def set_checked(self, names: list[str]) -> None:
+        for i in range(self.count()):
+            item = self.item(i)
+            item.setCheckState(Qt.CheckState.Checked if item.text() in names else Qt.CheckState.Unchecked)
+
+    def checked_layers(self) -> list[Any]:
+        return [self._viewer.layers[n] for n in self.checked_names() if n in self._viewer.layers]

@@ -1,0 +1,107 @@
+"""Small embedded matplotlib plots (FigureCanvasQTAgg) for the dock widgets."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QSizePolicy
+
+PLOT_STYLE = {
+    "font.size": 7,
+    "axes.titlesize": 8,
+    "axes.labelsize": 7,
+    "legend.fontsize": 6,
+    "xtick.labelsize": 6,
+    "ytick.labelsize": 6,
+}
+
+
+class PlotCanvas(FigureCanvasQTAgg):
+    """A compact figure with one Axes, of fixed height so it never dominates the dock."""
+
+    def __init__(self, height_px: int = 230) -> None:
+        figure = Figure(figsize=(3.6, height_px / 100.0), dpi=100, layout="constrained")
+        super().__init__(figure)
+        self.ax = figure.add_subplot(111)
+        self.setMinimumHeight(height_px)
+        self.setMaximumHeight(height_px)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+
+    def clear(self) -> None:
+        self.ax.clear()
+
+
+class LossPlot(PlotCanvas):
+    """Training and validation loss against step, redrawn at most ``max_redraws_per_s`` times a second."""
+
+    def __init__(self, height_px: int = 200, max_redraws_per_s: float = 2.0) -> None:
+        super().__init__(height_px)
+        self.train_steps: list[int] = []
+        self.train_loss: list[float] = []
+        self.val_steps: list[int] = []
+        self.val_loss: list[float] = []
+        self.redraw_count = 0
+        self._dirty = False
+        self._last_draw = 0.0
+        self._interval = 1.0 / max_redraws_per_s
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self.redraw)
+        self.redraw()
+
+    def reset(self) -> None:
+        self.train_steps.clear()
+        self.train_loss.clear()
+        self.val_steps.clear()
+        self.val_loss.clear()
+        self.request_redraw()
+
+    def add_train(self, step: int, loss: float) -> None:
+        self.train_steps.append(step)
+        self.train_loss.append(loss)
+        self.request_redraw()
+
+    def add_validation(self, step: int, loss: float) -> None:
+        self.val_steps.append(step)
+        self.val_loss.append(loss)
+        self.request_redraw()
+
+    def request_redraw(self) -> None:
+        """Redraw now if the last redraw is old enough, else once the interval has passed."""
+        self._dirty = True
+        wait = self._interval - (time.monotonic() - self._last_draw)
+        if wait <= 0:
+            self.redraw()
+        elif not self._timer.isActive():
+            self._timer.start(int(wait * 1000) + 1)
+
+    def redraw(self) -> None:
+        with _style():
+            ax = self.ax
+            ax.clear()
+            if self.train_steps:
+                ax.plot(self.train_steps, self.train_loss, color="tab:blue", linewidth=0.8, label="training")
+            if self.val_steps:
+                ax.plot(self.val_steps, self.val_loss, "o-", color="tab:orange", markersize=3, label="validation")
+            ax.set_xlabel("training step")
+            ax.set_ylabel("loss (nats / pixel)")
+            ax.grid(True, alpha=0.3)
+            if self.train_steps or self.val_steps:
+                ax.legend(loc="upper right")
+            else:
+                ax.text(0.5, 0.5, "loss curves appear here while training", ha="center", va="center",
+                        transform=ax.transAxes, color="gray")
+            self.draw_idle()
+        self._dirty = False
+        self._last_draw = time.monotonic()
+        self.redraw_count += 1
+
+
+def _style() -> Any:
+    import matplotlib
+
+    return matplotlib.rc_context(PLOT_STYLE)

@@ -1,0 +1,81 @@
+"""Per-viewer state shared by the three widgets (psygnal-evented).
+
+The Noise model widget puts its fitted/loaded noise model and the user's
+noise-model choice here; the Train widget reads them and puts its trained
+model here; the Predict widget reads that. One session per napari viewer.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from psygnal import Signal
+
+NOISE_FITTED = "fitted"
+NOISE_COLEARN = "co-learn"
+NOISE_BOOTSTRAP = "bootstrap"
+NOISE_CHOICE_LABELS = {
+    NOISE_FITTED: "Use the fitted / loaded noise model",
+    NOISE_COLEARN: "Co-learn a Gaussian noise model during training",
+    NOISE_BOOTSTRAP: "Bootstrap: co-learn first, then fit a GMM to its denoising",
+}
+
+
+class Session:
+    """Models shared between the widgets of one viewer.
+
+    Attributes
+    ----------
+    noise_model
+        The current GMM/Gaussian noise model (``None`` until fitted or loaded).
+    noise_model_description
+        Where it came from (shown in the Train widget).
+    noise_choice
+        One of ``NOISE_FITTED``, ``NOISE_COLEARN``, ``NOISE_BOOTSTRAP``.
+    trained_model
+        The latest trained or loaded :class:`~napari_divnoising.model.DivNoisingModel`.
+    """
+
+    noise_model_changed = Signal(object)
+    noise_choice_changed = Signal(str)
+    trained_model_changed = Signal(object)
+
+    def __init__(self) -> None:
+        self.noise_model: Any = None
+        self.noise_model_description = ""
+        self.noise_choice = NOISE_FITTED
+        self.trained_model: Any = None
+        self.trained_model_description = ""
+        self.warned_rgb_layers: set[int] = set()
+
+    def set_noise_model(self, model: Any, description: str = "") -> None:
+        self.noise_model = model
+        self.noise_model_description = description
+        self.noise_model_changed.emit(model)
+
+    def set_noise_choice(self, choice: str) -> None:
+        if choice not in NOISE_CHOICE_LABELS:
+            raise ValueError(f"unknown noise-model choice {choice!r}")
+        if choice != self.noise_choice:
+            self.noise_choice = choice
+            self.noise_choice_changed.emit(choice)
+
+    def set_trained_model(self, model: Any, description: str = "") -> None:
+        self.trained_model = model
+        self.trained_model_description = description
+        self.trained_model_changed.emit(model)
+
+
+_SESSIONS: dict[int, Session] = {}
+
+
+def get_session(viewer: Any) -> Session:
+    """The session of ``viewer`` (created on first use, dropped when the viewer is garbage collected)."""
+    key = id(viewer)
+    session = _SESSIONS.get(key)
+    if session is None:
+        session = Session()
+        _SESSIONS[key] = session
+        weakref.finalize(viewer, _SESSIONS.pop, key, None)
+    return session

@@ -1,0 +1,82 @@
+"""Running a core generator in a napari thread worker, with Stop and clean shutdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QApplication
+
+from ._notify import report_exception
+
+
+class WorkerRunner:
+    """Owns at most one thread worker at a time.
+
+    ``start(make_events, on_event, on_done)`` runs the generator returned by
+    ``make_events()`` in a napari thread worker; every yielded event goes to
+    ``on_event`` in the GUI thread; errors become notifications (``action``
+    names the work); ``on_done(stopped)`` runs at the end, whatever happened.
+    """
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+        self.worker: Any = None
+        self._done = threading.Event()
+        self._done.set()
+        self.failed = False
+
+    @property
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    def start(
+        self,
+        make_events: Callable[[], Iterator[Any]],
+        on_event: Callable[[Any], None],
+        on_done: Callable[[bool], None],
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> Any:
+        from napari.qt.threading import create_worker
+
+        if self.running:
+            raise RuntimeError("a worker is already running")
+        self.failed = False
+        done = threading.Event()
+        self._done = done
+
+        def events() -> Iterator[Any]:
+            yield from make_events()
+
+        def errored(exc: BaseException) -> None:
+            self.failed = True
+            if on_error is not None:
+                on_error(exc)
+            report_exception(exc, self.action)
+
+        worker = create_worker(events, _start_thread=False, _connect={"yielded": on_event, "errored": errored})
+        # Set from the worker thread itself, so close/quit can wait without an event loop round trip.
+        worker.finished.connect(done.set, Qt.ConnectionType.DirectConnection)
+        worker.finished.connect(lambda: on_done(worker.abort_requested))
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def stop(self) -> None:
+        """Ask the worker to stop after its current step (the result so far is kept)."""
+        if self.worker is not None and self.running:
+            self.worker.quit()
+
+    def stop_and_wait(self, timeout: float = 30.0) -> bool:
+        """Stop and block (processing events) until the worker has finished; True if it did."""
+        self.stop()
+        deadline = time.monotonic() + timeout
+        while self.running and time.monotonic() < deadline:
+            self._done.wait(0.02)
+            app = QApplication.instance()
+            if app is not None:
+                app.processEvents()
+        return not self.running

@@ -1,0 +1,82 @@
+"""npe2 writer: save one image layer as an ImageJ-compatible TIFF (File > Save Layers...).
+
+Pixel size (the layer's scale) and unit are stored as ImageJ resolution and
+``unit`` metadata, so Fiji opens the file with the right calibration; stacks
+keep their leading axis (as frames/slices). Qt-free: usable without a GUI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DivNoisingError
+
+TIFF_EXTENSIONS = (".tif", ".tiff")
+
+
+def _unit_name(units: Any) -> str | None:
+    """The unit of the last (X) axis as a string ImageJ understands, or None when unknown/pixels."""
+    if units is None:
+        return None
+    unit = units[-1] if isinstance(units, (list, tuple)) and units else units
+    text = str(unit) if unit is not None else ""
+    if not text or text in ("pixel", "pixels", "px", "dimensionless", ""):
+        return None
+    return {"micrometer": "um", "micron": "um", "nanometer": "nm", "millimeter": "mm"}.get(text, text)
+
+
+def _imagej_dtype(data: np.ndarray) -> np.ndarray:
+    """Cast to a dtype ImageJ can hold (uint8, uint16 or float32) without losing values."""
+    if data.dtype in (np.uint8, np.uint16, np.float32):
+        return data
+    if np.issubdtype(data.dtype, np.integer) and data.size and data.min() >= 0 and data.max() <= 65535:
+        return data.astype(np.uint16)
+    return data.astype(np.float32)
+
+
+def write_image_tiff(path: str | Path, data: Any, meta: dict | None = None) -> Path:
+    """Write a single-channel 2-D image or 3-D stack as an ImageJ TIFF, keeping scale and unit.
+
+    Parameters
+    ----------
+    path
+        Output path ending in ``.tif`` or ``.tiff``.
+    data
+        Image (Y, X) or stack (N, Y, X).
+    meta
+        napari layer metadata: ``scale``, ``units``, ``name``, ``rgb`` are used.
+    """
+    import tifffile
+
+    meta = meta or {}
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_EXTENSIONS:
+        raise DivNoisingError(f"TIFF files end in .tif or .tiff; got {path.name}.")
+    if meta.get("rgb"):
+        raise DivNoisingError("This writer saves single-channel images only; this layer is RGB.")
+    array = np.asarray(data)
+    if array.ndim < 2 or array.ndim > 3:
+        raise DivNoisingError(
+            f"Only 2-D images and 3-D stacks can be saved as TIFF here; this layer has shape {array.shape}."
+        )
+    array = _imagej_dtype(array)
+    scale = [float(v) for v in (meta.get("scale") if meta.get("scale") is not None else [1.0] * array.ndim)]
+    metadata: dict[str, Any] = {"axes": "YX" if array.ndim == 2 else "ZYX"}
+    unit = _unit_name(meta.get("units"))
+    if unit:
+        metadata["unit"] = unit
+    if array.ndim == 3:
+        metadata["spacing"] = scale[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(
+        path, array, imagej=True, resolution=(1.0 / scale[-1], 1.0 / scale[-2]), metadata=metadata,
+    )
+    return path
+
+
+def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
+    """npe2 single-layer writer for image layers; returns the paths written."""
+    return [str(write_image_tiff(path, data, meta))]

@@ -1,0 +1,45 @@
+"""Shared helpers for the widget tests: tiny synthetic data and worker waiting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def camera_noise(clean: np.ndarray, rng: np.random.Generator, gain: float = 2.0, read: float = 3.0) -> np.ndarray:
+    return (gain * rng.poisson(np.maximum(clean, 0) / gain) + rng.normal(0, read, clean.shape)).astype(np.float32)
+
+
+def smooth_image(shape: tuple[int, int], seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    img = np.full(shape, 10.0)
+    for _ in range(6):
+        cy, cx, r = rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), rng.uniform(3, 8)
+        img += rng.uniform(50, 150) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+    return img.astype(np.float32)
+
+
+@pytest.fixture
+def calibration_stack() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    clean = smooth_image((48, 48), seed=1)
+    return np.stack([camera_noise(clean, rng) for _ in range(12)]).round()
+
+
+@pytest.fixture
+def noisy_clean_pair() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(2)
+    clean = smooth_image((64, 64), seed=3)
+    return camera_noise(clean, rng).round(), clean
+
+
+@pytest.fixture
+def wait_for(qtbot):
+    """``wait_for(runner)``: wait until a widget's WorkerRunner has finished and its GUI callbacks ran."""
+
+    def wait(runner, timeout: int = 60_000) -> None:
+        qtbot.waitUntil(lambda: not runner.running, timeout=timeout)
+        qtbot.wait(50)
+
+    return wait
