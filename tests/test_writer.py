@@ -1,0 +1,39 @@
+"""The npe2 TIFF writer keeps data, dtype, pixel size and unit (ImageJ metadata)."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_divnoising import DivNoisingError
+from napari_divnoising._writer import write_image_tiff, write_single_image
+
+
+def test_writes_2d_image_with_pixel_size_and_unit(tmp_path):
+    data = np.random.default_rng(0).random((20, 30)).astype(np.float64)
+    paths = write_single_image(str(tmp_path / "a.tif"), data, {"scale": [0.5, 0.25], "units": ["um", "um"]})
+    assert paths == [str(tmp_path / "a.tif")]
+    with tifffile.TiffFile(paths[0]) as tif:
+        read = tif.asarray()
+        assert tif.imagej_metadata["unit"] == "um"
+        x_res = tif.pages[0].tags["XResolution"].value
+        y_res = tif.pages[0].tags["YResolution"].value
+    np.testing.assert_allclose(read, data.astype(np.float32))
+    assert read.dtype == np.float32
+    assert x_res[0] / x_res[1] == pytest.approx(4.0)
+    assert y_res[0] / y_res[1] == pytest.approx(2.0)
+
+
+def test_writes_stack_and_keeps_uint16(tmp_path):
+    data = np.arange(3 * 8 * 8, dtype=np.uint16).reshape(3, 8, 8)
+    path = write_image_tiff(tmp_path / "s.tiff", data, {"scale": [2.0, 1.0, 1.0]})
+    with tifffile.TiffFile(path) as tif:
+        read = tif.asarray()
+        assert tif.imagej_metadata["spacing"] == pytest.approx(2.0)
+    np.testing.assert_array_equal(read, data)
+
+
+def test_rejects_rgb_and_wrong_extension(tmp_path):
+    with pytest.raises(DivNoisingError, match="RGB"):
+        write_image_tiff(tmp_path / "x.tif", np.zeros((8, 8, 3)), {"rgb": True})
+    with pytest.raises(DivNoisingError, match=".tif"):
+        write_image_tiff(tmp_path / "x.png", np.zeros((8, 8)))
