@@ -13,6 +13,19 @@ from qtpy.QtWidgets import QApplication
 from ._notify import report_exception
 
 
+class WorkerFailure(Exception):
+    """Carries an exception out of a worker thread.
+
+    superqt treats a ``RuntimeError`` escaping a worker as "the worker was
+    deleted" and then emits neither ``errored`` nor ``finished``; torch raises
+    RuntimeError for many ordinary failures, so every error is wrapped.
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
 class WorkerRunner:
     """Owns at most one thread worker at a time.
 
@@ -49,9 +62,14 @@ class WorkerRunner:
         self._done = done
 
         def events() -> Iterator[Any]:
-            yield from make_events()
+            try:
+                yield from make_events()
+            except Exception as exc:
+                raise WorkerFailure(exc) from exc
 
         def errored(exc: BaseException) -> None:
+            if isinstance(exc, WorkerFailure):
+                exc = exc.original
             self.failed = True
             if on_error is not None:
                 on_error(exc)

@@ -1,0 +1,155 @@
+"""Thin adapters between the widgets and the Qt-free core (training, prediction, export).
+
+The widgets consume the small events defined here, so they stay simple and
+the few places that know the core's exact signatures are in one file.
+Everything here runs inside thread workers (no Qt).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DivNoisingError
+
+
+@dataclass(frozen=True)
+class TrainingPhase:
+    """A stage of a multi-stage run (bootstrapping); ``noise_model`` is set when a new one was fitted."""
+
+    message: str
+    noise_model: Any = None
+
+
+@dataclass(frozen=True)
+class PredictionUpdate:
+    """Running result after ``done`` of ``total`` samples; ``new_samples`` (k, *image shape) or None."""
+
+    done: int
+    total: int
+    mmse: np.ndarray
+    variance: np.ndarray
+    new_samples: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    """Final MMSE and variance (and MAP when asked for)."""
+
+    mmse: np.ndarray
+    variance: np.ndarray
+    map: np.ndarray | None = None
+
+
+# ---------------------------------------------------------------------- training
+
+
+def make_training_config(
+    *, patch_size: int, batch_size: int, depth: int, beta: float, learning_rate: float, device: str,
+    max_minutes: float | None, max_steps: int | None,
+) -> Any:
+    """Build the core's TrainingConfig from the widget settings."""
+    from ..training import TrainingConfig
+
+    names = {f.name for f in dataclasses.fields(TrainingConfig)}
+    wanted = {
+        "patch_size": patch_size, "batch_size": batch_size, "depth": depth, "beta": beta,
+        "learning_rate": learning_rate, "device": device, "max_minutes": max_minutes, "max_steps": max_steps,
+    }
+    return TrainingConfig(**{k: v for k, v in wanted.items() if k in names})
+
+
+def _half_budget(config: Any) -> Any:
+    changes = {}
+    if getattr(config, "max_minutes", None):
+        changes["max_minutes"] = config.max_minutes / 2
+    if getattr(config, "max_steps", None):
+        changes["max_steps"] = max(1, config.max_steps // 2)
+    return dataclasses.replace(config, **changes)
+
+
+def training_events(
+    images: list[np.ndarray], noise_model: Any, config: Any, *, resume: Any = None, bootstrap: bool = False,
+) -> Iterator[Any]:
+    """Training events of the core's ``train_iter``; ``noise_model=None`` co-learns a Gaussian noise model.
+
+    With ``bootstrap``: co-learn for half the budget, fit a GMM to (noisy, MMSE of that model), then
+    train a new model with the GMM for the other half (METHOD.md 4a, bootstrapping).
+    """
+    from ..training import train_iter
+
+    if not bootstrap:
+        yield from train_iter(images, _noise_spec(noise_model), config, resume=resume)
+        return
+    from ..noise_model_fitting import bootstrap_gmm
+
+    half = _half_budget(config)
+    yield TrainingPhase("Bootstrap 1/3: training with a co-learned noise model")
+    first = None
+    for event in train_iter(images, _noise_spec(None), half):
+        if type(event).__name__ == "TrainingStarted":
+            first = event.model
+        yield event
+    if first is None:
+        raise DivNoisingError("Bootstrapping: the first training produced no model.")
+    yield TrainingPhase("Bootstrap 2/3: denoising the training images and fitting a GMM to them")
+    noisy, pseudo = [], []
+    for image in images:
+        stack = image if image.ndim == 3 else image[None]
+        for frame in stack:
+            result = None
+            for ev in prediction_events(first, frame, 20, keep_samples=0, compute_map=False):
+                result = ev
+            noisy.append(frame.astype(np.float32))
+            pseudo.append(result.mmse.astype(np.float32))
+    gmm = bootstrap_gmm(np.concatenate([n.ravel() for n in noisy]), np.concatenate([p.ravel() for p in pseudo]))
+    yield TrainingPhase("Bootstrap 3/3: training with the bootstrapped GMM noise model", noise_model=gmm)
+    yield from train_iter(images, gmm, half)
+
+
+def _noise_spec(noise_model: Any) -> Any:
+    """What ``train_iter`` takes for "co-learn a Gaussian noise model" when no model is given."""
+    if noise_model is not None:
+        return noise_model
+    from .. import training
+
+    return getattr(training, "COLEARN", "gaussian")
+
+
+# ---------------------------------------------------------------------- prediction
+
+
+def prediction_events(
+    model: Any, image: np.ndarray, n_samples: int, *, keep_samples: int = 20, compute_map: bool = False,
+) -> Iterator[PredictionUpdate | PredictionResult]:
+    """Stream samples of ``image`` (2-D, or a stack predicted frame by frame) as running MMSE / variance."""
+    from ..prediction import predict_iter
+
+    raise NotImplementedError  # wired once prediction.py lands
+
+
+def prior_events(model: Any, count: int, size: int) -> Iterator[np.ndarray]:
+    """Yield ``count`` prior samples of ``size`` x ``size`` pixels as one (count, size, size) array."""
+    from ..prediction import generate_prior
+
+    yield np.asarray(generate_prior(model, count, (size, size)))
+
+
+# ---------------------------------------------------------------------- export
+
+
+def write_output_tiff(path: Path, data: np.ndarray, kind: str, geometry: Any, model: Any) -> Path:
+    """Write one result as an ImageJ TIFF keeping pixel size and unit."""
+    from .._writer import write_image_tiff
+
+    meta = {"scale": geometry.scale, "units": geometry.units}
+    array = np.asarray(data)
+    if array.ndim == 4:  # samples of a stack: (sample, frame, Y, X) -> frames*samples pages
+        array = array.reshape(-1, *array.shape[2:])
+        meta["scale"] = geometry.scale[1:]
+    return write_image_tiff(path, array, meta)

@@ -1,0 +1,375 @@
+"""The `Predict` dock widget: stream posterior samples, MMSE and variance into layers; MAP; export; prior samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import DivNoisingError
+from ._layers import LayerPicker, layer_data_copy, warn_if_unusable
+from ._notify import report_exception, show_info
+from ._outputs import Geometry, robust_limits, set_output_layer
+from ._session import get_session
+from ._worker import WorkerRunner
+
+MODEL_SESSION = "Trained in this session"
+MODEL_FILE = "From file"
+OUTPUT_KINDS = ("mmse", "variance", "samples", "map")
+
+
+class PredictWidget(QWidget):
+    """Denoise an image layer with a trained model: samples, MMSE, variance (and MAP), streamed live."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = get_session(napari_viewer)
+        self.runner = WorkerRunner("Prediction")
+        self.prior_runner = WorkerRunner("Generating prior samples")
+        self.file_model: Any = None
+        self.outputs: dict[str, np.ndarray] = {}
+        self.output_layer_names: dict[str, str] = {}
+        self._geometry: Geometry | None = None
+        self._kept_samples: np.ndarray | None = None
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        form = QFormLayout()
+        self.model_source = QComboBox()
+        self.model_source.addItems([MODEL_SESSION, MODEL_FILE])
+        self.model_source.currentTextChanged.connect(lambda _: self._update_model_label())
+        form.addRow("Model", self.model_source)
+        file_row = QHBoxLayout()
+        self.model_path = QLineEdit()
+        self.model_path.setPlaceholderText("model file (.pt)")
+        self.model_path.editingFinished.connect(self._model_path_edited)
+        self.browse_model = QPushButton("Browse...")
+        self.browse_model.clicked.connect(self._browse_model)
+        file_row.addWidget(self.model_path, 1)
+        file_row.addWidget(self.browse_model)
+        form.addRow("Model file", file_row)
+        self.model_label = QLabel()
+        self.model_label.setWordWrap(True)
+        form.addRow("", self.model_label)
+        self.image_layer = LayerPicker(napari_viewer)
+        form.addRow("Image", self.image_layer)
+        self.n_samples = QSpinBox()
+        self.n_samples.setRange(1, 100000)
+        self.n_samples.setValue(100)
+        self.n_samples.setToolTip("Posterior samples averaged into the MMSE (the gain flattens after ~100-1000).")
+        form.addRow("Samples", self.n_samples)
+        self.keep_samples = QSpinBox()
+        self.keep_samples.setRange(0, 1000)
+        self.keep_samples.setValue(20)
+        self.keep_samples.setToolTip("How many samples to keep in the <image>_samples layer (memory!).")
+        form.addRow("Samples shown", self.keep_samples)
+        self.compute_map = QCheckBox("MAP estimate (mode of the samples, mean shift)")
+        form.addRow("", self.compute_map)
+        layout.addLayout(form)
+
+        buttons = QHBoxLayout()
+        self.predict_button = QPushButton("Predict")
+        self.predict_button.clicked.connect(self.start_prediction)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.runner.stop)
+        buttons.addWidget(self.predict_button)
+        buttons.addWidget(self.stop_button)
+        layout.addLayout(buttons)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        layout.addWidget(self.progress)
+        self.status = QLabel("Choose a model and an image, then Predict.")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+
+        export_form = QFormLayout()
+        folder_row = QHBoxLayout()
+        self.export_folder = QLineEdit()
+        self.export_folder.setPlaceholderText("folder for the TIFFs")
+        self.browse_folder = QPushButton("Browse...")
+        self.browse_folder.clicked.connect(self._browse_folder)
+        folder_row.addWidget(self.export_folder, 1)
+        folder_row.addWidget(self.browse_folder)
+        export_form.addRow("Export to", folder_row)
+        layout.addLayout(export_form)
+        self.export_button = QPushButton("Export TIFFs")
+        self.export_button.setEnabled(False)
+        self.export_button.clicked.connect(self.export)
+        layout.addWidget(self.export_button)
+
+        prior_row = QHBoxLayout()
+        self.prior_count = QSpinBox()
+        self.prior_count.setRange(1, 100)
+        self.prior_count.setValue(4)
+        self.prior_size = QSpinBox()
+        self.prior_size.setRange(16, 2048)
+        self.prior_size.setSingleStep(16)
+        self.prior_size.setValue(128)
+        self.generate_button = QPushButton("Generate")
+        self.generate_button.setToolTip("Draw synthetic images from the model's prior (z ~ N(0, I)).")
+        self.generate_button.clicked.connect(self.generate)
+        prior_row.addWidget(QLabel("Prior samples"))
+        prior_row.addWidget(self.prior_count)
+        prior_row.addWidget(QLabel("size"))
+        prior_row.addWidget(self.prior_size)
+        prior_row.addWidget(self.generate_button)
+        layout.addLayout(prior_row)
+        layout.addStretch(1)
+
+        self.session.trained_model_changed.connect(lambda *_: self._update_model_label())
+        napari_viewer.layers.events.inserted.connect(
+            lambda e: warn_if_unusable(e.value, self.session.warned_rgb_layers)
+        )
+        self.destroyed.connect(lambda *_: (self.runner.stop_and_wait(), self.prior_runner.stop_and_wait()))
+        self._update_model_label()
+
+    # ------------------------------------------------------------------ model
+
+    def _browse_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load model", "", "DivNoising model (*.pt);;All files (*)")
+        if path:
+            self.model_path.setText(path)
+            self._model_path_edited()
+
+    def _model_path_edited(self) -> None:
+        path = self.model_path.text().strip()
+        if not path:
+            return
+        self.model_source.setCurrentText(MODEL_FILE)
+        self.load_model_file(path)
+
+    def load_model_file(self, path: str | Path) -> bool:
+        """Load a model file to predict with."""
+        from ..model_io import load_model
+
+        try:
+            self.file_model = load_model(path)
+        except (DivNoisingError, OSError) as exc:
+            self.file_model = None
+            report_exception(exc, "Loading the model")
+            self._update_model_label()
+            return False
+        self.model_path.setText(str(path))
+        self.model_source.setCurrentText(MODEL_FILE)
+        self._update_model_label()
+        return True
+
+    def current_model(self) -> Any:
+        if self.model_source.currentText() == MODEL_FILE:
+            return self.file_model
+        return self.session.trained_model
+
+    def _update_model_label(self) -> None:
+        model = self.current_model()
+        if model is None:
+            text = ("No model yet: train one in the Train widget or load a file."
+                    if self.model_source.currentText() == MODEL_SESSION else "Choose a model file.")
+        else:
+            steps = (getattr(model, "history", None) or {}).get("steps")
+            text = f"Model '{getattr(model, 'name', 'divnoising')}'" + (f", {steps} training steps" if steps else "")
+        self.model_label.setText(text)
+
+    # ------------------------------------------------------------------ prediction
+
+    def start_prediction(self) -> None:
+        """Start streaming samples for the chosen image (Predict button)."""
+        from ._core import prediction_events
+
+        if self.runner.running:
+            return
+        try:
+            model = self.current_model()
+            if model is None:
+                raise DivNoisingError("No model: train one in the Train widget, or choose 'From file' and load one.")
+            layer = self.image_layer.current_layer()
+            if layer is None:
+                raise DivNoisingError("Choose an image layer to denoise.")
+            image = layer_data_copy(layer)
+            self._geometry = Geometry.of(layer)
+        except DivNoisingError as exc:
+            report_exception(exc, "Prediction")
+            return
+        n_samples, keep = self.n_samples.value(), self.keep_samples.value()
+        want_map = self.compute_map.isChecked()
+        self.outputs = {}
+        self._kept_samples = None
+        self._set_running(True)
+        self.progress.setRange(0, n_samples)
+        self.progress.setValue(0)
+        self.status.setText(f"Sampling {n_samples} posterior samples of '{layer.name}'...")
+        self.runner.start(
+            lambda: prediction_events(model, image, n_samples, keep_samples=keep, compute_map=want_map),
+            self._on_event,
+            self._on_done,
+        )
+
+    def _layer_name(self, kind: str) -> str:
+        assert self._geometry is not None
+        return f"{self._geometry.name}_{kind}"
+
+    def _on_event(self, event: Any) -> None:
+        from ._core import PredictionResult, PredictionUpdate
+
+        geometry = self._geometry
+        if geometry is None:
+            return
+        if isinstance(event, PredictionUpdate):
+            self.outputs["mmse"] = event.mmse
+            self.outputs["variance"] = event.variance
+            self._show("mmse", event.mmse, geometry)
+            self._show("variance", event.variance, geometry, colormap="magma", floor_zero=True)
+            if event.new_samples is not None and self.keep_samples.value() > 0:
+                self._add_samples(event.new_samples, geometry)
+            self.progress.setValue(event.done)
+            self.status.setText(f"{event.done} of {event.total} samples")
+        elif isinstance(event, PredictionResult):
+            self.outputs["mmse"] = event.mmse
+            self.outputs["variance"] = event.variance
+            self._show("mmse", event.mmse, geometry)
+            self._show("variance", event.variance, geometry, colormap="magma", floor_zero=True)
+            if event.map is not None:
+                self.outputs["map"] = event.map
+                self._show("map", event.map, geometry)
+
+    def _show(self, kind: str, data: np.ndarray, geometry: Geometry, colormap: str = "gray",
+              floor_zero: bool = False) -> None:
+        limits = robust_limits(data, floor_zero=floor_zero)
+        layer = set_output_layer(self.viewer, f"{geometry.name}_{kind}", data, geometry, colormap=colormap,
+                                 contrast_limits=limits)
+        self.output_layer_names[kind] = layer.name
+
+    def _add_samples(self, new_samples: np.ndarray, geometry: Geometry) -> None:
+        keep = self.keep_samples.value()
+        kept = self._kept_samples
+        if kept is None or kept.shape[0] < keep:
+            room = keep - (0 if kept is None else kept.shape[0])
+            batch = new_samples[:room]
+            kept = batch.copy() if kept is None else np.concatenate([kept, batch])
+            if batch.shape[0] == 0:
+                return
+            self._kept_samples = kept
+            self.outputs["samples"] = kept
+            limits = robust_limits(kept[0])
+            layer = set_output_layer(self.viewer, f"{geometry.name}_samples", kept,
+                                     geometry.with_leading_axis("sample"), contrast_limits=limits)
+            self.output_layer_names["samples"] = layer.name
+
+    def _on_done(self, stopped: bool) -> None:
+        try:
+            self._set_running(False)
+            if self.runner.failed:
+                self.status.setText("Prediction failed; see the notification.")
+            elif stopped:
+                self.status.setText(
+                    f"Stopped after {self.progress.value()} samples; the MMSE and variance so far are valid."
+                )
+            elif "mmse" in self.outputs:
+                self.status.setText(f"Done: {self.progress.value()} samples. Export the results as TIFFs below.")
+            self.export_button.setEnabled(bool(self.outputs))
+        except RuntimeError:  # widget already deleted
+            pass
+
+    def _set_running(self, running: bool) -> None:
+        self.predict_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        self.generate_button.setEnabled(not running and not self.prior_runner.running)
+        self.export_button.setEnabled(not running and bool(self.outputs))
+        self.model_source.setEnabled(not running)
+
+    # ------------------------------------------------------------------ export
+
+    def _browse_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Export folder")
+        if folder:
+            self.export_folder.setText(folder)
+
+    def _confirm_overwrite(self, existing: list[Path]) -> bool:
+        names = "\n".join(p.name for p in existing)
+        answer = QMessageBox.question(
+            self, "Overwrite files?", f"These files exist already:\n{names}\nOverwrite them?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
+
+    def export(self) -> list[Path]:
+        """Write the current results as TIFFs (``<image>_mmse.tif`` etc.) into the export folder."""
+        from ._core import write_output_tiff
+
+        if not self.outputs or self._geometry is None:
+            report_exception(DivNoisingError("Nothing to export yet; run Predict first."), "Export")
+            return []
+        folder_text = self.export_folder.text().strip()
+        if not folder_text:
+            self._browse_folder()
+            folder_text = self.export_folder.text().strip()
+            if not folder_text:
+                return []
+        folder = Path(folder_text)
+        targets = {kind: folder / f"{self._geometry.name}_{kind}.tif" for kind in OUTPUT_KINDS if kind in self.outputs}
+        existing = [p for p in targets.values() if p.exists()]
+        if existing and not self._confirm_overwrite(existing):
+            self.status.setText("Export cancelled; no file was overwritten.")
+            return []
+        written = []
+        try:
+            for kind, path in targets.items():
+                geometry = self._geometry.with_leading_axis("sample") if kind == "samples" else self._geometry
+                written.append(write_output_tiff(path, self.outputs[kind], kind, geometry, self.current_model()))
+        except (DivNoisingError, OSError) as exc:
+            report_exception(exc, "Export")
+        if written:
+            show_info(f"Wrote {len(written)} TIFF file(s) to {folder}")
+            self.status.setText("Exported: " + ", ".join(p.name for p in written))
+        return written
+
+    # ------------------------------------------------------------------ prior samples
+
+    def generate(self) -> None:
+        """Draw prior samples from the model into a `prior_samples` layer."""
+        from ._core import prior_events
+
+        if self.prior_runner.running or self.runner.running:
+            return
+        model = self.current_model()
+        if model is None:
+            report_exception(DivNoisingError("No model: train or load one first."), "Generating prior samples")
+            return
+        count, size = self.prior_count.value(), self.prior_size.value()
+        self.generate_button.setEnabled(False)
+
+        def on_event(images: Any) -> None:
+            name = "prior_samples"
+            geometry = Geometry(name, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), ("pixel",) * 3, ("sample", "y", "x"))
+            set_output_layer(self.viewer, name, np.asarray(images), geometry)
+
+        def on_done(_: bool) -> None:
+            try:
+                self.generate_button.setEnabled(not self.runner.running)
+            except RuntimeError:
+                pass
+
+        self.prior_runner.start(lambda: prior_events(model, count, size), on_event, on_done)
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
+        self.runner.stop_and_wait()
+        self.prior_runner.stop_and_wait()
+        super().closeEvent(event)
