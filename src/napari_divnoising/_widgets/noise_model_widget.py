@@ -18,7 +18,6 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QStackedWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -68,14 +67,16 @@ class NoiseModelWidget(QWidget):
         form.addRow("Fit from", self.source)
         layout.addLayout(form)
 
-        self.source_pages = QStackedWidget()
+        self.source_pages = QWidget()
+        pages_layout = QVBoxLayout(self.source_pages)
+        pages_layout.setContentsMargins(0, 0, 0, 0)
         # page 0: calibration layer
         page = QWidget()
         f = QFormLayout(page)
         f.setContentsMargins(0, 0, 0, 0)
         self.calibration_layer = LayerPicker(napari_viewer)
         f.addRow("Calibration layer", self.calibration_layer)
-        self.source_pages.addWidget(page)
+        pages_layout.addWidget(page)
         # page 1: calibration file
         page = QWidget()
         row = QHBoxLayout(page)
@@ -86,7 +87,7 @@ class NoiseModelWidget(QWidget):
         self.browse_calibration.clicked.connect(self._browse_calibration)
         row.addWidget(self.calibration_path)
         row.addWidget(self.browse_calibration)
-        self.source_pages.addWidget(page)
+        pages_layout.addWidget(page)
         # page 2: pairs
         page = QWidget()
         f = QFormLayout(page)
@@ -95,10 +96,10 @@ class NoiseModelWidget(QWidget):
         self.clean_layer = LayerPicker(napari_viewer)
         f.addRow("Noisy layer", self.noisy_layer)
         f.addRow("Clean layer", self.clean_layer)
-        self.source_pages.addWidget(page)
-        self.source_pages.setFixedHeight(self.source_pages.sizeHint().height())
-        self.source.currentIndexChanged.connect(self.source_pages.setCurrentIndex)
+        pages_layout.addWidget(page)
+        self.source.currentIndexChanged.connect(self._show_source_page)
         layout.addWidget(self.source_pages)
+        self._show_source_page(0)
 
         self.advanced = QCollapsible("Advanced settings")
         adv = QWidget()
@@ -169,6 +170,12 @@ class NoiseModelWidget(QWidget):
         self.destroyed.connect(lambda *_: self.runner.stop_and_wait())
 
     # ------------------------------------------------------------------ inputs
+
+    def _show_source_page(self, index: int) -> None:
+        """Show only the input rows of the chosen source (no empty space for the others)."""
+        layout = self.source_pages.layout()
+        for i in range(layout.count()):
+            layout.itemAt(i).widget().setVisible(i == index)
 
     def _on_layer_inserted(self, event: Any) -> None:
         warn_if_unusable(event.value, self.session.warned_rgb_layers)
