@@ -1,0 +1,174 @@
+"""Predict widget behaviour independent of the prediction core: streaming into layers, geometry, stop, export.
+
+The core generator is replaced by a scripted one; the end-to-end test with the real model and
+``predict_iter`` is in test_predict_widget.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+import napari_divnoising._widgets._core as core
+from napari_divnoising._widgets._core import PredictionResult, PredictionUpdate
+from napari_divnoising._widgets._session import get_session
+from napari_divnoising._widgets.predict_widget import PredictWidget
+
+
+def scripted_prediction(delay: float = 0.0, batch: int = 4):
+    """Samples = image + k (k = 1, 2, ...): MMSE and variance are known exactly."""
+
+    def events(model, image, n_samples, keep_samples=20, compute_map=False):
+        done, total = 0, 0.0
+        sq = 0.0
+        while done < n_samples:
+            k = min(batch, n_samples - done)
+            samples = np.stack([image + (done + i + 1) for i in range(k)]).astype(np.float32)
+            done += k
+            total = total + samples.sum(0)
+            sq = sq + (samples**2).sum(0)
+            mmse = total / done
+            var = sq / done - mmse**2
+            time.sleep(delay)
+            yield PredictionUpdate(done, n_samples, mmse, var, samples)
+        yield PredictionResult(mmse, var, mmse.copy() if compute_map else None)
+
+    return events
+
+
+@pytest.fixture
+def widget(make_napari_viewer, qtbot, monkeypatch):
+    viewer = make_napari_viewer()
+    w = PredictWidget(viewer)
+    qtbot.addWidget(w)
+    get_session(viewer).set_trained_model(object(), "fake")
+    yield viewer, w
+    w.runner.stop_and_wait()
+    w.prior_runner.stop_and_wait()
+
+
+def test_streams_samples_mmse_variance_with_input_geometry(widget, wait_for, monkeypatch):
+    viewer, w = widget
+    monkeypatch.setattr(core, "prediction_events", scripted_prediction())
+    image = np.random.default_rng(0).random((24, 20)).astype(np.float32)
+    viewer.add_image(image, name="cells", scale=(0.5, 0.25), translate=(10, 20), units=("um", "um"))
+    w.n_samples.setValue(10)
+    w.keep_samples.setValue(6)
+    w.compute_map.setChecked(True)
+    w.predict_button.click()
+    wait_for(w.runner)
+    names = [layer.name for layer in viewer.layers]
+    assert names.count("cells_mmse") == 1 and "cells_variance" in names and "cells_map" in names
+    mmse = viewer.layers["cells_mmse"]
+    np.testing.assert_allclose(mmse.data, image + 5.5, rtol=1e-5)  # mean of image + 1..10
+    np.testing.assert_allclose(viewer.layers["cells_variance"].data, 8.25, rtol=1e-3)  # var of 1..10
+    samples = viewer.layers["cells_samples"]
+    assert samples.data.shape == (6, 24, 20)  # capped at "Samples shown"
+    np.testing.assert_allclose(samples.data[5], image + 6)
+    for layer in (mmse, viewer.layers["cells_variance"], viewer.layers["cells_map"]):
+        assert tuple(layer.scale) == (0.5, 0.25)
+        assert tuple(layer.translate) == (10, 20)
+        assert [str(u) for u in layer.units] == ["micrometer", "micrometer"]
+    assert tuple(samples.scale)[1:] == (0.5, 0.25) and tuple(samples.translate)[1:] == (10, 20)
+    lo, hi = mmse.contrast_limits
+    assert lo >= 5.5 - 1e-3 and hi <= 6.5 + 1e-3  # limits follow the data, not the input's
+
+
+def test_rerun_updates_layers_instead_of_duplicating(widget, wait_for, monkeypatch):
+    viewer, w = widget
+    monkeypatch.setattr(core, "prediction_events", scripted_prediction())
+    viewer.add_image(np.zeros((16, 16), np.float32), name="img")
+    w.n_samples.setValue(4)
+    w.predict_button.click()
+    wait_for(w.runner)
+    n_layers = len(viewer.layers)
+    first_mmse = viewer.layers["img_mmse"]
+    w.n_samples.setValue(8)
+    w.predict_button.click()
+    wait_for(w.runner)
+    assert len(viewer.layers) == n_layers
+    assert viewer.layers["img_mmse"] is first_mmse
+    np.testing.assert_allclose(first_mmse.data, 4.5)
+
+
+def test_stack_input_keeps_the_extra_axis(widget, wait_for, monkeypatch):
+    viewer, w = widget
+    monkeypatch.setattr(core, "prediction_events", scripted_prediction())
+    viewer.add_image(np.zeros((3, 16, 16), np.float32), name="stack", scale=(2.0, 0.5, 0.5))
+    w.n_samples.setValue(4)
+    w.predict_button.click()
+    wait_for(w.runner)
+    assert viewer.layers["stack_mmse"].data.shape == (3, 16, 16)
+    assert tuple(viewer.layers["stack_mmse"].scale) == (2.0, 0.5, 0.5)
+    assert viewer.layers["stack_samples"].data.shape == (4, 3, 16, 16)
+    assert tuple(viewer.layers["stack_samples"].scale) == (1.0, 2.0, 0.5, 0.5)
+
+
+def test_stop_midway_leaves_a_valid_result(widget, qtbot, wait_for, monkeypatch):
+    viewer, w = widget
+    monkeypatch.setattr(core, "prediction_events", scripted_prediction(delay=0.05, batch=1))
+    viewer.add_image(np.zeros((16, 16), np.float32), name="img")
+    w.n_samples.setValue(10_000)
+    w.predict_button.click()
+    assert not w.predict_button.isEnabled()
+    qtbot.waitUntil(lambda: "img_mmse" in viewer.layers and w.progress.value() >= 3, timeout=10_000)
+    w.stop_button.click()
+    wait_for(w.runner)
+    done = w.progress.value()
+    assert 3 <= done < 10_000
+    # The running mean of 1..done is (done + 1) / 2: the layer holds a consistent, finished state.
+    np.testing.assert_allclose(viewer.layers["img_mmse"].data, (done + 1) / 2)
+    assert w.predict_button.isEnabled() and w.export_button.isEnabled()
+    assert "Stopped" in w.status.text()
+
+
+def test_export_writes_tiffs_and_asks_before_overwriting(widget, wait_for, monkeypatch, tmp_path):
+    viewer, w = widget
+    from qtpy.QtWidgets import QMessageBox
+
+    monkeypatch.setattr(core, "prediction_events", scripted_prediction())
+    viewer.add_image(np.ones((16, 16), np.float32), name="img", scale=(0.2, 0.2), units=("um", "um"))
+    w.n_samples.setValue(4)
+    w.compute_map.setChecked(True)
+    w.predict_button.click()
+    wait_for(w.runner)
+    w.export_folder.setText(str(tmp_path))
+    w.export_button.click()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["img_map.tif", "img_mmse.tif", "img_samples.tif", "img_variance.tif"]
+    with tifffile.TiffFile(tmp_path / "img_mmse.tif") as tif:
+        np.testing.assert_allclose(tif.asarray(), 3.5)
+        x_res = tif.pages[0].tags["XResolution"].value
+    assert x_res[0] / x_res[1] == pytest.approx(5.0)
+    assert tifffile.imread(tmp_path / "img_samples.tif").shape == (4, 16, 16)
+
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a) or QMessageBox.StandardButton.No)
+    before = (tmp_path / "img_mmse.tif").stat().st_mtime_ns
+    assert w.export() == []
+    assert asked and (tmp_path / "img_mmse.tif").stat().st_mtime_ns == before
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
+    assert len(w.export()) == 4
+
+
+def test_no_model_and_removed_input_layer(widget, wait_for, monkeypatch):
+    viewer, w = widget
+    errors = []
+    import napari_divnoising._widgets._notify as notify
+
+    monkeypatch.setattr(notify, "show_error", errors.append)
+    get_session(viewer).set_trained_model(None)
+    viewer.add_image(np.zeros((16, 16), np.float32), name="img")
+    w.predict_button.click()
+    assert errors and "No model" in errors[-1]
+    # Removing the input layer while predicting: the worker uses its own copy and finishes.
+    get_session(viewer).set_trained_model(object())
+    monkeypatch.setattr(core, "prediction_events", scripted_prediction(delay=0.02, batch=1))
+    w.n_samples.setValue(20)
+    w.predict_button.click()
+    viewer.layers.remove("img")
+    wait_for(w.runner)
+    assert viewer.layers["img_mmse"].data.shape == (16, 16)
