@@ -144,3 +144,33 @@ def test_closing_the_widget_stops_the_worker(widget, qtbot, monkeypatch):
     qtbot.waitUntil(lambda: len(w.loss_plot.train_steps) > 2, timeout=10_000)
     w.close()
     assert not w.runner.running
+
+
+def test_closing_the_viewer_stops_the_worker(make_napari_viewer, qtbot, monkeypatch):
+    monkeypatch.setattr(core, "make_training_config", lambda **settings: settings)
+    _, events = scripted_training(100_000, delay=0.005)
+    monkeypatch.setattr(core, "training_events", events)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((32, 32)).astype(np.float32), name="img")
+    _, w = viewer.window.add_plugin_dock_widget("napari-divnoising", "Train")
+    w.images.set_checked(["img"])
+    get_session(viewer).set_noise_choice(NOISE_COLEARN)
+    w.train_button.click()
+    qtbot.waitUntil(lambda: len(w.loss_plot.train_steps) > 2, timeout=10_000)
+    runner = w.runner
+    viewer.close()
+    qtbot.waitUntil(lambda: not runner.running, timeout=5_000)
+
+
+def test_plugin_docks_share_one_session(make_napari_viewer):
+    from napari_divnoising.noise_models import GMMNoiseModel
+
+    viewer = make_napari_viewer()
+    _, noise = viewer.window.add_plugin_dock_widget("napari-divnoising", "Noise model")
+    _, train = viewer.window.add_plugin_dock_widget("napari-divnoising", "Train")
+    _, predict = viewer.window.add_plugin_dock_widget("napari-divnoising", "Predict")
+    noise.session.set_noise_model(GMMNoiseModel.initial(0.0, 10.0), "GMM for the test")
+    assert train.session is noise.session is predict.session
+    assert train.noise_label.text() == "GMM for the test"
+    noise.choice.setCurrentIndex(1)
+    assert train.noise_choice.currentIndex() == 1

@@ -71,7 +71,16 @@ _SESSIONS: dict[int, Session] = {}
 
 
 def get_session(viewer: Any) -> Session:
-    """The session of ``viewer`` (created on first use, dropped when the viewer is garbage collected)."""
+    """The session of ``viewer`` (created on first use, dropped when the viewer is garbage collected).
+
+    napari hands each plugin widget its own ``PublicOnlyProxy`` of the viewer,
+    so the session is keyed by the wrapped viewer itself.
+    """
+    while hasattr(type(viewer), "__wrapped__") or type(viewer).__name__.endswith("Proxy"):
+        inner = getattr(viewer, "__wrapped__", None)
+        if inner is None or inner is viewer:
+            break
+        viewer = inner
     key = id(viewer)
     session = _SESSIONS.get(key)
     if session is None:
