@@ -83,8 +83,14 @@ def training_events(
     """
     from ..training import train_iter
 
+    if resume is not None:
+        # A continued model keeps its own network and noise model.
+        net = resume.network
+        config = dataclasses.replace(config, depth=net.depth, start_filters=net.start_filters, z_dim=net.z_dim)
+        yield from train_iter(images, None, config, resume=resume)
+        return
     if not bootstrap:
-        yield from train_iter(images, _noise_spec(noise_model), config, resume=resume)
+        yield from train_iter(images, _noise_spec(noise_model), config)
         return
     from ..noise_model_fitting import bootstrap_gmm
 

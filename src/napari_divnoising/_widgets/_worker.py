@@ -78,10 +78,24 @@ class WorkerRunner:
         worker = create_worker(events, _start_thread=False, _connect={"yielded": on_event, "errored": errored})
         # Set from the worker thread itself, so close/quit can wait without an event loop round trip.
         worker.finished.connect(done.set, Qt.ConnectionType.DirectConnection)
-        worker.finished.connect(lambda: on_done(worker.abort_requested))
+        worker.finished.connect(lambda: (self._close_generator(worker), on_done(worker.abort_requested)))
         self.worker = worker
         worker.start()
         return worker
+
+    @staticmethod
+    def _close_generator(worker: Any) -> None:
+        """Close a stopped worker's generator (in the GUI thread, after the worker thread ended).
+
+        superqt only stops iterating on quit(); closing runs the core generator's own clean-up
+        (e.g. training records its step count and writes its last checkpoint).
+        """
+        gen = getattr(worker, "_gen", None)
+        if gen is not None:
+            try:
+                gen.close()
+            except Exception as exc:  # clean-up failures must not crash the GUI
+                report_exception(exc, "Finishing the stopped run")
 
     def stop(self) -> None:
         """Ask the worker to stop after its current step (the result so far is kept)."""
@@ -97,4 +111,6 @@ class WorkerRunner:
             app = QApplication.instance()
             if app is not None:
                 app.processEvents()
+        if not self.running and self.worker is not None:
+            self._close_generator(self.worker)
         return not self.running

@@ -51,7 +51,6 @@ class TrainWidget(QWidget):
         self.model: Any = None  # the live model of the current/last run (kept if stopped or crashed)
         self._start_time = 0.0
         self._budget: tuple[str, float] = (BUDGET_MINUTES, 0.0)
-        self._step_offset = 0
         self._last_step = 0
         self._phase = ""
 
@@ -283,7 +282,6 @@ class TrainWidget(QWidget):
             return
         self._budget = (self.budget_unit.currentText(), float(self.budget_value.value()))
         self._start_time = time.monotonic()
-        self._step_offset = self._last_step if resume else 0
         if not resume:
             self.loss_plot.reset()
             self._last_step = 0
@@ -315,13 +313,12 @@ class TrainWidget(QWidget):
             self.device_label.setText(f"Device: {device}")
             self.save_button.setEnabled(True)
         elif name == "TrainStep":
-            step = int(event.step) + self._step_offset
+            step = int(event.step)  # counts all steps of the model, across continued runs
             self._last_step = step
             self.loss_plot.add_train(step, float(event.loss))
             self._update_progress(event)
         elif name == "Validation":
-            step = int(event.step) + self._step_offset
-            self.loss_plot.add_validation(step, float(event.loss))
+            self.loss_plot.add_validation(int(event.step), float(event.loss))
         elif name == "TrainingWarning":
             show_warning(str(getattr(event, "message", event)))
         elif name == "CheckpointSaved":
@@ -333,7 +330,7 @@ class TrainWidget(QWidget):
 
     def _update_progress(self, event: Any) -> None:
         fraction = getattr(event, "fraction", None)
-        elapsed = float(getattr(event, "elapsed", time.monotonic() - self._start_time))
+        elapsed = float(getattr(event, "elapsed_s", time.monotonic() - self._start_time))
         unit, value = self._budget
         if fraction is None:
             if unit == BUDGET_MINUTES:
@@ -342,7 +339,10 @@ class TrainWidget(QWidget):
                 total = getattr(event, "total", None) or value
                 fraction = (int(event.step)) / max(float(total), 1.0)
         fraction = min(max(float(fraction), 0.0), 1.0)
-        left = elapsed * (1 - fraction) / fraction if fraction > 0 else float("nan")
+        left = getattr(event, "eta_s", None)
+        if left is None:
+            left = elapsed * (1 - fraction) / fraction if fraction > 0 else float("nan")
+        left = float(left) if left != float("inf") else float("nan")
         self.progress.setValue(int(1000 * fraction))
         text = f"{100 * fraction:.0f}%"
         if left == left:

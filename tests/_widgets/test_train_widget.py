@@ -1,0 +1,87 @@
+"""Train widget end to end with the real training core, on tiny synthetic data (a few steps)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_divnoising._widgets._session import NOISE_COLEARN, NOISE_FITTED, get_session
+from napari_divnoising._widgets.train_widget import TrainWidget
+
+training = pytest.importorskip("napari_divnoising.training")
+from napari_divnoising.model import DivNoisingModel  # noqa: E402
+
+
+@pytest.fixture
+def widget(make_napari_viewer, qtbot, noisy_clean_pair):
+    viewer = make_napari_viewer()
+    noisy, _ = noisy_clean_pair
+    viewer.add_image(noisy, name="noisy", scale=(0.5, 0.5))
+    w = TrainWidget(viewer)
+    qtbot.addWidget(w)
+    w.images.set_checked(["noisy"])
+    w.budget_unit.setCurrentText("steps")
+    w.budget_value.setValue(6)
+    w.patch_size.setValue(32)
+    w.batch_size.setValue(4)
+    w.device.setCurrentText("cpu")
+    yield viewer, w
+    w.runner.stop_and_wait()
+
+
+def test_colearned_training_save_load_continue(widget, wait_for, monkeypatch, tmp_path):
+    viewer, w = widget
+    from qtpy.QtWidgets import QFileDialog
+
+    get_session(viewer).set_noise_choice(NOISE_COLEARN)
+    w.train_button.click()
+    wait_for(w.runner, timeout=120_000)
+    model = get_session(viewer).trained_model
+    assert isinstance(model, DivNoisingModel)
+    assert w.loss_plot.train_steps == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(w.loss_plot.train_loss))
+    assert w.device_label.text() == "Device: cpu"
+    assert w.progress.format() == "done"
+
+    target = tmp_path / "m.pt"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
+    w.save_button.click()
+    assert target.exists()
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(target), ""))
+    w.load_button.click()
+    loaded = get_session(viewer).trained_model
+    assert isinstance(loaded, DivNoisingModel) and loaded is not model
+
+    w.budget_value.setValue(3)
+    w.continue_button.click()
+    wait_for(w.runner, timeout=120_000)
+    assert w.loss_plot.train_steps[-3:] == [7, 8, 9]  # continues the step count of the loaded model
+
+
+def test_training_with_the_fitted_gmm(widget, wait_for, calibration_stack):
+    viewer, w = widget
+    from napari_divnoising.noise_model_fitting import fit_gmm_from_calibration
+    from napari_divnoising.noise_models import GMMNoiseModel
+
+    gmm = fit_gmm_from_calibration(calibration_stack, explore_iterations=50, polish_iterations=5)
+    get_session(viewer).set_noise_model(gmm, "test GMM")
+    get_session(viewer).set_noise_choice(NOISE_FITTED)
+    w.train_button.click()
+    wait_for(w.runner, timeout=120_000)
+    model = get_session(viewer).trained_model
+    assert isinstance(model.noise_model, GMMNoiseModel)
+    assert len(w.loss_plot.train_steps) == 6
+
+
+def test_bad_settings_are_reported_not_raised(widget, wait_for, monkeypatch):
+    viewer, w = widget
+    errors = []
+    import napari_divnoising._widgets._notify as notify
+
+    monkeypatch.setattr(notify, "show_error", errors.append)
+    get_session(viewer).set_noise_choice(NOISE_COLEARN)
+    w.patch_size.setValue(512)  # larger than the 64 x 64 image
+    w.train_button.click()
+    wait_for(w.runner, timeout=60_000)
+    assert errors and "patch" in errors[0].lower()
+    assert w.train_button.isEnabled() and not w.runner.running
