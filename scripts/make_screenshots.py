@@ -50,9 +50,9 @@ def shot(viewer: napari.Viewer, name: str) -> None:
 
 def show_only(viewer: napari.Viewer, keep: str) -> None:
     """Hide the plugin docks other than ``keep`` so each screenshot shows one widget full height."""
-    for name, dock in list(viewer.window._dock_widgets.items()):
-        if PLUGIN in name or "DivNoising" in name:
-            dock.setVisible(keep in name)
+    for name, widget in list(viewer.window.dock_widgets.items()):
+        if PLUGIN in name:
+            widget.parent().setVisible(keep in name)
 
 
 def main() -> None:
