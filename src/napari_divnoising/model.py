@@ -35,6 +35,9 @@ class DivNoisingModel:
         JSON-serialisable training history (steps, losses, wall time, ...).
     name
         A short human-readable name (used in exported file descriptions).
+    training_state
+        Optional optimizer / LR-scheduler state (``{"optimizer": ..., "scheduler": ...}``) saved with
+        checkpoints so that "continue training" resumes exactly; ``None`` when not kept.
     """
 
     network: DivNoisingVAE
@@ -44,6 +47,7 @@ class DivNoisingModel:
     config: dict[str, Any] = field(default_factory=dict)
     history: dict[str, Any] = field(default_factory=dict)
     name: str = "divnoising"
+    training_state: dict[str, Any] | None = None
 
     def to(self, device: torch.device | str) -> "DivNoisingModel":
         """Move network and noise model to ``device`` (in place) and return self."""
