@@ -349,7 +349,11 @@ class TrainWidget(QWidget):
             text += f" - {_format_seconds(left)} left"
         self.progress.setFormat(text)
         prefix = f"{self._phase}: " if self._phase else ""
-        self.status.setText(f"{prefix}step {self._last_step}, loss {float(event.loss):.4f}")
+        text = f"{prefix}step {self._last_step}, loss {float(event.loss):.4f}"
+        noise_a, noise_b = getattr(event, "noise_a", None), getattr(event, "noise_b", None)
+        if noise_a is not None and noise_b is not None:
+            text += f"; co-learned noise variance = {noise_a:.3g} x signal + {noise_b:.3g}"
+        self.status.setText(text)
 
     def _on_done(self, stopped: bool) -> None:
         try:
