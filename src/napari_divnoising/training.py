@@ -620,7 +620,8 @@ def train_iter(
         model.network.load_state_dict(best_state["network"])
         model.noise_model.load_state_dict(best_state["noise_model"])
     model.training_state = last_state
-    if checkpoint_path is not None and (best_state is None or not Path(checkpoint_path).exists()):
+    if checkpoint_path is not None:
+        # rewritten so that the best file also carries the whole history (step count, losses)
         path = save_model(model, checkpoint_path, training_state=last_state)
         yield CheckpointSaved(Path(path), "best")
     if memory_format is not None:

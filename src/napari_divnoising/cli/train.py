@@ -1,0 +1,213 @@
+"""``divnoising train``: train (or continue training) a DivNoising model on noisy images."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from ..errors import DivNoisingError
+from ._common import check_output_path
+
+DESCRIPTION = """\
+Train a DivNoising model on noisy images only, and save it as one file.
+
+Give one or more TIFF images or stacks (frames of a stack are separate
+images) and a noise model: a GMM fitted with `divnoising fit-noise-model`
+(--noise-model), a Gaussian noise model learned together with the network
+(--co-learn), or Gaussian noise of known sigma (--sigma). Training stops after
+--max-minutes or --max-steps, whichever comes first (default: 10 minutes), or
+earlier when the validation loss stops improving.
+
+The best model (lowest validation loss) is written to --out; the most recent
+one, with the optimizer state, next to it with ".last" before the suffix
+(model.pt -> model.last.pt). Continue training with --resume. Ctrl-C stops
+and keeps both files.
+
+examples:
+  divnoising train --data noisy.tif --co-learn --out model.pt
+  divnoising train --data a.tif --data b.tif --noise-model nm.npz --out model.pt --max-minutes 30
+  divnoising train --data noisy.tif --resume model.pt --out model.pt --max-minutes 10
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the ``train`` command."""
+    p = subparsers.add_parser(
+        "train", help="train a DivNoising model on noisy images", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", action="append", required=True, metavar="IMG.tif",
+                   help="noisy training image or stack (repeat for several files)")
+    noise = p.add_argument_group("noise model (one of these; not needed with --resume)")
+    noise.add_argument("--noise-model", metavar="NM.npz", help="GMM noise model from `divnoising fit-noise-model`")
+    noise.add_argument("--co-learn", action="store_true",
+                       help="learn a Gaussian noise model (variance = a * signal + b) with the network")
+    noise.add_argument("--sigma-min", type=float, metavar="S",
+                       help="with --co-learn: least noise standard deviation (default: 1%% of the data's std)")
+    noise.add_argument("--sigma", type=float, metavar="S", help="fixed Gaussian noise of standard deviation S")
+    p.add_argument("--out", required=True, metavar="MODEL.pt", help="model file to write")
+    p.add_argument("--max-minutes", type=float, metavar="M", help="time budget in minutes (default 10 if no --max-steps)")
+    p.add_argument("--max-steps", type=int, metavar="N", help="budget in optimisation steps")
+    p.add_argument("--patch-size", type=int, metavar="P", help="training patch size (default 64)")
+    p.add_argument("--batch-size", type=int, metavar="B", help="patches per step (default 32)")
+    p.add_argument("--depth", type=int, metavar="D", help="network depth, 2 (default) or 3 for larger structures")
+    p.add_argument("--beta", type=float, help="KL weight (default 1; larger: smoother and more diverse samples)")
+    p.add_argument("--lr", type=float, metavar="LR", help="Adam learning rate (default 1e-3)")
+    p.add_argument("--kl-annealing-steps", type=int, metavar="N",
+                   help="steps over which the KL weight ramps up from 0 (default: 10%% of the budget)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--resume", metavar="MODEL.pt", help="continue training this model (same network and noise model)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    p.set_defaults(func=run)
+    return p
+
+
+def _config(args: argparse.Namespace, resume) -> "TrainingConfig":  # noqa: F821
+    from ..training import TrainingConfig
+
+    defaults = TrainingConfig()
+    previous = resume.config if resume is not None else {}
+
+    def pick(value, name):
+        if value is not None:
+            return value
+        return previous.get(name, getattr(defaults, name))
+
+    max_minutes = args.max_minutes
+    if max_minutes is None and args.max_steps is None:
+        max_minutes = defaults.max_minutes
+    depth = args.depth if args.depth is not None else (resume.network.depth if resume is not None else defaults.depth)
+    extra = {}
+    if resume is not None:
+        extra = {"start_filters": resume.network.start_filters, "z_dim": resume.network.z_dim}
+    return TrainingConfig(
+        patch_size=pick(args.patch_size, "patch_size"),
+        batch_size=pick(args.batch_size, "batch_size"),
+        depth=depth,
+        beta=pick(args.beta, "beta"),
+        learning_rate=args.lr if args.lr is not None else defaults.learning_rate,
+        max_minutes=max_minutes,
+        max_steps=args.max_steps,
+        kl_annealing_steps=args.kl_annealing_steps,
+        sigma_min=args.sigma_min,
+        device=args.device,
+        seed=args.seed,
+        **extra,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train with a progress bar and print a summary; returns the exit status."""
+    from tqdm import tqdm
+
+    from ..io import as_image_stack, read_tiff
+    from ..model_io import last_checkpoint_path, load_model
+    from ..training import COLEARN, TrainingDone, TrainingStarted, TrainingWarning, TrainStep, Validation, train_iter
+
+    chosen = [bool(args.noise_model), bool(args.co_learn), args.sigma is not None]
+    if sum(chosen) > 1:
+        raise DivNoisingError("give only one of --noise-model, --co-learn and --sigma.")
+    if sum(chosen) == 0 and not args.resume:
+        raise DivNoisingError("choose a noise model: --noise-model NM.npz, --co-learn, or --sigma S.")
+    if args.sigma_min is not None and not args.co_learn:
+        raise DivNoisingError("--sigma-min only applies with --co-learn.")
+
+    resume = load_model(args.resume) if args.resume else None
+    out = Path(args.out)
+    same_file = resume is not None and out.exists() and out.resolve() == Path(args.resume).resolve()
+    if not same_file:
+        out = check_output_path(out, args.force)
+    if out.suffix == "":
+        raise DivNoisingError(f"--out needs a file name with a suffix such as .pt; got {args.out}.")
+
+    if args.noise_model:
+        from ..noise_model_io import load_gmm_npz
+
+        noise_model = load_gmm_npz(args.noise_model)
+    elif args.sigma is not None:
+        noise_model = args.sigma
+    elif args.co_learn:
+        noise_model = COLEARN
+    else:
+        noise_model = resume.noise_model  # continue with the model's own noise model
+
+    config = _config(args, resume)
+    # checked here too so that messages name the file
+    images = [as_image_stack(read_tiff(path), name=Path(path).name, min_size=config.patch_size) for path in args.data]
+
+    events = train_iter(images, noise_model, config, resume=resume, checkpoint_path=out)
+    bar = tqdm(total=1000, bar_format="{desc} {percentage:3.0f}%|{bar}|", desc="training", dynamic_ncols=True,
+               file=sys.stderr)
+    done = None
+    started = None
+    last_step = None
+    interrupted = False
+    try:
+        for event in events:
+            if isinstance(event, TrainingStarted):
+                started = event
+                tqdm.write(
+                    f"Training on {event.device}: {event.n_parameters:,} parameters, {event.n_train_pixels:,} training "
+                    f"pixels, validation by {event.validation_split}"
+                    + (f", continuing from step {event.start_step}" if event.start_step else "")
+                )
+            elif isinstance(event, TrainStep):
+                last_step = event
+                bar.n = int(1000 * event.fraction)
+                left = _format_seconds(event.eta_s)
+                bar.set_description_str(f"step {event.step}, loss {event.loss:.4f}, {left} left", refresh=True)
+            elif isinstance(event, Validation):
+                tqdm.write(
+                    f"step {event.step}: validation loss {event.val_loss:.4f}" + (" (best)" if event.is_best else "")
+                )
+            elif isinstance(event, TrainingWarning):
+                tqdm.write(f"warning: {event.message}")
+            elif isinstance(event, TrainingDone):
+                done = event
+    except KeyboardInterrupt:
+        interrupted = True
+        events.close()  # writes the last checkpoint (and the best if none was written yet)
+    finally:
+        bar.close()
+
+    last = last_checkpoint_path(out)
+    if interrupted or done is None:
+        step = last_step.step if last_step else (started.start_step if started else 0)
+        print(f"Interrupted at step {step}.")
+        if out.exists():
+            print(f"Best model so far: {out}")
+        if last.exists():
+            print(f"Last model (continue with --resume {last}): {last}")
+        return 130
+    _print_summary(done, out, last)
+    return 0
+
+
+def _format_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _print_summary(done, out: Path, last: Path) -> None:
+    reasons = {
+        "max_steps": "step budget reached",
+        "max_minutes": "time budget reached",
+        "early_stopping": "validation loss stopped improving",
+        "collapse": "posterior collapse (see the warning above)",
+        "stopped": "stopped",
+    }
+    history = done.history
+    print(f"Done: {done.steps} steps in total ({reasons.get(done.reason, done.reason)}), "
+          f"{history.get('elapsed_s', 0.0) / 60:.1f} min of training.")
+    if done.best_val_loss is not None:
+        print(f"Best validation loss {done.best_val_loss:.4f} at step {done.best_step}.")
+    nm = done.model.noise_model
+    if getattr(nm, "kind", None) == "gaussian" and nm.alpha.requires_grad:
+        print(f"Learned noise model: variance = {nm.a:.4g} * signal + {nm.b:.4g} (floor sigma {float(nm.sigma_min):.3g}).")
+    print(f"Model (best): {out}")
+    print(f"Last state (for --resume): {last}")

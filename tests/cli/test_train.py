@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+import tifffile
+
+from napari_divnoising import training
+from napari_divnoising.cli import main
+from napari_divnoising.model_io import load_model
+from napari_divnoising.noise_model_io import save_gmm_npz
+from napari_divnoising.noise_models import GMMNoiseModel
+
+
+@pytest.fixture()
+def noisy_tif(tmp_path):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    clean = 40 + 100 * np.exp(-((yy - 30) ** 2 + (xx - 20) ** 2) / 50.0)
+    stack = np.stack([clean + rng.normal(0, 10, clean.shape) for _ in range(5)])
+    path = tmp_path / "noisy.tif"
+    tifffile.imwrite(path, np.clip(stack, 0, 255).astype(np.uint8))
+    return path
+
+
+FAST = ["--max-steps", "12", "--patch-size", "32", "--batch-size", "4"]
+
+
+def test_colearn_writes_best_and_last_and_summary(tmp_path, noisy_tif, capsys):
+    out = tmp_path / "m.pt"
+    assert main(["train", "--data", str(noisy_tif), "--co-learn", "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "12 steps" in printed and "Learned noise model: variance =" in printed and str(out) in printed
+    model = load_model(out)
+    assert model.noise_model.kind == "gaussian" and model.config["patch_size"] == 32
+    assert load_model(tmp_path / "m.last.pt").history["steps"] == 12
+
+
+def test_gmm_file_and_resume_in_place(tmp_path, noisy_tif, capsys):
+    w = np.zeros((9, 2), np.float32)
+    w[3:6, 0] = np.log(100.0)
+    w[3:6, 1] = -30
+    save_gmm_npz(GMMNoiseModel(w, 0.0, 255.0), tmp_path / "nm.npz")
+    out = tmp_path / "m.pt"
+    assert main(["train", "--data", str(noisy_tif), "--noise-model", str(tmp_path / "nm.npz"), "--out", str(out), *FAST]) == 0
+    assert main(["train", "--data", str(noisy_tif), "--resume", str(out), "--out", str(out), "--max-steps", "4"]) == 0
+    model = load_model(tmp_path / "m.last.pt")
+    assert model.history["steps"] == 16 and model.noise_model.kind == "gmm"
+    assert model.config["batch_size"] == 4  # settings carried over from the resumed model
+
+
+def test_refuses_to_overwrite_and_bad_combinations(tmp_path, noisy_tif, capsys):
+    out = tmp_path / "m.pt"
+    out.write_bytes(b"x")
+    assert main(["train", "--data", str(noisy_tif), "--sigma", "10", "--out", str(out), *FAST]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["train", "--data", str(noisy_tif), "--out", str(tmp_path / "n.pt"), *FAST]) == 1
+    assert "choose a noise model" in capsys.readouterr().err
+    assert main(["train", "--data", str(noisy_tif), "--sigma", "3", "--co-learn", "--out", str(tmp_path / "n.pt")]) == 1
+    assert main(["train", "--data", str(noisy_tif), "--sigma", "3", "--device", "tpu", "--out", str(tmp_path / "n.pt"), *FAST]) == 1
+    assert "Unknown device" in capsys.readouterr().err
+    assert main(["train", "--data", str(noisy_tif), "--resume", str(out), "--out", str(tmp_path / "n.pt")]) == 1
+    assert "not a readable" in capsys.readouterr().err
+    rgb = tmp_path / "rgb.tif"
+    tifffile.imwrite(rgb, np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    assert main(["train", "--data", str(rgb), "--sigma", "3", "--out", str(tmp_path / "n.pt"), *FAST]) == 1
+    assert "rgb.tif" in capsys.readouterr().err
+
+
+def test_ctrl_c_keeps_a_resumable_model(tmp_path, noisy_tif, monkeypatch, capsys):
+    real = training.train_iter
+
+    def interrupted(*args, **kwargs):
+        gen = real(*args, **kwargs)
+        try:
+            for event in gen:
+                yield event
+                if isinstance(event, training.TrainStep) and event.step == 7:
+                    raise KeyboardInterrupt
+        finally:
+            gen.close()
+
+    monkeypatch.setattr(training, "train_iter", interrupted)
+    out = tmp_path / "m.pt"
+    assert main(["train", "--data", str(noisy_tif), "--sigma", "10", "--out", str(out), *FAST]) == 130
+    assert "Interrupted at step 7" in capsys.readouterr().out
+    assert load_model(tmp_path / "m.last.pt").history["steps"] == 7
+    assert load_model(out).network.depth == 2
