@@ -127,3 +127,17 @@ def test_choice_is_shared_through_the_session(widget):
     assert session.noise_choice == NOISE_COLEARN
     session.set_noise_choice(NOISE_FITTED)
     assert w.choice.currentIndex() == 0
+
+
+def test_deleted_widget_no_longer_listens(make_napari_viewer, qtbot):
+    from qtpy.QtCore import QCoreApplication, QEvent
+
+    viewer = make_napari_viewer()
+    w = NoiseModelWidget(viewer)
+    w.deleteLater()
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete.value)
+    qtbot.wait(10)
+    session = get_session(viewer)
+    session.set_noise_model(GMMNoiseModel.initial(0.0, 10.0), "after deletion")  # must not raise
+    session.set_noise_choice(NOISE_COLEARN)
+    viewer.add_image(np.zeros((3, 8, 8)), name="late")  # layer pickers of the deleted widget stay quiet

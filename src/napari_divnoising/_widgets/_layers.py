@@ -46,17 +46,20 @@ def layer_data_copy(layer: Any) -> np.ndarray:
     return np.array(data, copy=True)
 
 
-def _connect_viewer(viewer: Any, refresh: Any) -> None:
-    viewer.layers.events.inserted.connect(refresh)
-    viewer.layers.events.removed.connect(refresh)
-    viewer.layers.events.moved.connect(refresh)
+def _connect_viewer(viewer: Any, refresh: Any, widget: Any) -> None:
+    """Call ``refresh`` when layers are added, removed, moved or renamed, while ``widget`` lives."""
+    from ._session import bind
+
+    bind(widget, viewer.layers.events.inserted, refresh)
+    bind(widget, viewer.layers.events.removed, refresh)
+    bind(widget, viewer.layers.events.moved, refresh)
 
     def on_inserted(event: Any) -> None:
-        event.value.events.name.connect(refresh)
+        bind(widget, event.value.events.name, refresh)
 
-    viewer.layers.events.inserted.connect(on_inserted)
+    bind(widget, viewer.layers.events.inserted, on_inserted)
     for layer in viewer.layers:
-        layer.events.name.connect(refresh)
+        bind(widget, layer.events.name, refresh)
 
 
 class LayerPicker(QComboBox):
@@ -69,7 +72,7 @@ class LayerPicker(QComboBox):
         self._viewer = viewer
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(12)
-        _connect_viewer(viewer, self.refresh)
+        _connect_viewer(viewer, self.refresh, self)
         self.currentIndexChanged.connect(lambda _: self.layer_changed.emit())
         self.refresh()
 
@@ -106,7 +109,7 @@ class LayerChecklist(QListWidget):
         super().__init__(parent)
         self._viewer = viewer
         self.setMaximumHeight(90)
-        _connect_viewer(viewer, self.refresh)
+        _connect_viewer(viewer, self.refresh, self)
         self.refresh()
 
     def refresh(self, *_: Any) -> None:

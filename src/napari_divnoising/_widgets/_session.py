@@ -70,6 +70,23 @@ class Session:
 _SESSIONS: dict[int, Session] = {}
 
 
+def bind(widget: Any, emitter: Any, slot: Any) -> None:
+    """Connect ``slot`` to ``emitter`` (psygnal or napari event) until the Qt ``widget`` is destroyed.
+
+    A closed dock widget must not receive session or viewer events any more
+    (its Qt objects are gone; calling them would raise from another widget's action).
+    """
+    emitter.connect(slot)
+
+    def drop(*_: Any) -> None:
+        try:
+            emitter.disconnect(slot)
+        except Exception:  # already disconnected or emitter gone
+            pass
+
+    widget.destroyed.connect(drop)
+
+
 def get_session(viewer: Any) -> Session:
     """The session of ``viewer`` (created on first use, dropped when the viewer is garbage collected).
 

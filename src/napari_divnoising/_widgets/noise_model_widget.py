@@ -27,7 +27,7 @@ from ..errors import DivNoisingError
 from ._layers import LayerPicker, layer_data_copy, warn_if_unusable
 from ._notify import report_exception, show_info
 from ._plots import PlotCanvas, _style
-from ._session import NOISE_CHOICE_LABELS, NOISE_FITTED, get_session
+from ._session import bind, NOISE_CHOICE_LABELS, NOISE_FITTED, get_session
 from ._worker import WorkerRunner
 
 SOURCE_CALIBRATION_LAYER = "Calibration stack (layer)"
@@ -164,9 +164,9 @@ class NoiseModelWidget(QWidget):
         layout.addLayout(form)
         layout.addStretch(1)
 
-        self.session.noise_choice_changed.connect(self._on_choice_changed)
-        self.session.noise_model_changed.connect(self._on_noise_model_changed)
-        napari_viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        bind(self, self.session.noise_choice_changed, self._on_choice_changed)
+        bind(self, self.session.noise_model_changed, self._on_noise_model_changed)
+        bind(self, napari_viewer.layers.events.inserted, self._on_layer_inserted)
         self.destroyed.connect(lambda *_: self.runner.stop_and_wait())
 
     # ------------------------------------------------------------------ inputs

@@ -26,7 +26,7 @@ from ..errors import DivNoisingError
 from ._layers import LayerPicker, layer_data_copy, warn_if_unusable
 from ._notify import report_exception, show_info
 from ._outputs import Geometry, robust_limits, set_output_layer
-from ._session import get_session
+from ._session import bind, get_session
 from ._worker import WorkerRunner
 
 MODEL_SESSION = "Trained in this session"
@@ -135,8 +135,8 @@ class PredictWidget(QWidget):
         layout.addLayout(prior_row)
         layout.addStretch(1)
 
-        self.session.trained_model_changed.connect(lambda *_: self._update_model_label())
-        napari_viewer.layers.events.inserted.connect(
+        bind(self, self.session.trained_model_changed, lambda *_: self._update_model_label())
+        bind(self, napari_viewer.layers.events.inserted,
             lambda e: warn_if_unusable(e.value, self.session.warned_rgb_layers)
         )
         self.destroyed.connect(lambda *_: (self.runner.stop_and_wait(), self.prior_runner.stop_and_wait()))

@@ -26,7 +26,7 @@ from ..errors import DivNoisingError
 from ._layers import LayerChecklist, layer_data_copy, warn_if_unusable
 from ._notify import report_exception, show_info, show_warning
 from ._plots import LossPlot
-from ._session import NOISE_BOOTSTRAP, NOISE_CHOICE_LABELS, NOISE_COLEARN, NOISE_FITTED, get_session
+from ._session import bind, NOISE_BOOTSTRAP, NOISE_CHOICE_LABELS, NOISE_COLEARN, NOISE_FITTED, get_session
 from ._worker import WorkerRunner
 
 BUDGET_MINUTES = "minutes"
@@ -166,10 +166,10 @@ class TrainWidget(QWidget):
         layout.addLayout(io_row)
         layout.addStretch(1)
 
-        self.session.noise_choice_changed.connect(self._on_noise_choice)
-        self.session.noise_model_changed.connect(lambda *_: self._update_noise_label())
-        self.session.trained_model_changed.connect(self._on_session_model)
-        napari_viewer.layers.events.inserted.connect(
+        bind(self, self.session.noise_choice_changed, self._on_noise_choice)
+        bind(self, self.session.noise_model_changed, lambda *_: self._update_noise_label())
+        bind(self, self.session.trained_model_changed, self._on_session_model)
+        bind(self, napari_viewer.layers.events.inserted,
             lambda e: warn_if_unusable(e.value, self.session.warned_rgb_layers)
         )
         self.destroyed.connect(lambda *_: self.runner.stop_and_wait())
