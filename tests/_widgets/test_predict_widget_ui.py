@@ -24,6 +24,7 @@ def scripted_prediction(delay: float = 0.0, batch: int = 4):
     def events(model, image, n_samples, keep_samples=20, compute_map=False):
         done, total = 0, 0.0
         sq = 0.0
+        kept = np.zeros((0, *image.shape), np.float32)
         while done < n_samples:
             k = min(batch, n_samples - done)
             samples = np.stack([image + (done + i + 1) for i in range(k)]).astype(np.float32)
@@ -33,7 +34,9 @@ def scripted_prediction(delay: float = 0.0, batch: int = 4):
             mmse = total / done
             var = sq / done - mmse**2
             time.sleep(delay)
-            yield PredictionUpdate(done, n_samples, mmse, var, samples)
+            changed = len(kept) < keep_samples
+            kept = np.concatenate([kept, samples])[:keep_samples]
+            yield PredictionUpdate(done, n_samples, mmse, var, kept.copy() if changed else None)
         yield PredictionResult(mmse, var, mmse.copy() if compute_map else None)
 
     return events

@@ -28,13 +28,17 @@ class TrainingPhase:
 
 @dataclass(frozen=True)
 class PredictionUpdate:
-    """Running result after ``done`` of ``total`` samples; ``new_samples`` (k, *image shape) or None."""
+    """Running result after ``done`` of ``total`` samples.
+
+    ``kept_samples`` is a copy of the samples kept for display, shape (k, *image shape), when it
+    changed since the last update (None once ``keep_samples`` of them are there).
+    """
 
     done: int
     total: int
     mmse: np.ndarray
     variance: np.ndarray
-    new_samples: np.ndarray | None
+    kept_samples: np.ndarray | None
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,6 @@ class PredictWidget(QWidget):
         self.outputs: dict[str, np.ndarray] = {}
         self.output_layer_names: dict[str, str] = {}
         self._geometry: Geometry | None = None
-        self._kept_samples: np.ndarray | None = None
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
@@ -211,7 +210,6 @@ class PredictWidget(QWidget):
         n_samples, keep = self.n_samples.value(), self.keep_samples.value()
         want_map = self.compute_map.isChecked()
         self.outputs = {}
-        self._kept_samples = None
         self._set_running(True)
         self.progress.setRange(0, n_samples)
         self.progress.setValue(0)
@@ -237,8 +235,8 @@ class PredictWidget(QWidget):
             self.outputs["variance"] = event.variance
             self._show("mmse", event.mmse, geometry)
             self._show("variance", event.variance, geometry, colormap="magma", floor_zero=True)
-            if event.new_samples is not None and self.keep_samples.value() > 0:
-                self._add_samples(event.new_samples, geometry)
+            if event.kept_samples is not None and len(event.kept_samples):
+                self._show_samples(event.kept_samples, geometry)
             self.progress.setValue(event.done)
             self.status.setText(f"{event.done} of {event.total} samples")
         elif isinstance(event, PredictionResult):
@@ -257,21 +255,12 @@ class PredictWidget(QWidget):
                                  contrast_limits=limits)
         self.output_layer_names[kind] = layer.name
 
-    def _add_samples(self, new_samples: np.ndarray, geometry: Geometry) -> None:
-        keep = self.keep_samples.value()
-        kept = self._kept_samples
-        if kept is None or kept.shape[0] < keep:
-            room = keep - (0 if kept is None else kept.shape[0])
-            batch = new_samples[:room]
-            kept = batch.copy() if kept is None else np.concatenate([kept, batch])
-            if batch.shape[0] == 0:
-                return
-            self._kept_samples = kept
-            self.outputs["samples"] = kept
-            limits = robust_limits(kept[0])
-            layer = set_output_layer(self.viewer, f"{geometry.name}_samples", kept,
-                                     geometry.with_leading_axis("sample"), contrast_limits=limits)
-            self.output_layer_names["samples"] = layer.name
+    def _show_samples(self, kept: np.ndarray, geometry: Geometry) -> None:
+        self.outputs["samples"] = kept
+        limits = robust_limits(kept[0])
+        layer = set_output_layer(self.viewer, f"{geometry.name}_samples", kept,
+                                 geometry.with_leading_axis("sample"), contrast_limits=limits)
+        self.output_layer_names["samples"] = layer.name
 
     def _on_done(self, stopped: bool) -> None:
         try:
