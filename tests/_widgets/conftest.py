@@ -38,7 +38,7 @@ def noisy_clean_pair() -> tuple[np.ndarray, np.ndarray]:
 def wait_for(qtbot):
     """``wait_for(runner)``: wait until a widget's WorkerRunner has finished and its GUI callbacks ran."""
 
-    def wait(runner, timeout: int = 60_000) -> None:
+    def wait(runner, timeout: int = 180_000) -> None:
         qtbot.waitUntil(lambda: not runner.running, timeout=timeout)
         qtbot.wait(50)
 
