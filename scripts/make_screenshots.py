@@ -12,6 +12,7 @@ temporary folder and saves PNGs to docs/images/.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ def wait_until(condition, timeout: float = 600.0) -> None:
 
 
 def shot(viewer: napari.Viewer, name: str) -> None:
+    viewer.reset_view()
     pump(0.5)
     IMAGES.mkdir(parents=True, exist_ok=True)
     path = IMAGES / f"{name}.png"
@@ -57,13 +59,13 @@ def show_only(viewer: napari.Viewer, keep: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-steps", type=int, default=150)
+    parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--only", choices=["noise", "train", "predict"], default=None)
     args = parser.parse_args()
 
     viewer = napari.Viewer(show=True, title="napari-divnoising")
-    viewer.window._qt_window.resize(1500, 950)
+    viewer.window._qt_window.resize(1700, 1000)
     viewer.open_sample(PLUGIN, "noisy_and_calibration")
     viewer.reset_view()
     pump(1.0)
@@ -77,6 +79,7 @@ def main() -> None:
     shot(viewer, "02_noise_model")
     if args.only == "noise":
         return
+    viewer.layers.remove("calibration")  # not needed any more; keeps the sample slider alone below
 
     # 2. Training on the noisy image with the fitted GMM.
     _, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
@@ -99,7 +102,7 @@ def main() -> None:
     show_only(viewer, "Predict")
     predict.image_layer.set_layer("noisy")
     predict.n_samples.setValue(args.samples)
-    predict.compute_map.setChecked(True)
+    predict.compute_map.setChecked(importlib.util.find_spec("napari_divnoising.map_estimate") is not None)
     predict.export_folder.setText(tempfile.mkdtemp(prefix="divnoising_export_"))
     predict.predict_button.click()
     wait_until(lambda: not predict.runner.running)
@@ -110,12 +113,13 @@ def main() -> None:
         layer.visible = layer.name == "noisy_samples"
     viewer.dims.set_current_step(0, 3)
     shot(viewer, "06_predict_samples")
-    viewer.grid.enabled = True
-    for layer in viewer.layers:
-        layer.visible = layer.name in ("noisy", "noisy_mmse", "noisy_variance", "noisy_map")
-    shot(viewer, "07_predict_grid")
-    viewer.grid.enabled = False
     written = predict.export()
+    # Grid view of input and results (the samples layer would take a grid cell of its own).
+    viewer.layers.remove("noisy_samples")
+    for layer in viewer.layers:
+        layer.visible = True
+    viewer.grid.enabled = True
+    shot(viewer, "07_predict_grid")
     print("exported", [str(p) for p in written])
     viewer.close()
 

@@ -85,3 +85,35 @@ def test_bad_settings_are_reported_not_raised(widget, wait_for, monkeypatch):
     wait_for(w.runner, timeout=60_000)
     assert errors and "patch" in errors[0].lower()
     assert w.train_button.isEnabled() and not w.runner.running
+
+
+def test_bootstrap_trains_twice_and_ends_with_a_gmm(widget, wait_for):
+    viewer, w = widget
+    from napari_divnoising._widgets._session import NOISE_BOOTSTRAP
+    from napari_divnoising.noise_models import GMMNoiseModel
+
+    get_session(viewer).set_noise_choice(NOISE_BOOTSTRAP)
+    w.budget_value.setValue(160)
+    w.train_button.click()
+    wait_for(w.runner, timeout=180_000)
+    session = get_session(viewer)
+    assert isinstance(session.noise_model, GMMNoiseModel)
+    assert "Bootstrap" in session.noise_model_description
+    assert isinstance(session.trained_model.noise_model, GMMNoiseModel)
+    assert w.progress.format() == "done"
+
+
+def test_bootstrap_with_too_short_a_budget_explains_and_keeps_the_first_model(widget, wait_for, monkeypatch):
+    viewer, w = widget
+    from napari_divnoising._widgets._session import NOISE_BOOTSTRAP
+
+    errors = []
+    import napari_divnoising._widgets._notify as notify
+
+    monkeypatch.setattr(notify, "show_error", errors.append)
+    get_session(viewer).set_noise_choice(NOISE_BOOTSTRAP)
+    w.budget_value.setValue(2)  # one step of co-learning cannot give a usable pseudo-clean image
+    w.train_button.click()
+    wait_for(w.runner, timeout=180_000)
+    assert errors and "Bootstrapping stopped" in errors[0] and "larger budget" in errors[0]
+    assert isinstance(get_session(viewer).trained_model, DivNoisingModel)

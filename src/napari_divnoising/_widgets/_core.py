@@ -117,7 +117,16 @@ def training_events(
                 result = ev
             noisy.append(frame.astype(np.float32))
             pseudo.append(result.mmse.astype(np.float32))
-    gmm = bootstrap_gmm(np.concatenate([n.ravel() for n in noisy]), np.concatenate([p.ravel() for p in pseudo]))
+    # Frames may differ in size: all pixels as one (1, N) "image" of pairs.
+    try:
+        gmm = bootstrap_gmm(
+            np.concatenate([n.ravel() for n in noisy])[None], np.concatenate([p.ravel() for p in pseudo])[None]
+        )
+    except DivNoisingError as exc:
+        raise DivNoisingError(
+            f"Bootstrapping stopped after the first training: {exc} The first (co-learned) model is kept; "
+            "give a larger budget so it denoises well enough, or fit a noise model from calibration data."
+        ) from None
     yield TrainingPhase("Bootstrap 3/3: training with the bootstrapped GMM noise model", noise_model=gmm)
     yield from train_iter(images, gmm, half)
 
