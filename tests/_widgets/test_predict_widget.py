@@ -105,3 +105,19 @@ def test_generate_prior_samples(widget, wait_for):
     data = viewer.layers["prior_samples"].data
     assert data.shape == (3, 32, 32) and np.isfinite(data).all()
     assert not np.allclose(data[0], data[1])
+
+
+def test_map_layer_when_asked(widget, wait_for):
+    viewer, w = widget
+    image = np.random.default_rng(3).normal(50, 20, (24, 24)).astype(np.float32)
+    viewer.add_image(image, name="img", translate=(5, 7))
+    w.n_samples.setValue(16)
+    w.compute_map.setChecked(True)
+    w.predict_button.click()
+    wait_for(w.runner)
+    map_layer = viewer.layers["img_map"]
+    assert map_layer.data.shape == (24, 24) and np.isfinite(map_layer.data).all()
+    assert tuple(map_layer.translate) == (5, 7)
+    # The mode lies within the range of the samples, pixel by pixel.
+    mmse, var = viewer.layers["img_mmse"].data, viewer.layers["img_variance"].data
+    assert np.all(np.abs(map_layer.data - mmse) <= 6 * np.sqrt(var) + 1e-3)

@@ -145,110 +145,55 @@ def _noise_spec(noise_model: Any) -> Any:
 
 def prediction_events(
     model: Any, image: np.ndarray, n_samples: int, *, keep_samples: int = 20, compute_map: bool = False,
-) -> Iterator[PredictionUpdate | PredictionResult]:
-    """Stream posterior samples of ``image`` (2-D, or a 3-D stack done frame by frame).
+) -> Iterator[PredictionUpdate | PredictionResult | Any]:
+    """Stream posterior samples of ``image`` (2-D, or a 3-D stack done frame by frame by the core).
 
-    Yields a :class:`PredictionUpdate` per sample batch (running MMSE / variance of the whole
-    image or stack, frames not reached yet are NaN) and a final :class:`PredictionResult`.
+    Yields a :class:`PredictionUpdate` per sample batch with the running MMSE / variance of the
+    whole image or stack (frames not reached yet are NaN), the core's ``Progress`` events (encoding,
+    tiles, MAP) unchanged, and a final :class:`PredictionResult`.
     """
-    from ..io import as_image_stack
+    from ..events import Progress
+    from ..prediction import PredictionDone, SampleBatch, predict_iter
 
-    if int(n_samples) < 1:
-        raise DivNoisingError(f"The number of samples must be at least 1 (got {n_samples}).")
-    stack = as_image_stack(image, name="image")
-    is_stack = np.asarray(image).ndim == 3
-    n_frames = stack.shape[0]
-    mmse = np.full(stack.shape, np.nan, dtype=np.float32)
-    variance = np.full(stack.shape, np.nan, dtype=np.float32)
+    image = np.asarray(image)
+    is_stack = image.ndim == 3
     keep = max(0, min(int(keep_samples), int(n_samples)))
-    kept = np.full((keep, *stack.shape), np.nan, dtype=np.float32)
-    map_image = np.full(stack.shape, np.nan, dtype=np.float32) if compute_map else None
-    total = n_frames * int(n_samples)
-    for index in range(n_frames):
-        frame_kept = 0
-        all_samples: list[np.ndarray] = []
-        for done, samples, frame_mean, frame_var in _frame_samples(model, stack[index], int(n_samples)):
-            mmse[index], variance[index] = frame_mean, frame_var
-            changed = frame_kept < keep
+    mmse = np.full(image.shape, np.nan, dtype=np.float32)
+    variance = np.full(image.shape, np.nan, dtype=np.float32)
+    kept = np.full((keep, *image.shape), np.nan, dtype=np.float32)
+    for event in predict_iter(model, image, int(n_samples), keep_samples=keep, compute_map=compute_map):
+        if isinstance(event, SampleBatch):
+            target = (lambda a: a[event.frame]) if is_stack else (lambda a: a)
+            target(mmse)[...] = event.mean
+            target(variance)[...] = event.variance
+            first = event.done - len(event.samples)
+            changed = first < keep
             if changed:
-                take = samples[: keep - frame_kept]
-                kept[frame_kept : frame_kept + len(take), index] = take
-                frame_kept += len(take)
-            if compute_map:
-                all_samples.append(samples)
-            view = (lambda a: a) if is_stack else (lambda a: a[0])
-            kept_view = (kept[:frame_kept] if not is_stack else kept) if changed else None
+                take = event.samples[: keep - first]
+                if is_stack:
+                    kept[first : first + len(take), event.frame] = take
+                else:
+                    kept[first : first + len(take)] = take
+            shown = kept if is_stack else kept[: min(event.done, keep)]
             yield PredictionUpdate(
-                index * int(n_samples) + done, total, view(mmse).copy(), view(variance).copy(),
-                None if kept_view is None else (kept_view.copy() if is_stack else kept_view[:, 0].copy()),
+                done=event.frame * event.total + event.done,
+                total=event.n_frames * event.total,
+                mmse=mmse.copy(),
+                variance=variance.copy(),
+                kept_samples=shown.copy() if changed else None,
             )
-        if compute_map and map_image is not None:
-            map_image[index] = _map_of(np.concatenate(all_samples), model)
-    squeeze = (lambda a: a) if is_stack else (lambda a: a[0])
-    yield PredictionResult(squeeze(mmse), squeeze(variance), None if map_image is None else squeeze(map_image))
-
-
-def _frame_samples(model: Any, frame: np.ndarray, n_samples: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-    """``(done, sample batch, running mean, running variance)`` for one 2-D frame.
-
-    TEMPORARY: samples directly with the network until ``prediction.predict_iter`` lands (issue #4).
-    """
-    import torch
-
-    from ..network import crop_to, pad_to_multiple
-
-    net = model.network
-    net.eval()
-    device = model.device
-    batch = 8
-    with torch.inference_mode():
-        x = torch.as_tensor(frame, dtype=torch.float32, device=device)[None, None]
-        padded, size = pad_to_multiple(model.normalize(x), net.size_multiple)
-        mu, logvar = net.encode(padded)
-        std = torch.exp(0.5 * logvar)
-        done = 0
-        mean = np.zeros(frame.shape, np.float64)
-        m2 = np.zeros(frame.shape, np.float64)
-        while done < n_samples:
-            k = min(batch, n_samples - done)
-            z = mu + std * torch.randn((k, *mu.shape[1:]), device=device)
-            samples = crop_to(model.denormalize(net.decode(z)), size)[:, 0].float().cpu().numpy()
-            # Chan et al. parallel update of mean and sum of squared deviations.
-            b_mean = samples.mean(0, dtype=np.float64)
-            b_m2 = ((samples - b_mean) ** 2).sum(0)
-            n_new = done + k
-            delta = b_mean - mean
-            mean += delta * k / n_new
-            m2 += b_m2 + delta**2 * done * k / n_new
-            done = n_new
-            yield done, samples, mean.astype(np.float32), (m2 / done).astype(np.float32)
-
-
-def _map_of(samples: np.ndarray, model: Any) -> np.ndarray:
-    from ..map_estimate import map_estimate
-
-    return np.asarray(map_estimate(samples), dtype=np.float32)
+        elif isinstance(event, PredictionDone):
+            result = event.result
+            yield PredictionResult(result.mmse, result.variance, result.map)
+        elif isinstance(event, Progress):
+            yield event
 
 
 def prior_events(model: Any, count: int, size: int) -> Iterator[np.ndarray]:
     """Yield ``count`` prior samples of ``size`` x ``size`` pixels as one (count, size, size) array."""
-    try:
-        from ..prediction import generate_prior
-    except ImportError:  # TEMPORARY until prediction.py lands (issue #4)
-        generate_prior = _decode_prior
+    from ..prediction import generate_prior
+
     yield np.asarray(generate_prior(model, count, size), dtype=np.float32)
-
-
-def _decode_prior(model: Any, count: int, size: int) -> np.ndarray:
-    import torch
-
-    net = model.network
-    net.eval()
-    side = -(-int(size) // net.size_multiple)
-    with torch.inference_mode():
-        z = torch.randn((int(count), net.z_dim, side, side), device=model.device)
-        images = model.denormalize(net.decode(z))[:, 0, :size, :size]
-    return images.float().cpu().numpy()
 
 
 # ---------------------------------------------------------------------- export

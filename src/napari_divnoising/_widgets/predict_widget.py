@@ -239,6 +239,8 @@ class PredictWidget(QWidget):
                 self._show_samples(event.kept_samples, geometry)
             self.progress.setValue(event.done)
             self.status.setText(f"{event.done} of {event.total} samples")
+        elif type(event).__name__ == "Progress":
+            self.status.setText(event.message or f"{event.done} of {event.total}")
         elif isinstance(event, PredictionResult):
             self.outputs["mmse"] = event.mmse
             self.outputs["variance"] = event.variance
