@@ -75,7 +75,8 @@ def test_kl_per_pixel_matches_formula():
 
 def test_gmm_training_denoises(data, tmp_path):
     clean, noisy = data
-    events = list(train_iter(noisy, constant_gmm(SIGMA), small_config(max_steps=150), checkpoint_path=tmp_path / "m.pt"))
+    config = small_config(max_steps=150, learning_rate=1e-3, kl_annealing_steps=50)
+    events = list(train_iter(noisy, constant_gmm(SIGMA), config, checkpoint_path=tmp_path / "m.pt"))
     assert isinstance(events[0], TrainingStarted) and isinstance(events[-1], TrainingDone)
     steps = [e for e in events if isinstance(e, TrainStep)]
     assert [e.step for e in steps] == list(range(1, 151))
@@ -94,7 +95,7 @@ def test_gmm_training_denoises(data, tmp_path):
 
 def test_colearned_noise_model_moves_towards_the_true_variance(data):
     clean, noisy = data
-    events = list(train_iter(noisy, COLEARN, small_config(max_steps=120)))
+    events = list(train_iter(noisy, COLEARN, small_config(max_steps=120, learning_rate=1e-3, kl_annealing_steps=50)))
     steps = [e for e in events if isinstance(e, TrainStep)]
     assert steps[0].noise_a is not None
     b0, b1 = steps[0].noise_b, steps[-1].noise_b
