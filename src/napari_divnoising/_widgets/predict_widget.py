@@ -237,8 +237,12 @@ class PredictWidget(QWidget):
             self._show("variance", event.variance, geometry, colormap="magma", floor_zero=True)
             if event.kept_samples is not None and len(event.kept_samples):
                 self._show_samples(event.kept_samples, geometry)
+            if self.progress.maximum() != event.total:
+                self.progress.setRange(0, event.total)
             self.progress.setValue(event.done)
-            self.status.setText(f"{event.done} of {event.total} samples")
+            frames = event.total // max(1, self.n_samples.value())
+            per = f" ({frames} frames x {self.n_samples.value()})" if frames > 1 else ""
+            self.status.setText(f"{event.done} of {event.total} samples{per}")
         elif type(event).__name__ == "Progress":
             self.status.setText(event.message or f"{event.done} of {event.total}")
         elif isinstance(event, PredictionResult):
@@ -270,8 +274,11 @@ class PredictWidget(QWidget):
             if self.runner.failed:
                 self.status.setText("Prediction failed; see the notification.")
             elif stopped:
+                note = ""
+                if self._geometry is not None and len(self._geometry.scale) == 3:
+                    note = " Frames not reached yet are empty (NaN)."
                 self.status.setText(
-                    f"Stopped after {self.progress.value()} samples; the MMSE and variance so far are valid."
+                    f"Stopped after {self.progress.value()} samples; the MMSE and variance so far are valid.{note}"
                 )
             elif "mmse" in self.outputs:
                 self.status.setText(f"Done: {self.progress.value()} samples. Export the results as TIFFs below.")
