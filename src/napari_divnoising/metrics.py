@@ -1,0 +1,57 @@
+"""Quality and diversity metrics against a known ground truth (METHOD.md 6-7, appendix A.7)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import DivNoisingError
+
+
+def _checked(x: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(x, dtype=np.float64)
+    b = np.asarray(gt, dtype=np.float64)
+    if a.shape[-b.ndim :] != b.shape:
+        raise DivNoisingError(f"Image shape {a.shape} does not match the ground truth shape {b.shape}.")
+    return a, b
+
+
+def psnr(x: np.ndarray, gt: np.ndarray, data_range: float) -> float:
+    """Peak signal-to-noise ratio in dB: ``20 log10(data_range) - 10 log10(MSE)``.
+
+    Parameters
+    ----------
+    x
+        The estimate.
+    gt
+        The ground truth, same shape.
+    data_range
+        The range to quote (e.g. 255 for 8-bit data); always state it with the number.
+    """
+    a, b = _checked(x, gt)
+    if a.shape != b.shape:
+        raise DivNoisingError(f"Image shape {a.shape} does not match the ground truth shape {b.shape}.")
+    if data_range <= 0:
+        raise DivNoisingError(f"The PSNR data range must be positive (got {data_range}).")
+    mse = float(np.mean((a - b) ** 2))
+    if mse == 0:
+        return float("inf")
+    return float(20 * np.log10(data_range) - 10 * np.log10(mse))
+
+
+def sample_psnrs(samples: np.ndarray, gt: np.ndarray, data_range: float) -> np.ndarray:
+    """PSNR of each sample (first axis) against the ground truth."""
+    s, _ = _checked(samples, gt)
+    if s.ndim != np.ndim(gt) + 1:
+        raise DivNoisingError(f"Samples need one axis more than the ground truth; got {s.shape} and {np.shape(gt)}.")
+    return np.array([psnr(sample, gt, data_range) for sample in s])
+
+
+def std_psnr(samples: np.ndarray, gt: np.ndarray, data_range: float) -> float:
+    """The "standard deviation PSNR" diversity metric: std over samples of each sample's PSNR (dB).
+
+    Higher means more diverse samples (Prakash et al. 2021, appendix A.7). Population std (``ddof=0``).
+    """
+    values = sample_psnrs(samples, gt, data_range)
+    if len(values) < 2:
+        raise DivNoisingError("The std-PSNR diversity metric needs at least two samples.")
+    return float(np.std(values))
