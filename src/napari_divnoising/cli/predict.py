@@ -1,0 +1,178 @@
+"""``divnoising predict``: denoise images with a trained model (MMSE, variance, samples, MAP)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DivNoisingError
+
+DESCRIPTION = """\
+Denoise TIFF images or stacks with a trained DivNoising model.
+
+For each input IN.tif, posterior samples are drawn and these files are
+written to --out-dir (float32 ImageJ TIFFs keeping the input's pixel size):
+
+  IN_mmse.tif      MMSE estimate: the mean of the samples (the denoised image)
+  IN_variance.tif  per-pixel variance of the samples (uncertainty)
+  IN_samples.tif   the first --save-samples samples (diverse plausible images)
+  IN_map.tif       with --map: MAP estimate (mode of the samples, mean shift)
+
+Stacks (3-D inputs: T, Z or a series of images) are denoised frame by frame.
+Large images are processed in overlapping tiles without seams; lower
+--tile-size if memory runs out. Existing files are never overwritten
+without --force (all outputs are checked before anything is computed).
+
+examples:
+  divnoising predict --model model.pt --input noisy.tif --out-dir results
+  divnoising predict --model model.pt --input a.tif --input b.tif --out-dir results --samples 200 --map --clip
+"""
+
+DTYPE_CHOICES = ("float32", "input")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the ``predict`` command."""
+    p = subparsers.add_parser(
+        "predict", help="denoise images with a trained model (MMSE, variance, samples, MAP)",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, metavar="MODEL.pt", help="model file from `divnoising train`")
+    p.add_argument("--input", action="append", required=True, metavar="IN.tif",
+                   help="noisy image or stack (repeat for several files)")
+    p.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the results")
+    p.add_argument("--samples", type=int, default=100, metavar="N",
+                   help="posterior samples per image or frame (default 100; more: smoother MMSE)")
+    p.add_argument("--map", action="store_true", help="also write the MAP estimate (mode of the samples)")
+    p.add_argument("--save-samples", type=int, default=10, metavar="K",
+                   help="how many samples to write to IN_samples.tif (default 10; 0: none)")
+    p.add_argument("--tile-size", type=int, metavar="T",
+                   help="process images in tiles of T x T pixels (default: automatic; lower it if memory runs out)")
+    p.add_argument("--batch-size", type=int, metavar="B", help="samples decoded at once (default: automatic)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="compute precision (default auto: float16 on CUDA GPUs, float32 elsewhere)")
+    p.add_argument("--seed", type=int, help="random seed for reproducible samples (default: random)")
+    p.add_argument("--clip", action="store_true",
+                   help="clip MMSE, MAP and samples at the data's physical minimum: 0 for unsigned or "
+                        "non-negative input, else the input's minimum")
+    p.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES,
+                   help="float32 (default), or input: the input's type, rounded and clipped to its range "
+                        "(variance always float32)")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.set_defaults(func=run)
+    return p
+
+
+def output_paths(input_path: Path, out_dir: Path, save_samples: int, want_map: bool) -> dict[str, Path]:
+    """The files written for one input, by kind."""
+    stem = input_path.name
+    for suffix in (".tiff", ".tif", ".TIFF", ".TIF"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    kinds = ["mmse", "variance"] + (["samples"] if save_samples > 0 else []) + (["map"] if want_map else [])
+    return {kind: out_dir / f"{stem}_{kind}.tif" for kind in kinds}
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.samples < 1:
+        raise DivNoisingError(f"--samples must be at least 1 (got {args.samples}).")
+    if args.save_samples < 0:
+        raise DivNoisingError(f"--save-samples must be 0 or more (got {args.save_samples}).")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise DivNoisingError(f"--batch-size must be at least 1 (got {args.batch_size}).")
+    if args.seed is not None and args.seed < 0:
+        raise DivNoisingError(f"--seed must be 0 or more (got {args.seed}).")
+
+
+def _plan_outputs(args: argparse.Namespace) -> list[tuple[Path, dict[str, Path]]]:
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DivNoisingError(f"--out-dir {out_dir} is a file; give a folder.")
+    plan: list[tuple[Path, dict[str, Path]]] = []
+    seen: dict[Path, Path] = {}
+    for name in args.input:
+        path = Path(name)
+        if not path.exists():
+            raise DivNoisingError(f"Input file not found: {path}")
+        outputs = output_paths(path, out_dir, args.save_samples, args.map)
+        for out in outputs.values():
+            if out in seen:
+                raise DivNoisingError(f"{seen[out]} and {path} would both write {out}; rename one of them.")
+            seen[out] = path
+            if path.resolve() == out.resolve():
+                raise DivNoisingError(f"Writing {out} would overwrite the input; choose another --out-dir.")
+        plan.append((path, outputs))
+    existing = [str(p) for _, outs in plan for p in outs.values() if p.exists()]
+    if existing and not args.force:
+        shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise DivNoisingError(f"{shown} already exist(s); pass --force to overwrite.")
+    return plan
+
+
+def clip_minimum(raw: np.ndarray) -> float:
+    """Physical minimum for ``--clip``: 0 for unsigned or non-negative data, else the data's minimum."""
+    if np.issubdtype(raw.dtype, np.unsignedinteger):
+        return 0.0
+    low = float(np.min(raw))
+    return 0.0 if low >= 0 else low
+
+
+def run(args: argparse.Namespace) -> int:
+    """Denoise every input with a progress bar and write the result files; returns the exit status."""
+    from tqdm import tqdm
+
+    from ..events import Progress
+    from ..export import read_tiff_metadata, stack_axes, write_tiff
+    from ..io import as_image_stack, read_tiff
+    from ..model_io import load_model
+    from ..prediction import PredictionDone, SampleBatch, check_tile_size, predict_iter
+
+    _check_args(args)
+    plan = _plan_outputs(args)
+    from ..device import resolve_device
+
+    device = resolve_device(args.device)
+    model = load_model(args.model, device=device)
+    check_tile_size(args.tile_size, model.network)
+    # Check every input before computing anything, so a bad file late in the list fails fast.
+    for path, _ in plan:
+        as_image_stack(read_tiff(path), name=str(path))
+
+    for path, outputs in plan:
+        raw = read_tiff(path)
+        meta = read_tiff_metadata(path)
+        squeezed = raw.reshape([s for i, s in enumerate(raw.shape) if not (s == 1 and i < raw.ndim - 2)])
+        axes = stack_axes(meta["axes"][-squeezed.ndim :] if meta["axes"] else None, squeezed.ndim)
+        n_frames = 1 if squeezed.ndim == 2 else squeezed.shape[0]
+        total = n_frames * args.samples
+        result = None
+        with tqdm(total=total, desc=path.name, unit="sample", dynamic_ncols=True) as bar:
+            for event in predict_iter(
+                model, squeezed, args.samples, batch_size=args.batch_size, tile_size=args.tile_size,
+                seed=args.seed, keep_samples=args.save_samples, compute_map=args.map, precision=args.precision,
+                name=str(path),
+            ):
+                if isinstance(event, SampleBatch):
+                    bar.update(event.frame * event.total + event.done - bar.n)
+                elif isinstance(event, Progress):
+                    bar.set_postfix_str(f"{event.message} {event.done}/{event.total}", refresh=True)
+                elif isinstance(event, PredictionDone):
+                    result = event.result
+        assert result is not None
+        dtype: Any = raw.dtype if args.dtype == "input" and np.issubdtype(raw.dtype, np.integer) else "float32"
+        clip_min = clip_minimum(raw) if args.clip else None
+        common = dict(
+            input_axes=axes, pixel_size=meta["pixel_size"], unit=meta["unit"], spacing=meta["spacing"],
+            frame_interval=meta["frame_interval"], n_samples=result.n_samples, model_name=model.name,
+            source=path.name, extra={"seed": result.seed},
+        )
+        arrays = {"mmse": result.mmse, "variance": result.variance, "samples": result.samples, "map": result.map}
+        for kind, out in outputs.items():
+            write_tiff(out, arrays[kind], kind=kind, dtype=dtype, clip_min=clip_min, **common)
+            print(f"wrote {out}")
+    return 0
