@@ -37,3 +37,15 @@ def test_rejects_rgb_and_wrong_extension(tmp_path):
         write_image_tiff(tmp_path / "x.tif", np.zeros((8, 8, 3)), {"rgb": True})
     with pytest.raises(DivNoisingError, match=".tif"):
         write_image_tiff(tmp_path / "x.png", np.zeros((8, 8)))
+
+
+def test_result_layers_are_written_by_the_core_exporter(tmp_path):
+    from napari_divnoising.export import read_tiff_metadata
+
+    data = np.random.default_rng(1).random((5, 12, 12)).astype(np.float32)
+    meta = {"name": "cells_samples", "scale": [1.0, 0.4, 0.4], "units": ["pixel", "micrometer", "micrometer"]}
+    (path,) = write_single_image(str(tmp_path / "s.tif"), data, meta)
+    info = read_tiff_metadata(path)
+    np.testing.assert_allclose(tifffile.imread(path), data)
+    assert info["pixel_size"] == pytest.approx((0.4, 0.4)) and info["unit"] == "um"
+    assert "samples" in (info["info"] + str(info["properties"])).lower()

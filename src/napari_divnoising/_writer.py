@@ -77,6 +77,39 @@ def write_image_tiff(path: str | Path, data: Any, meta: dict | None = None) -> P
     return path
 
 
+RESULT_KINDS = ("mmse", "variance", "samples", "map")
+
+
+def _result_kind(name: str) -> str | None:
+    """``"mmse"`` etc. for the Predict widget's output layers (``<image>_mmse``...), else None."""
+    if name == "prior_samples":
+        return "prior"
+    for kind in RESULT_KINDS:
+        if name.endswith(f"_{kind}"):
+            return kind
+    return None
+
+
 def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
-    """npe2 single-layer writer for image layers; returns the paths written."""
-    return [str(write_image_tiff(path, data, meta))]
+    """npe2 single-layer writer for image layers; returns the paths written.
+
+    DivNoising result layers are written by the core's :func:`~napari_divnoising.export.write_tiff`
+    (the same files as the Export button and the command line); other image layers by
+    :func:`write_image_tiff`.
+    """
+    kind = _result_kind(str(meta.get("name", "")))
+    array = np.asarray(data)
+    if kind is None or meta.get("rgb") or Path(path).suffix.lower() not in TIFF_EXTENSIONS:
+        return [str(write_image_tiff(path, array, meta))]
+    from .export import write_tiff
+
+    scale = [float(v) for v in (meta.get("scale") if meta.get("scale") is not None else [1.0] * array.ndim)]
+    input_ndim = array.ndim - 1 if kind in ("samples", "prior") else array.ndim
+    if input_ndim not in (2, 3):
+        return [str(write_image_tiff(path, array, meta))]
+    written = write_tiff(
+        path, array, kind=kind, input_axes="YX" if input_ndim == 2 else "TYX",
+        pixel_size=(scale[-2], scale[-1]), unit=_unit_name(meta.get("units")),
+        spacing=scale[-3] if input_ndim == 3 else None, source=str(meta.get("name")),
+    )
+    return [str(written)]

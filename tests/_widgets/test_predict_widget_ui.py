@@ -147,6 +147,11 @@ def test_export_writes_tiffs_and_asks_before_overwriting(widget, wait_for, monke
         x_res = tif.pages[0].tags["XResolution"].value
     assert x_res[0] / x_res[1] == pytest.approx(5.0)
     assert tifffile.imread(tmp_path / "img_samples.tif").shape == (4, 16, 16)
+    from napari_divnoising.export import read_tiff_metadata
+
+    meta = read_tiff_metadata(tmp_path / "img_mmse.tif")
+    assert meta["pixel_size"] == pytest.approx((0.2, 0.2)) and meta["unit"] == "um"
+    assert "mmse" in (meta["info"] + str(meta["properties"])).lower()
 
     asked = []
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a) or QMessageBox.StandardButton.No)

@@ -199,13 +199,26 @@ def prior_events(model: Any, count: int, size: int) -> Iterator[np.ndarray]:
 # ---------------------------------------------------------------------- export
 
 
-def write_output_tiff(path: Path, data: np.ndarray, kind: str, geometry: Any, model: Any) -> Path:
-    """Write one result as an ImageJ TIFF keeping pixel size and unit."""
-    from .._writer import write_image_tiff
+def write_output_tiff(
+    path: Path, data: np.ndarray, kind: str, geometry: Any, model: Any, n_samples: int | None = None,
+) -> Path:
+    """Write one result with the core's :func:`~napari_divnoising.export.write_tiff` (same files as the CLI).
 
-    meta = {"scale": geometry.scale, "units": geometry.units}
-    array = np.asarray(data)
-    if array.ndim == 4:  # samples of a stack: (sample, frame, Y, X) -> frames*samples pages
-        array = array.reshape(-1, *array.shape[2:])
-        meta["scale"] = geometry.scale[1:]
-    return write_image_tiff(path, array, meta)
+    ``geometry`` is the input layer's placement: its pixel size, unit and (for stacks) frame spacing
+    go into the ImageJ metadata.
+    """
+    from .._writer import _unit_name
+    from ..export import write_tiff
+
+    scale = tuple(float(v) for v in geometry.scale)
+    input_ndim = len(scale)
+    return write_tiff(
+        path, np.asarray(data), kind=kind,
+        input_axes="YX" if input_ndim == 2 else "TYX",
+        pixel_size=(scale[-2], scale[-1]),
+        unit=_unit_name(geometry.units),
+        spacing=scale[0] if input_ndim == 3 else None,
+        n_samples=n_samples,
+        model_name=getattr(model, "name", None),
+        source=geometry.name,
+    )

@@ -47,6 +47,7 @@ class PredictWidget(QWidget):
         self.outputs: dict[str, np.ndarray] = {}
         self.output_layer_names: dict[str, str] = {}
         self._geometry: Geometry | None = None
+        self._n_samples_done = 0
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
@@ -240,6 +241,7 @@ class PredictWidget(QWidget):
             if self.progress.maximum() != event.total:
                 self.progress.setRange(0, event.total)
             self.progress.setValue(event.done)
+            self._n_samples_done = min(event.done, self.n_samples.value())
             frames = event.total // max(1, self.n_samples.value())
             per = f" ({frames} frames x {self.n_samples.value()})" if frames > 1 else ""
             self.status.setText(f"{event.done} of {event.total} samples{per}")
@@ -330,8 +332,9 @@ class PredictWidget(QWidget):
         written = []
         try:
             for kind, path in targets.items():
-                geometry = self._geometry.with_leading_axis("sample") if kind == "samples" else self._geometry
-                written.append(write_output_tiff(path, self.outputs[kind], kind, geometry, self.current_model()))
+                written.append(write_output_tiff(
+                    path, self.outputs[kind], kind, self._geometry, self.current_model(), self._n_samples_done,
+                ))
         except (DivNoisingError, OSError) as exc:
             report_exception(exc, "Export")
         if written:
