@@ -224,3 +224,21 @@ def test_end_to_end_trained_model_denoises():
     gain = psnr(result.mmse, test_clean, 255) - psnr(test_noisy, test_clean, 255)
     assert gain > 3.0, gain
     assert psnr(result.map, test_clean, 255) > psnr(test_noisy, test_clean, 255)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_folded_decoder_equals_the_original(depth):
+    from napari_divnoising.prediction import FoldedUpConv, fold_decoder
+
+    torch.manual_seed(depth)
+    net = DivNoisingVAE(depth=depth, start_filters=8, z_dim=6).eval()
+    for module in net.decoder:  # non-zero biases, so the border handling of biases is exercised
+        if getattr(module, "bias", None) is not None:
+            torch.nn.init.uniform_(module.bias, -1, 1)
+    folded = fold_decoder(net.decoder)
+    assert sum(isinstance(m, FoldedUpConv) for m in folded) == depth
+    with torch.no_grad():
+        for shape in [(2, 6, 5, 7), (1, 6, 9, 4)]:
+            z = torch.randn(shape)
+            expected = net.decode(z)
+            torch.testing.assert_close(folded(z), expected, rtol=1e-4, atol=1e-5)
