@@ -242,3 +242,12 @@ def test_folded_decoder_equals_the_original(depth):
             z = torch.randn(shape)
             expected = net.decode(z)
             torch.testing.assert_close(folded(z), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_map_refused_when_the_samples_would_not_fit_in_memory(monkeypatch):
+    import napari_divnoising.prediction as prediction
+
+    monkeypatch.setattr(prediction, "available_memory", lambda: 1000)
+    with pytest.raises(DivNoisingError, match="fewer samples"):
+        predict(make_model(), image(), 4, compute_map=True)
+    predict(make_model(), image(), 2)  # without MAP nothing needs to be held

@@ -636,13 +636,25 @@ def predict_iter(
     yield PredictionDone(result)
 
 
-def _check_map_memory(n_samples: int, frame_shape: tuple[int, ...]) -> None:
-    need = n_samples * int(np.prod(frame_shape)) * 4 * 3  # samples + window copies while shifting
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux MemAvailable, else free pages), or None if unknown."""
     try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return
-    if need > 0.8 * available:
+        return None
+
+
+def _check_map_memory(n_samples: int, frame_shape: tuple[int, ...]) -> None:
+    need = n_samples * int(np.prod(frame_shape)) * 4 * 2  # the frame's samples + one chunk of windows
+    available = available_memory()
+    if available is not None and need > 0.8 * available:
         raise DivNoisingError(
             f"The MAP estimate keeps all {n_samples} samples of a frame in memory (about {need / 2**30:.1f} GiB), "
             f"more than is free ({available / 2**30:.1f} GiB); use fewer samples or crop the image."
