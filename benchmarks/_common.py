@@ -131,8 +131,19 @@ def conv_flops(module: Any, input_shape: tuple[int, ...], method: str = "forward
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (MiB, from ``getrusage``; Linux reports KiB)."""
+    """Peak resident memory of this process so far (MiB).
+
+    Linux: ``VmHWM`` from /proc/self/status, which belongs to this process image; ``ru_maxrss`` can
+    include the parent's resident size carried over fork + exec. Elsewhere ``getrusage``.
+    """
     import resource
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024

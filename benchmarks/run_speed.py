@@ -47,6 +47,15 @@ from napari_divnoising.network import DivNoisingVAE
 from napari_divnoising.noise_models import GaussianNoiseModel
 from napari_divnoising.prediction import predict
 side, n_samples, device, repeats = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+def peak_mib():
+    # VmHWM is this process's own peak; ru_maxrss can carry the parent's RSS over fork+exec.
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 torch.manual_seed(0)
 net = DivNoisingVAE(depth=2)
 encode_flops = conv_flops(net, (1, 1, 64, 64), "encode") * (side / 64) ** 2
@@ -54,7 +63,7 @@ decode_flops = conv_flops(net, (1, net.z_dim, 16, 16), "decode") * (side / 64) *
 model = DivNoisingModel(net, GaussianNoiseModel(), 100.0, 30.0)
 image = np.random.default_rng(0).normal(100, 30, (side, side)).astype(np.float32)
 predict(model, image[:64, :64], 2, keep_samples=0, device=device)  # warm-up
-rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+rss_before = peak_mib()
 gpu_peak = None
 if device.startswith("cuda"):
     torch.cuda.reset_peak_memory_stats()
@@ -66,7 +75,7 @@ for r in range(repeats):
 if device.startswith("cuda"):
     gpu_peak = torch.cuda.max_memory_allocated() / 2**20
 print(json.dumps({"size": side, "n_samples": n_samples, "seconds": sorted(times)[len(times) // 2], "all_s": times,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "peak_rss_mib": peak_mib(),
                   "rss_before_mib": rss_before, "gpu_peak_mib": gpu_peak,
                   "gflop": (encode_flops + n_samples * decode_flops) / 1e9,
                   "finite": bool(np.isfinite(result.mmse).all())}))
@@ -112,7 +121,7 @@ def run_scaling(sizes: tuple[int, ...], n_samples: int, device: str, repeats: in
         if "seconds" in r:
             r["floor_s"] = r["gflop"] / rate_gflops
             r["ratio"] = r["seconds"] / r["floor_s"]
-            r["us_per_sample_megapixel"] = r["seconds"] / n_samples / (side * side / 1e6) * 1e6
+            r["s_per_sample_megapixel"] = r["seconds"] / n_samples / (side * side / 1e6)
             r["peak_rss_over_baseline_mib"] = r["peak_rss_mib"] - r["rss_before_mib"]
         rows.append(r)
     return rows
@@ -219,7 +228,7 @@ def to_markdown(results: dict[str, Any]) -> str:
         if "seconds" not in r:
             srows.append([f"{r['size']}²", "–", "–", "–", "–", "–", "–", r.get("error", "failed")])
             continue
-        srows.append([f"{r['size']}²", r["seconds"], r["floor_s"], r["ratio"], r["us_per_sample_megapixel"] / 1e6,
+        srows.append([f"{r['size']}²", r["seconds"], r["floor_s"], r["ratio"], r["s_per_sample_megapixel"],
                       r["peak_rss_mib"], r["peak_rss_over_baseline_mib"],
                       f"GPU peak {fmt(r['gpu_peak_mib'])} MiB" if r.get("gpu_peak_mib") else ""])
     lines.append(markdown_table(["image", "time (s)", "floor (s)", "ratio", "s per sample per Mpx",

@@ -81,13 +81,17 @@ def test_run_speed_handles_missing_and_failing_scripts(tmp_path):
     assert all(r[-1].startswith("not measured") for r in rows)
 
 
-def test_speed_scaling_child_measures_time_and_memory():
+def test_speed_scaling_child_measures_time_and_memory(common):
     run_speed = _load("run_speed")
+    ballast = np.ones(64 * 2**20)  # 512 MiB resident in this process: must not show in the child's peak
+    parent_peak = common.peak_rss_mib()
     rows = run_speed.run_scaling((64,), 2, "cpu", 1, rate_gflops=50.0, timeout_s=120, log=lambda *a: None)
+    del ballast
     row = rows[0]
     assert "error" not in row, row
     assert row["finite"] and row["seconds"] > 0 and row["floor_s"] > 0
     assert row["peak_rss_mib"] >= row["rss_before_mib"] > 10
+    assert row["peak_rss_mib"] < parent_peak - 256
     markdown = run_speed.to_markdown({"machine": {"cpu": "x"}, "quick": True,
                                       "matmul_gflops": {"before": 50.0, "after_scripts": 40.0},
                                       "scripts": {}, "scaling": {"n_samples": 2, "device": "cpu", "rows": rows}})
