@@ -87,7 +87,6 @@ def test_message_uses_name():
         as_image_stack(_noise((8, 8)), name="calib.tif", min_frames=2)
 
 
-@pytest.mark.xfail(strict=True, reason="io.py bug: RGB check runs before leading singleton axes are dropped")
 def test_rgb_with_leading_singleton_axis_is_refused():
     with pytest.raises(DivNoisingError, match="RGB"):
         as_image_stack(_noise((1, 16, 16, 3)))

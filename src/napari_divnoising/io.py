@@ -63,15 +63,14 @@ def as_image_stack(
         raise DivNoisingError(f"{name}: unsupported data type {arr.dtype}; expected integer or float pixels.")
     if arr.size == 0:
         raise DivNoisingError(f"{name} is empty (shape {arr.shape}).")
+    # Drop leading singleton axes first so that a (1, Y, X, 3) RGB array is still recognised.
+    while arr.ndim > 3 and arr.shape[0] == 1:
+        arr = arr[0]
     if rgb or (rgb is None and _looks_rgb(arr.shape)):
         raise DivNoisingError(
             f"{name} looks like an RGB/multichannel image (shape {arr.shape}); DivNoising needs "
             "single-channel data. Split the channels and use one."
         )
-    while arr.ndim > 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim == 3 and arr.shape[0] == 1 and min_frames <= 1:
-        pass
     if arr.ndim < 2:
         raise DivNoisingError(f"{name} has {arr.ndim} dimension(s); expected a 2-D image or a 3-D stack.")
     if arr.ndim > 3:
