@@ -29,6 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import matmul_gflops  # noqa: E402
+
 from napari_divnoising.map_estimate import map_estimate
 from napari_divnoising.model import DivNoisingModel
 from napari_divnoising.network import DivNoisingVAE
@@ -59,17 +62,6 @@ def network_flops(net: DivNoisingVAE, size: int) -> tuple[int, int]:
     heads = 2 * 2 * int(np.prod(hidden[-2:])) * net.z_dim * hidden[1] * 9
     dec, _ = conv_flops(net.decoder, (1, net.z_dim, size // net.size_multiple, size // net.size_multiple))
     return enc + heads, dec
-
-
-def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times)
 
 
 def reference_style_seconds(model: DivNoisingModel, image: np.ndarray, n: int) -> float:
@@ -120,7 +112,7 @@ def run(quick: bool = False) -> dict:
     model = DivNoisingModel(net, GaussianNoiseModel(), 100.0, 30.0)
     image = np.random.default_rng(0).normal(100, 30, (size, size)).astype(np.float32)
 
-    rate = matmul_rate(1024 if quick else 2048)
+    rate = matmul_gflops(1024 if quick else 2048) * 1e9
     enc_flops, dec_flops = network_flops(net, size)
     floor = (enc_flops + n_samples * dec_flops) / rate
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import platform
 import statistics
 import time
@@ -21,6 +22,9 @@ import time
 import numpy as np
 import torch
 from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import matmul_gflops  # noqa: E402
 
 from napari_divnoising.model import DivNoisingModel
 from napari_divnoising.network import DivNoisingVAE
@@ -48,17 +52,6 @@ def conv_macs(network: DivNoisingVAE, height: int, width: int) -> int:
         elif isinstance(layer, nn.Conv2d):
             macs += layer.in_channels * layer.out_channels * 9 * h * w
     return macs
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def _model() -> DivNoisingModel:
