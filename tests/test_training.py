@@ -156,11 +156,46 @@ def test_resume_refuses_incompatible_settings(data):
 def test_posterior_collapse_is_detected_and_stops(data):
     _, noisy = data
     config = small_config(beta=1e4, max_steps=300, kl_annealing_steps=1, collapse_patience_steps=20,
-                          learning_rate=3e-3, early_stopping_patience=1000)
+                          learning_rate=3e-3, early_stopping_patience=1000, collapse_restarts=0)
     events = list(train_iter(noisy, SIGMA, config))
     warnings = [e for e in events if isinstance(e, TrainingWarning) and e.kind == "collapse"]
     assert len(warnings) == 1 and "beta" in warnings[0].message
     assert events[-1].reason == "collapse" and events[-1].steps < 300
+
+
+def test_posterior_collapse_restarts_with_slower_annealing_then_gives_up(data):
+    _, noisy = data
+    config = small_config(beta=1e4, max_steps=600, kl_annealing_steps=1, collapse_patience_steps=20,
+                          learning_rate=3e-3, early_stopping_patience=1000, collapse_restarts=2)
+    weights_at_restart = []
+    events = []
+    for event in train_iter(noisy, SIGMA, config):
+        events.append(event)
+        if isinstance(event, TrainingStarted):
+            model = event.model
+        if isinstance(event, TrainStep) and weights_at_restart and len(weights_at_restart[-1]) == 1:
+            weights_at_restart[-1].append(event.kl_weight)
+        if isinstance(event, TrainingWarning) and event.kind == "collapse" and "Restarting" in event.message:
+            weights_at_restart.append([model.network.decoder[-1].weight.detach().clone()])
+    warnings = [e.message for e in events if isinstance(e, TrainingWarning) and e.kind == "collapse"]
+    assert len(warnings) == 3
+    assert "over 2 steps (restart 1 of 2)" in warnings[0] and "over 4 steps (restart 2 of 2)" in warnings[1]
+    assert "after 2 restart(s)" in warnings[2]
+    # after each restart the KL weight ramps up from 0 again
+    assert [w[1] for w in weights_at_restart] == [0.0, 0.0]
+    done = events[-1]
+    assert done.reason == "collapse" and len(done.history["collapse_restarts"]) == 2
+
+
+def test_no_restart_when_continuing_a_trained_model(data):
+    _, noisy = data
+    base = train(noisy, SIGMA, small_config(max_steps=20))
+    config = small_config(beta=1e4, max_steps=300, kl_annealing_steps=1, collapse_patience_steps=20,
+                          early_stopping_patience=1000, collapse_restarts=2)
+    events = list(train_iter(noisy, SIGMA, config, resume=base))
+    warnings = [e.message for e in events if isinstance(e, TrainingWarning) and e.kind == "collapse"]
+    assert len(warnings) == 1 and "Restarting" not in warnings[0]
+    assert events[-1].reason == "collapse"
 
 
 def test_early_stopping_when_validation_stalls(data):

@@ -65,7 +65,7 @@ class TrainingConfig:
     """
 
     patch_size: int = 64
-    batch_size: int = 32
+    batch_size: int = 8
     depth: int = 2
     start_filters: int = 32
     z_dim: int = 64
@@ -87,6 +87,7 @@ class TrainingConfig:
     collapse_kl_threshold: float = 1e-4
     collapse_patience_steps: int | None = None
     stop_on_collapse: bool = True
+    collapse_restarts: int = 2
     sigma_min: float | None = None
     device: str = "auto"
     mixed_precision: bool = True
@@ -401,10 +402,16 @@ def train_iter(
     autocast = _autocast_for(device, config.mixed_precision)
 
     trainable = [p for p in list(model.network.parameters()) + list(model.noise_model.parameters()) if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_learning_rate
-    )
+
+    def new_optimizer() -> tuple[torch.optim.Optimizer, Any]:
+        opt = torch.optim.Adam(trainable, lr=config.learning_rate)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_learning_rate
+        )
+        return opt, sched
+
+    optimizer, scheduler = new_optimizer()
+    initial_noise_model_state = {k: v.clone() for k, v in model.noise_model.state_dict().items()}
     saved_state = resume.training_state if resume is not None else None
     if saved_state:
         try:
@@ -473,6 +480,8 @@ def train_iter(
     validations_without_improvement = 0
     recent_kl: deque[float] = deque()
     collapse_warned = False
+    restarts_done = 0
+    anneal_origin = 0  # KL annealing ramps from this step (moved by a restart after posterior collapse)
     reason = "stopped"
     step = start_step
     start_time = time.monotonic()
@@ -520,7 +529,7 @@ def train_iter(
                 plan(min(x for x in (by_time, run_steps) if x is not None))
                 planned = True
 
-            kl_weight = config.beta * (min(1.0, step / anneal_steps) if anneal_steps else 0.0)
+            kl_weight = config.beta * (min(1.0, (step - anneal_origin) / anneal_steps) if anneal_steps else 0.0)
             x = torch.from_numpy(sampler.sample(config.batch_size, batch_np))[:, None].to(device, non_blocking=True)
             eps = None
             if not cuda:  # numpy's ziggurat sampler is several times faster than torch.randn on CPU
@@ -554,7 +563,7 @@ def train_iter(
                 noise_a=model.noise_model.a if colearned else None, noise_b=model.noise_model.b if colearned else None,
             )
 
-            annealed = anneal_steps is not None and step >= anneal_steps
+            annealed = anneal_steps is not None and step >= anneal_origin + anneal_steps
             if annealed and collapse_window:
                 recent_kl.append(kl_f)
                 while len(recent_kl) > collapse_window:
@@ -565,11 +574,38 @@ def train_iter(
                     and max(recent_kl) < config.collapse_kl_threshold
                 ):
                     collapse_warned = True
+                    if resume is None and restarts_done < config.collapse_restarts:
+                        # The reference restarts on collapse; a new start with slower annealing usually escapes.
+                        restarts_done += 1
+                        anneal_steps = 2 * anneal_steps
+                        anneal_origin = step
+                        yield TrainingWarning(
+                            f"Posterior collapse at step {step}: the KL term stayed below "
+                            f"{config.collapse_kl_threshold:g} per pixel for {collapse_window} steps, so the decoder "
+                            "ignored the input. Restarting from new random weights with KL annealing over "
+                            f"{anneal_steps} steps (restart {restarts_done} of {config.collapse_restarts}).",
+                            "collapse",
+                        )
+                        torch.manual_seed(config.seed + 1000 * restarts_done)
+                        fresh = DivNoisingVAE(depth=config.depth, start_filters=config.start_filters, z_dim=config.z_dim)
+                        model.network.load_state_dict(fresh.state_dict())
+                        model.noise_model.load_state_dict(initial_noise_model_state)
+                        optimizer, scheduler = new_optimizer()
+                        history.setdefault("collapse_restarts", []).append(step)
+                        best_val, best_step, best_state = math.inf, None, None
+                        history.pop("best_val_loss", None)
+                        history.pop("best_step", None)
+                        validations_without_improvement = 0
+                        recent_kl.clear()
+                        collapse_warned = False
+                        continue
                     action = "Training stopped." if config.stop_on_collapse else "Training continues."
                     yield TrainingWarning(
                         f"Posterior collapse at step {step}: the KL term stayed below {config.collapse_kl_threshold:g} "
                         f"per pixel for {collapse_window} steps, so the decoder ignores the input and the model "
-                        "cannot denoise. Train a new model with longer KL annealing (kl_annealing_steps), a smaller "
+                        "cannot denoise"
+                        + (f", also after {restarts_done} restart(s) from new weights" if restarts_done else "")
+                        + ". Train a new model with longer KL annealing (kl_annealing_steps), a smaller "
                         f"beta, or a different noise model. {action}",
                         "collapse",
                     )

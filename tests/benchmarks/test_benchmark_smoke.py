@@ -141,13 +141,18 @@ def test_quality_markdown_from_results(tmp_path):
                         "predict_seconds_per_image": 0.5, "steps": 3, "stop_reason": "max_steps"},
         },
         "samples_sweep": {"label": "DivNoising, co-learned Gaussian (b)",
-                          "counts": {"1": {"psnr_mean": 31.0, "psnr_std": 0.1, "seconds_per_image": 0.1}}},
+                          "counts": {"1": {"psnr_mean": 31.0, "psnr_std": 0.1, "seconds_per_image": 0.1},
+                                     "10": {"psnr_mean": 32.0, "psnr_std": 0.1, "seconds_per_image": 1.0,
+                                            "map": {"psnr_mean": 31.5, "psnr_std": 0.2, "seconds_per_image": 0.3}},
+                                     "single_sample": {"psnr_mean": 29.5, "psnr_std": 0.4, "n": 20}}},
     }
     markdown = run_quality.to_markdown(results)
     assert "| Noisy input | 30.00 ± 0.10 |" in markdown
     assert "no CAREamics environment" in markdown
     assert "33.00 ± 0.20 | 32.50 ± 0.30 |" in markdown
-    assert "| 1 | 31.00 ± 0.10 |" in markdown
+    assert "| 1 | 31.00 ± 0.10 | – |" in markdown
+    assert "| 10 | 32.00 ± 0.10 | 31.50 ± 0.20 |" in markdown
+    assert "single posterior sample scores 29.50 ± 0.40 dB" in markdown
 
 
 def test_quality_run_end_to_end_on_synthetic_folder(tmp_path):
@@ -176,7 +181,10 @@ def test_quality_run_end_to_end_on_synthetic_folder(tmp_path):
             continue
         assert len(m["psnr"]) == 2 and np.isfinite(m["psnr_mean"]) and np.isfinite(m["map"]["psnr_mean"])
         assert 0 < m["steps"] <= 3
-    assert set(results["samples_sweep"]["counts"]) == {"1", "3"}
+    counts = results["samples_sweep"]["counts"]
+    assert set(counts) == {"1", "3", "single_sample"}
+    assert "map" not in counts["1"] and np.isfinite(counts["3"]["map"]["psnr_mean"])
+    assert counts["single_sample"]["n"] == 2 * 3
     json.dumps(run_quality.to_markdown(results))  # renders
     with pytest.raises(ValueError, match="unknown part"):
         run_quality.run(quick=True, data_dir=tmp_path, skip=("nope",), verbose=False)

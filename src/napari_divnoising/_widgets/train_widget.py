@@ -102,7 +102,7 @@ class TrainWidget(QWidget):
         self.patch_size.setValue(64)
         self.batch_size = QSpinBox()
         self.batch_size.setRange(1, 512)
-        self.batch_size.setValue(16)
+        self.batch_size.setValue(8)
         self.depth = QSpinBox()
         self.depth.setRange(1, 5)
         self.depth.setValue(2)

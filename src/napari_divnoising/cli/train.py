@@ -51,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--max-minutes", type=float, metavar="M", help="time budget in minutes (default 10 if no --max-steps)")
     p.add_argument("--max-steps", type=int, metavar="N", help="budget in optimisation steps")
     p.add_argument("--patch-size", type=int, metavar="P", help="training patch size (default 64)")
-    p.add_argument("--batch-size", type=int, metavar="B", help="patches per step (default 32)")
+    p.add_argument("--batch-size", type=int, metavar="B", help="patches per step (default 8: more, smaller steps learn faster on a CPU budget)")
     p.add_argument("--depth", type=int, metavar="D", help="network depth, 2 (default) or 3 for larger structures")
     p.add_argument("--beta", type=float, help="KL weight (default 1; larger: smoother and more diverse samples)")
     p.add_argument("--lr", type=float, metavar="LR", help="Adam learning rate (default 1e-3)")
