@@ -254,3 +254,29 @@ def test_bad_images_and_noise_specs():
         next(train_iter(np.random.default_rng(0).random((20, 20)), SIGMA, small_config()))
     with pytest.raises(DivNoisingError, match="Unknown noise model"):
         next(train_iter(blobs(1, 64), "poisson", small_config()))
+
+
+def test_learning_rate_decays_over_the_end_of_the_budget_and_resume_starts_undecayed(data):
+    _, noisy = data
+    config = small_config(max_steps=40, learning_rate=2e-3, lr_decay_fraction=0.5, lr_decay_floor=0.1)
+    events = list(train_iter(noisy, SIGMA, config))
+    lrs = [e.lr for e in events if isinstance(e, TrainStep)]
+    assert len(lrs) == 40
+    assert all(lr == pytest.approx(2e-3) for lr in lrs[:21])  # progress up to 50%: no decay
+    assert all(a > b for a, b in zip(lrs[21:], lrs[22:]))  # then linear decay
+    assert lrs[-1] == pytest.approx(2e-3 * (0.1 + 0.9 * (1 / 40) / 0.5))
+    model = events[-1].model
+    assert model.training_state["plateau_lr"] == pytest.approx(2e-3)
+    resumed = [e.lr for e in train_iter(noisy, SIGMA, small_config(max_steps=4, learning_rate=2e-3,
+                                                                     lr_decay_fraction=0.0), resume=model)
+               if isinstance(e, TrainStep)]
+    assert resumed == pytest.approx([2e-3] * 4)
+
+
+def test_no_decay_when_disabled(data):
+    _, noisy = data
+    lrs = [e.lr for e in train_iter(noisy, SIGMA, small_config(max_steps=20, lr_decay_fraction=0.0))
+           if isinstance(e, TrainStep)]
+    assert lrs == pytest.approx([3e-3] * 20)
+    with pytest.raises(DivNoisingError, match="lr_decay"):
+        next(train_iter(noisy, SIGMA, small_config(lr_decay_floor=0.0)))

@@ -80,6 +80,8 @@ class TrainingConfig:
     n_validation_patches: int = 64
     val_fraction: float = 0.15
     lr_factor: float = 0.5
+    lr_decay_fraction: float = 0.0
+    lr_decay_floor: float = 0.05
     lr_patience: int = 4
     min_learning_rate: float = 1e-5
     early_stopping_patience: int = 10
@@ -247,6 +249,8 @@ def _check_config(config: TrainingConfig) -> None:
         raise DivNoisingError(f"max steps must be at least 1 (got {config.max_steps}).")
     if config.sigma_min is not None and not config.sigma_min > 0:
         raise DivNoisingError(f"sigma_min must be positive (got {config.sigma_min}).")
+    if not 0 <= config.lr_decay_fraction <= 1 or not 0 < config.lr_decay_floor <= 1:
+        raise DivNoisingError("lr_decay_fraction must be in [0, 1] and lr_decay_floor in (0, 1].")
     if not 0 < config.val_fraction < 1:
         raise DivNoisingError(f"validation fraction must be between 0 and 1 (got {config.val_fraction}).")
 
@@ -420,9 +424,18 @@ def train_iter(
                 scheduler.load_state_dict(saved_state["scheduler"])
         except (KeyError, ValueError, RuntimeError):
             saved_state = None  # incompatible (e.g. other trainable parameters): start a fresh optimizer
+    # The plateau scheduler's learning rate; the optimizer runs at this times the end-of-budget decay.
+    plateau_lr = float(saved_state.get("plateau_lr", config.learning_rate)) if saved_state else config.learning_rate
 
     def training_state() -> dict:
-        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "plateau_lr": plateau_lr}
+
+    def budget_decay(progress: float) -> float:
+        # Linear decay over the last part of the budget: short runs settle instead of ending mid-oscillation.
+        f = config.lr_decay_fraction
+        if f <= 0 or progress <= 1 - f:
+            return 1.0
+        return config.lr_decay_floor + (1 - config.lr_decay_floor) * max(0.0, 1 - progress) / f
 
     rng = np.random.default_rng([config.seed, start_step])
     sampler = PatchSampler(data.train_regions, config.patch_size, rng)
@@ -530,6 +543,11 @@ def train_iter(
                 planned = True
 
             kl_weight = config.beta * (min(1.0, (step - anneal_origin) / anneal_steps) if anneal_steps else 0.0)
+            progress = elapsed / max_seconds if math.isfinite(max_seconds) else 0.0
+            if run_steps is not None:
+                progress = max(progress, done_here / run_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = plateau_lr * budget_decay(progress)
             x = torch.from_numpy(sampler.sample(config.batch_size, batch_np))[:, None].to(device, non_blocking=True)
             eps = None
             if not cuda:  # numpy's ziggurat sampler is several times faster than torch.randn on CPU
@@ -591,6 +609,7 @@ def train_iter(
                         model.network.load_state_dict(fresh.state_dict())
                         model.noise_model.load_state_dict(initial_noise_model_state)
                         optimizer, scheduler = new_optimizer()
+                        plateau_lr = config.learning_rate
                         history.setdefault("collapse_restarts", []).append(step)
                         best_val, best_step, best_state = math.inf, None, None
                         history.pop("best_val_loss", None)
@@ -632,7 +651,10 @@ def train_iter(
                     if path is not None:
                         yield CheckpointSaved(Path(path), "last")
                 if annealed:
+                    for group in optimizer.param_groups:
+                        group["lr"] = plateau_lr
                     scheduler.step(val_loss)
+                    plateau_lr = optimizer.param_groups[0]["lr"]
                     validations_without_improvement = 0 if is_best else validations_without_improvement + 1
                     if validations_without_improvement >= config.early_stopping_patience:
                         reason = "early_stopping"
