@@ -251,3 +251,15 @@ def test_map_refused_when_the_samples_would_not_fit_in_memory(monkeypatch):
     with pytest.raises(DivNoisingError, match="fewer samples"):
         predict(make_model(), image(), 4, compute_map=True)
     predict(make_model(), image(), 2)  # without MAP nothing needs to be held
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (30, 34)])
+def test_streamed_sample_batches_stay_valid_after_the_next_batch(shape):
+    # The decoder writes into a reused buffer; events must not hand out views of it.
+    model = make_model()
+    pairs = [(e.samples, e.samples.copy()) for e in predict_iter(model, image(shape), 6, batch_size=2, seed=3)
+             if isinstance(e, SampleBatch)]
+    assert len(pairs) == 3
+    for kept, at_event_time in pairs:
+        np.testing.assert_array_equal(kept, at_event_time)
+    assert not np.array_equal(pairs[0][1], pairs[1][1])

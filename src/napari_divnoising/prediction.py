@@ -597,7 +597,8 @@ def predict_iter(
                 out = buffer[:k]
                 for p in _decode_batch(model, net, mu, std, range(done, done + k), seed_f, tiling, autocast, out):
                     yield Progress(p.done, p.total, f"frame {f + 1}/{n_frames}, samples {done + 1}-{done + k}: {p.message}")
-                samples = np.ascontiguousarray(out[:, : frame_shape[0], : frame_shape[1]])
+                # a copy: the decode buffer is reused for the next batch, the event's samples must stay valid
+                samples = out[:, : frame_shape[0], : frame_shape[1]].copy()
                 moments.update(samples)
                 if kept is not None and done < keep:
                     take = min(keep - done, k)
