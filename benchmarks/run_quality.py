@@ -149,7 +149,7 @@ def samples_sweep(model: Any, val_noisy: np.ndarray, val_gt: np.ndarray, counts:
                 done += 1
                 single.append(psnr(val_gt, np.clip(sample, 0, data_range), data_range))
                 if with_map:
-                    kept.append(np.array(sample, np.float32, copy=True))  # batches reuse their buffer
+                    kept.append(sample)  # SampleBatch.samples is a fresh array per batch
                 if done in per_count:
                     per_count[done].append(psnr(val_gt, np.clip(running_sum / done, 0, data_range), data_range))
                     seconds[done].append(time.perf_counter() - t0)

@@ -328,6 +328,10 @@ def _check_resume(resume: DivNoisingModel, config: TrainingConfig, spec: Any) ->
         )
 
 
+def _new_network(config: TrainingConfig) -> DivNoisingVAE:
+    return DivNoisingVAE(depth=config.depth, start_filters=config.start_filters, z_dim=config.z_dim)
+
+
 def _state_copy(model: DivNoisingModel) -> dict[str, dict[str, torch.Tensor]]:
     return {
         "network": {k: v.detach().to("cpu", copy=True) for k, v in model.network.state_dict().items()},
@@ -385,7 +389,7 @@ def train_iter(
         model.history = copy.deepcopy(resume.history)
     else:
         torch.manual_seed(config.seed)
-        network = DivNoisingVAE(depth=config.depth, start_filters=config.start_filters, z_dim=config.z_dim)
+        network = _new_network(config)
         nm = _resolve_noise_model(noise_model, data.mean, data.std, data.train_regions, config)
         model = DivNoisingModel(network, nm, data.mean, data.std, name=config.name)
     model.config = {**model.config, **config.to_dict()}
@@ -429,6 +433,13 @@ def train_iter(
 
     def training_state() -> dict:
         return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "plateau_lr": plateau_lr}
+
+    def budget_progress(elapsed: float, done_here: int) -> float:
+        # Fraction of the budget used: time or steps, whichever runs out first.
+        fraction = elapsed / max_seconds if math.isfinite(max_seconds) else 0.0
+        if run_steps is not None:
+            fraction = max(fraction, done_here / run_steps)
+        return min(1.0, fraction)
 
     def budget_decay(progress: float) -> float:
         # Linear decay over the last part of the budget: short runs settle instead of ending mid-oscillation.
@@ -543,11 +554,8 @@ def train_iter(
                 planned = True
 
             kl_weight = config.beta * (min(1.0, (step - anneal_origin) / anneal_steps) if anneal_steps else 0.0)
-            progress = elapsed / max_seconds if math.isfinite(max_seconds) else 0.0
-            if run_steps is not None:
-                progress = max(progress, done_here / run_steps)
             for group in optimizer.param_groups:
-                group["lr"] = plateau_lr * budget_decay(progress)
+                group["lr"] = plateau_lr * budget_decay(budget_progress(elapsed, done_here))
             x = torch.from_numpy(sampler.sample(config.batch_size, batch_np))[:, None].to(device, non_blocking=True)
             eps = None
             if not cuda:  # numpy's ziggurat sampler is several times faster than torch.randn on CPU
@@ -570,10 +578,7 @@ def train_iter(
             history["train_kl"].append(kl_f)
             elapsed = time.monotonic() - start_time
             done_here = step - start_step
-            fraction = elapsed / max_seconds if math.isfinite(max_seconds) else 0.0
-            if run_steps is not None:
-                fraction = max(fraction, done_here / run_steps)
-            fraction = min(1.0, fraction)
+            fraction = budget_progress(elapsed, done_here)
             eta = elapsed * (1 - fraction) / fraction if fraction > 0 else math.inf
             yield TrainStep(
                 step=step, max_steps=target_step, loss=loss_f, reconstruction=recon_f, kl=kl_f, kl_weight=kl_weight,
@@ -605,8 +610,7 @@ def train_iter(
                             "collapse",
                         )
                         torch.manual_seed(config.seed + 1000 * restarts_done)
-                        fresh = DivNoisingVAE(depth=config.depth, start_filters=config.start_filters, z_dim=config.z_dim)
-                        model.network.load_state_dict(fresh.state_dict())
+                        model.network.load_state_dict(_new_network(config).state_dict())
                         model.noise_model.load_state_dict(initial_noise_model_state)
                         optimizer, scheduler = new_optimizer()
                         plateau_lr = config.learning_rate
