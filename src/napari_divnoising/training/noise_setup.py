@@ -1,0 +1,143 @@
+"""Choosing the noise model a training run uses, and checking it against the data and a resumed model."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import DivNoisingError
+from ..model import DivNoisingModel
+from ..noise_models import GaussianNoiseModel, GMMNoiseModel
+from .config import TrainingConfig
+
+#: Noise-model argument meaning "co-learn a Gaussian noise model (variance = a * signal + b)".
+COLEARN = "gaussian"
+_COLEARN_NAMES = (COLEARN, "colearn", "co-learn", "co-learned")
+
+
+def is_colearn(spec: Any) -> bool:
+    """True for the noise-model arguments that ask for a co-learned Gaussian noise model."""
+    return spec is None or (isinstance(spec, str) and spec.lower() in _COLEARN_NAMES)
+
+
+def _neighbour_noise_variance(regions: list[np.ndarray]) -> float:
+    """Rough upper estimate of the noise variance: half the variance of horizontal neighbour differences."""
+    diffs = [np.diff(r[:, : min(r.shape[1], 4096)], axis=1).ravel() for r in regions]
+    return float(np.var(np.concatenate(diffs).astype(np.float64)) / 2.0)
+
+
+def colearned_noise_model(mean: float, std: float, noise_variance: float, sigma_min: float | None) -> GaussianNoiseModel:
+    """A trainable Gaussian noise model started from a flat variance near the data's noise level."""
+    b = float(np.clip(0.5 * noise_variance, 1e-4 * std**2, 0.5 * std**2))
+    floor = sigma_min if sigma_min is not None else 0.01 * std
+    return GaussianNoiseModel(a=0.0, b=b, sigma_min=floor, offset=mean, scale=std, trainable=True)
+
+
+def resolve_noise_model(spec: Any, data_mean: float, data_std: float, regions: list[np.ndarray], config: TrainingConfig) -> nn.Module:
+    if is_colearn(spec):
+        return colearned_noise_model(data_mean, data_std, _neighbour_noise_variance(regions), config.sigma_min)
+    if isinstance(spec, GMMNoiseModel):
+        model = copy.deepcopy(spec)
+        model.requires_grad_(False)
+        return model
+    if isinstance(spec, GaussianNoiseModel):
+        return copy.deepcopy(spec)
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        if not spec > 0:
+            raise DivNoisingError(f"The Gaussian noise sigma must be positive (got {spec}).")
+        return GaussianNoiseModel(a=0.0, b=float(spec) ** 2, sigma_min=1e-6 * data_std, trainable=False)
+    raise DivNoisingError(
+        f"Unknown noise model {spec!r}: give a GMM noise model, a Gaussian noise model, "
+        f"{COLEARN!r} to co-learn one, or a noise sigma."
+    )
+
+
+def gmm_range_warning(noise_model: nn.Module, regions: list[np.ndarray]) -> str | None:
+    if not isinstance(noise_model, GMMNoiseModel):
+        return None
+    sample = np.concatenate([r.ravel()[:: max(1, r.size // 200_000)] for r in regions])
+    low, high = np.percentile(sample, [1, 99])
+    lo, hi = float(noise_model.min_signal), float(noise_model.max_signal)
+    margin = 0.1 * (hi - lo)
+    if low < lo - margin or high > hi + margin:
+        return (
+            f"The GMM noise model covers signals {lo:g} to {hi:g}, but the training data range from about "
+            f"{low:g} to {high:g} (1-99th percentile). It extrapolates outside its range, which can hurt "
+            "denoising: fit the noise model on calibration data with the same intensity range as these images."
+        )
+    return None
+
+
+def _check_resume(resume: DivNoisingModel, config: TrainingConfig, spec: Any) -> None:
+    net = resume.network
+    for name, have, want in (
+        ("depth", net.depth, config.depth),
+        ("start_filters", net.start_filters, config.start_filters),
+        ("z_dim", net.z_dim, config.z_dim),
+    ):
+        if have != want:
+            raise DivNoisingError(
+                f"The model to continue has {name} {have}, but {name} {want} was asked for; a model cannot change "
+                f"its network. Use {name} {have} (or leave it unset) to continue, or train a new model."
+            )
+    kind = getattr(resume.noise_model, "kind", None)
+    if isinstance(spec, nn.Module) and getattr(spec, "kind", None) != kind:
+        raise DivNoisingError(
+            f"The model to continue was trained with a {kind} noise model; it cannot continue with a "
+            f"{getattr(spec, 'kind', type(spec).__name__)} noise model. Train a new model instead."
+        )
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool) and kind != "gaussian":
+        raise DivNoisingError(
+            f"The model to continue was trained with a {kind} noise model; it cannot continue with a fixed "
+            "Gaussian noise model. Train a new model instead."
+        )
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and torch.equal(sa[k].detach().cpu(), sb[k].detach().cpu()) for k in sa
+    )
+
+
+def check_resume(resume: DivNoisingModel, config: TrainingConfig, spec: Any) -> None:
+    """Refuse to continue ``resume`` with another network or another noise model (never ignore it)."""
+    net = resume.network
+    for name, have, want in (
+        ("depth", net.depth, config.depth),
+        ("start_filters", net.start_filters, config.start_filters),
+        ("z_dim", net.z_dim, config.z_dim),
+    ):
+        if have != want:
+            raise DivNoisingError(
+                f"The model to continue has {name} {have}, but {name} {want} was asked for; a model cannot change "
+                f"its network. Use {name} {have} (or leave it unset) to continue, or train a new model."
+            )
+    own = resume.noise_model
+    kind = getattr(own, "kind", type(own).__name__)
+    if spec is None or spec is own:  # None: continue with the model's own noise model
+        return
+    if is_colearn(spec):
+        if isinstance(own, GaussianNoiseModel) and own.alpha.requires_grad:
+            return
+        raise DivNoisingError(
+            f"The model to continue was trained with a {kind} noise model; it cannot continue by co-learning a "
+            "Gaussian one. Leave out the noise-model choice to continue with its own, or train a new model."
+        )
+    if isinstance(spec, nn.Module):
+        if type(spec) is type(own) and _same_weights(spec, own):
+            return
+        raise DivNoisingError(
+            f"The model to continue was trained with another {kind} noise model than the one given; a model "
+            "cannot change its noise model. Leave out the noise model to continue with the model's own, or train "
+            "a new model with the new one."
+        )
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        raise DivNoisingError(
+            f"The model to continue was trained with a {kind} noise model; it cannot continue with a fixed "
+            "Gaussian noise model. Train a new model instead."
+        )
