@@ -50,8 +50,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--out", required=True, metavar="MODEL.pt", help="model file to write")
     p.add_argument("--max-minutes", type=float, metavar="M", help="time budget in minutes (default 10 if no --max-steps)")
     p.add_argument("--max-steps", type=int, metavar="N", help="budget in optimisation steps")
-    p.add_argument("--patch-size", type=int, metavar="P", help="training patch size (default 64)")
-    p.add_argument("--batch-size", type=int, metavar="B", help="patches per step (default 8: more, smaller steps learn faster on a CPU budget)")
+    p.add_argument("--patch-size", type=int, metavar="P",
+                   help="training patch size (default: chosen for the device, 64 on a CPU, 128 on a GPU)")
+    p.add_argument("--batch-size", type=int, metavar="B",
+                   help="patches per step (default: chosen for the device, 8 on a CPU, 32 on a GPU)")
     p.add_argument("--depth", type=int, metavar="D", help="network depth, 2 (default) or 3 for larger structures")
     p.add_argument("--beta", type=float, help="KL weight (default 1; larger: smoother and more diverse samples)")
     p.add_argument("--lr", type=float, metavar="LR", help="Adam learning rate (default 1e-3)")
@@ -149,16 +151,19 @@ def run(args: argparse.Namespace) -> int:
         for event in events:
             if isinstance(event, TrainingStarted):
                 started = event
+                used = event.config
                 tqdm.write(
-                    f"Training on {event.device}: {event.n_parameters:,} parameters, {event.n_train_pixels:,} training "
-                    f"pixels, validation by {event.validation_split}"
+                    f"Training on {event.device}: batch {used['batch_size']} x {used['patch_size']}x{used['patch_size']}"
+                    f" patches{_device_default_note(args)}, {event.n_parameters:,} parameters, "
+                    f"{event.n_train_pixels:,} training pixels, validation by {event.validation_split}"
                     + (f", continuing from step {event.start_step}" if event.start_step else "")
                 )
             elif isinstance(event, TrainStep):
                 last_step = event
                 bar.n = int(1000 * event.fraction)
                 left = _format_seconds(event.eta_s)
-                bar.set_description_str(f"step {event.step}, loss {event.loss:.4f}, {left} left", refresh=True)
+                rate = f", {event.steps_per_s:.1f} steps/s" if event.steps_per_s > 0 else ""
+                bar.set_description_str(f"step {event.step}, loss {event.loss:.4f}{rate}, {left} left", refresh=True)
             elif isinstance(event, Validation):
                 tqdm.write(
                     f"step {event.step}: validation loss {event.val_loss:.4f}" + (" (best)" if event.is_best else "")
@@ -182,8 +187,35 @@ def run(args: argparse.Namespace) -> int:
         if last.exists():
             print(f"Last model (continue with --resume {last}): {last}")
         return 130
+    if done.unsaved:
+        out = _rescue(done.model, out)
     _print_summary(done, out, last)
     return 0
+
+
+def _device_default_note(args: argparse.Namespace) -> str:
+    if args.patch_size is None and args.batch_size is None and not args.resume:
+        return " (device defaults; set --batch-size/--patch-size to change)"
+    return ""
+
+
+def _rescue(model, out: Path) -> Path:
+    """Write a model that could not be saved to ``out`` into the temporary folder, so it is never lost."""
+    import tempfile
+    import time
+
+    from ..model_io import save_model
+
+    rescue = Path(tempfile.gettempdir()) / f"{out.stem}-unsaved-{time.strftime('%Y%m%d-%H%M%S')}{out.suffix or '.pt'}"
+    try:
+        save_model(model, rescue)
+    except (OSError, DivNoisingError) as exc:
+        raise DivNoisingError(
+            f"Could not write the trained model to {out} nor to {rescue} ({exc}); free some disk space and "
+            "train again (continue from the last checkpoint with --resume if one was written)."
+        ) from None
+    print(f"Could not write the model to {out}; it was saved to {rescue} instead.", file=sys.stderr)
+    return rescue
 
 
 def _format_seconds(seconds: float) -> str:
@@ -194,16 +226,8 @@ def _format_seconds(seconds: float) -> str:
 
 
 def _print_summary(done, out: Path, last: Path) -> None:
-    reasons = {
-        "max_steps": "step budget reached",
-        "max_minutes": "time budget reached",
-        "early_stopping": "validation loss stopped improving",
-        "collapse": "posterior collapse (see the warning above)",
-        "stopped": "stopped",
-    }
-    history = done.history
-    print(f"Done: {done.steps} steps in total ({reasons.get(done.reason, done.reason)}), "
-          f"{history.get('elapsed_s', 0.0) / 60:.1f} min of training.")
+    print(f"Done: {done.steps} steps in total. This run ended: {done.reason_text}, after "
+          f"{done.elapsed_s / 60:.1f} min and {100 * done.budget_used:.0f}% of its budget.")
     if done.best_val_loss is not None:
         print(f"Best validation loss {done.best_val_loss:.4f} at step {done.best_step}.")
     nm = done.model.noise_model

@@ -109,7 +109,7 @@ class TrainingConfig:
         10, help="Validations without improvement before training stops (never in the first half of the budget).",
         label="Early-stopping patience", minimum=1, maximum=10_000, advanced=True)
     early_stopping_min_delta: float = _field(1e-6, help="Least decrease of the validation loss that counts.",
-                                             label="Early-stopping delta", minimum=0.0, maximum=1.0, advanced=True)
+                                             label="Early-stopping delta", minimum=0.0, maximum=1e30, advanced=True)
     min_fraction_before_stopping: float = _field(
         0.5, help="Early stopping never ends a run before this fraction of its budget is used.",
         label="Least budget used", minimum=0.0, maximum=1.0, advanced=True)

@@ -328,10 +328,10 @@ def train_iter(
             if exhausted:
                 reason = exhausted
                 break
-            fraction = budget.fraction(done_here, elapsed)
-            kl_weight = annealing.weight(step, fraction)
+            progress = budget.progress(done_here, elapsed)
+            kl_weight = annealing.weight(step, progress)
             for group in optimizer.param_groups:
-                group["lr"] = plateau_lr * budget_decay(fraction)
+                group["lr"] = plateau_lr * budget_decay(progress)
             x = next_batch()
             eps = None
             if on_cpu:  # numpy's ziggurat sampler is several times faster than torch.randn on a CPU
@@ -352,6 +352,7 @@ def train_iter(
             done_here = step - start_step
             budget.mark(done_here, elapsed)
             fraction = budget.fraction(done_here, elapsed)
+            progress = budget.progress(done_here, elapsed)
             _, loss_f, recon_f, kl_f = last_logged
             yield TrainStep(
                 step=step, max_steps=target_step, loss=loss_f, reconstruction=recon_f, kl=kl_f, kl_weight=kl_weight,
@@ -360,13 +361,13 @@ def train_iter(
                 noise_a=noise_ab[0], noise_b=noise_ab[1],
             )
 
-            window = config.collapse_patience_steps or max(20, validations.steps_between(done_here, fraction))
+            window = config.collapse_patience_steps or max(20, validations.steps_between(done_here, progress))
             if annealing.done and collapse.collapsed(step, window):
                 collapse.reset()
                 if resume is None and restarts_done < config.collapse_restarts:
                     # The reference restarts on collapse; a new start with slower annealing usually escapes.
                     restarts_done += 1
-                    annealing.restart(step, fraction)
+                    annealing.restart(step, progress)
                     yield TrainingWarning(
                         f"Posterior collapse at step {step}: the KL term stayed below "
                         f"{config.collapse_kl_threshold:g} per pixel for {window} steps, so the decoder ignored "
@@ -399,7 +400,7 @@ def train_iter(
                     reason = "collapse"
                     break
 
-            if validations.due(done_here, fraction):
+            if validations.due(done_here, progress):
                 read_back()
                 val_loss, val_recon, val_kl = validate()
                 history["val_steps"].append(step)
@@ -423,7 +424,7 @@ def train_iter(
                     validations_without_improvement = 0 if is_best else validations_without_improvement + 1
                     if (
                         validations_without_improvement >= config.early_stopping_patience
-                        and fraction >= config.min_fraction_before_stopping
+                        and min(fraction, progress) >= config.min_fraction_before_stopping
                     ):
                         reason = "early_stopping"
                         break

@@ -1,10 +1,12 @@
 """The training schedule as a function of the budget fraction, so that it follows the budget.
 
-A time budget is planned from the clock, not from a step count guessed from the
-first steps: on a GPU those include autotuning and warm-up and can be a hundred
-times slower than the rest. KL annealing, validations and the earliest allowed
-early stop are all placed at fractions of the budget (time or steps, whichever
-runs out first). The clock is injectable so that tests can replay slow warm-ups.
+A time budget is not planned once from the first steps: on a GPU those include
+autotuning and warm-up and can be a hundred times slower than the rest. Instead
+:meth:`Budget.progress` re-plans at every step from the recent step rate, warm-up
+excluded (steps done / steps done plus the steps the rest of the time buys), and
+KL annealing, validations and the earliest allowed early stop are placed at
+fractions of that progress. The clock is injectable so that tests can replay slow
+warm-ups.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Budget:
         self.clock = clock
         self.start = clock()
         self._marks: deque[tuple[int, float]] = deque(maxlen=64)
+        self._progress = 0.0
 
     def elapsed(self) -> float:
         """Seconds since the run started."""
@@ -51,6 +54,26 @@ class Budget:
         if self.max_steps is not None:
             used = max(used, steps_done / self.max_steps)
         return min(1.0, used)
+
+    def progress(self, steps_done: int, elapsed: float) -> float:
+        """Schedule position, 0 to 1: the fraction of the steps this run will make, as planned now.
+
+        For a time budget that is ``steps_done / (steps_done + rate * seconds left)`` with the
+        recent, warm-up-free step rate; it stays 0 until that rate is measured, so nothing is
+        planned from warm-up steps. It never decreases.
+        """
+        used = 0.0
+        if math.isfinite(self.max_seconds):
+            rate = self.steps_per_second()
+            left = max(0.0, self.max_seconds - elapsed)
+            if left == 0.0:
+                used = 1.0
+            elif rate > 0 and steps_done > 0:
+                used = steps_done / (steps_done + rate * left)
+        if self.max_steps is not None:
+            used = max(used, steps_done / self.max_steps)
+        self._progress = max(self._progress, min(1.0, used))
+        return self._progress
 
     def exhausted(self, steps_done: int, elapsed: float) -> str | None:
         """``"max_steps"`` or ``"max_minutes"`` when that budget is used up, else ``None``."""

@@ -1,0 +1,266 @@
+"""Device benchmark: training and prediction speed on one GPU, and a time-budgeted FMD training.
+
+Measures, on ``--device`` (default ``cuda``):
+
+1. the float32 and bfloat16 matrix-product rates (the yardstick of the floors, measured in this run);
+2. the training step of the real loop (``training.train_iter``: patches cut on the device, bf16
+   autocast, losses read back every ``log_interval`` steps) at the CPU default (batch 8 x 64^2) and
+   the GPU default (batch 32 x 128^2) and batch 64 x 128^2, depth 2, as the median step time after
+   warm-up, against the FLOP floor (conv FLOPs x 3 for forward + backward at the bf16 matmul rate);
+3. posterior sampling: samples per second for 100 and 1000 samples of 512^2 and for 4096^2
+   (``prediction.predict_iter``), MAP time, and the peak GPU memory;
+4. ``divnoising fit-noise-model`` on the calibration stack and ``divnoising train --max-minutes M``
+   on ``train_noisy.tif`` through the command line, as a user would run them; the share of the
+   budget the run used; MMSE (100 samples) and MAP PSNR on ``val_noisy.tif`` against ``val_gt.tif``
+   (data range 255, estimates clipped to it).
+
+Writes ``results/gpu.json`` and ``results/gpu.md``. Run
+``python benchmarks/run_gpu.py --data DIR`` (DIR holds the FMD files; about 8 minutes with the
+default 5-minute training), or ``--quick --device cpu`` for a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    REPO_ROOT,
+    fmt,
+    machine_info,
+    machine_markdown,
+    markdown_table,
+    median,
+    write_results,
+)
+from bench_train_step import conv_macs  # noqa: E402
+
+from napari_divnoising.io import read_tiff  # noqa: E402
+from napari_divnoising.metrics import psnr  # noqa: E402
+from napari_divnoising.network import DivNoisingVAE  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 10) -> float:
+    """Median matrix-product rate in GFLOP/s for ``n x n`` operands of ``dtype``."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return 2.0 * n**3 / median(times) / 1e9
+
+
+def train_step_times(images: np.ndarray, device: torch.device, batch: int, patch: int, steps: int) -> dict[str, Any]:
+    """Median step time of the real training loop after warm-up (seconds), from its own events."""
+    from napari_divnoising.training import TrainingConfig, TrainStep, train_iter
+
+    config = TrainingConfig(batch_size=batch, patch_size=patch, max_steps=steps, max_minutes=None,
+                            device=str(device), validation_interval=10**6, collapse_restarts=0)
+    stamps = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for event in train_iter(images, 10.0, config):
+        if isinstance(event, TrainStep):
+            sync(device)  # so each stamp is the end of a finished step
+            stamps.append(time.perf_counter())
+    warm = max(10, steps // 5)
+    per_step = np.diff(stamps[warm:])
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"batch": batch, "patch": patch, "steps": steps, "step_median_s": float(np.median(per_step)),
+            "steps_per_s_unsynced": None, "peak_gpu_mib": peak}
+
+
+def loop_rate(images: np.ndarray, device: torch.device, batch: int, patch: int, steps: int) -> float:
+    """Steps per second of the loop as it runs for a user (no extra synchronisation), warm-up excluded."""
+    from napari_divnoising.training import TrainingConfig, TrainStep, train_iter
+
+    config = TrainingConfig(batch_size=batch, patch_size=patch, max_steps=steps, max_minutes=None,
+                            device=str(device), validation_interval=10**6, collapse_restarts=0)
+    marks = {}
+    warm = max(10, steps // 5)
+    for event in train_iter(images, 10.0, config):
+        if isinstance(event, TrainStep) and event.step in (warm, steps):
+            sync(device)
+            marks[event.step] = time.perf_counter()
+    return (steps - warm) / (marks[steps] - marks[warm])
+
+
+def sampling_speed(model: Any, device: torch.device, size: int, n_samples: int, compute_map: bool = False,
+                   repeats: int = 2) -> dict[str, Any]:
+    """Seconds and samples/s (median of ``repeats``) to draw ``n_samples`` of a ``size`` x ``size`` image."""
+    from napari_divnoising.prediction import predict
+
+    image = np.random.default_rng(0).poisson(40.0, (size, size)).astype(np.float32)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    predict(model, image, min(n_samples, 4), device=str(device), keep_samples=0, seed=0)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        predict(model, image, n_samples, device=str(device), keep_samples=0, seed=1, compute_map=compute_map)
+        sync(device)
+        times.append(time.perf_counter() - t)
+    seconds = median(times)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"size": size, "samples": n_samples, "map": compute_map, "seconds": seconds,
+            "samples_per_s": n_samples / seconds, "mpx_samples_per_s": n_samples * size * size / seconds / 1e6,
+            "peak_gpu_mib": peak}
+
+
+def cli(*args: str, log: list[str]) -> str:
+    """Run ``divnoising ARGS`` as a user would; return its output (raise with it on failure)."""
+    command = [sys.executable, "-m", "napari_divnoising.cli", *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    t = time.perf_counter()
+    run = subprocess.run(command, capture_output=True, text=True, env=env)
+    output = run.stdout + run.stderr
+    log.append(f"$ divnoising {' '.join(args)}  ({time.perf_counter() - t:.0f} s)\n" + "\n".join(
+        line for line in output.splitlines() if "\r" not in line and not line.startswith("training ")))
+    if run.returncode != 0:
+        raise RuntimeError(f"divnoising {args[0]} failed:\n{output[-3000:]}")
+    return output
+
+
+def fmd_training(data_dir: Path, device: torch.device, minutes: float, work: Path, log: list[str]) -> dict[str, Any]:
+    """Fit the noise model and train through the CLI, then score MMSE and MAP on the validation frames."""
+    from napari_divnoising.model_io import load_model
+    from napari_divnoising.prediction import predict
+
+    nm = work / "nm.npz"
+    model_path = work / "model.pt"
+    cli("fit-noise-model", "--calibration", str(data_dir / "calibration_fov01.tif"), "--out", str(nm), log=log)
+    t = time.perf_counter()
+    output = cli("train", "--data", str(data_dir / "train_noisy.tif"), "--noise-model", str(nm),
+                 "--max-minutes", str(minutes), "--device", str(device), "--out", str(model_path), log=log)
+    wall = time.perf_counter() - t
+    model = load_model(model_path)
+    last_run = model.history["runs"][-1]
+    noisy = np.asarray(read_tiff(data_dir / "val_noisy.tif"), np.float32)
+    truth = np.asarray(read_tiff(data_dir / "val_gt.tif"), np.float32)
+    scores: dict[str, list[float]] = {"noisy": [], "mmse": [], "map": []}
+    t = time.perf_counter()
+    for frame in noisy:
+        result = predict(model, frame, 100, device=str(device), keep_samples=0, compute_map=True, seed=0)
+        scores["noisy"].append(psnr(frame, truth, 255.0))
+        scores["mmse"].append(psnr(np.clip(result.mmse, 0, 255), truth, 255.0))
+        scores["map"].append(psnr(np.clip(result.map, 0, 255), truth, 255.0))
+    predict_s = (time.perf_counter() - t) / len(noisy)
+    summary = next((line for line in output.splitlines() if line.startswith("Done:")), "")
+    return {
+        "minutes": minutes, "wall_s": wall, "steps": int(model.history["steps"]), "reason": last_run["reason"],
+        "budget_used": last_run.get("budget_used"), "train_elapsed_s": last_run.get("elapsed_s"),
+        "best_step": model.history.get("best_step"), "batch": model.config.get("batch_size"),
+        "patch": model.config.get("patch_size"), "summary": summary, "predict_s_per_frame": predict_s,
+        **{f"{k}_psnr_mean": float(np.mean(v)) for k, v in scores.items()},
+        **{f"{k}_psnr_std": float(np.std(v)) for k, v in scores.items()},
+    }
+
+
+def run(data_dir: Path, device: torch.device, minutes: float, quick: bool) -> dict[str, Any]:
+    from napari_divnoising.model import DivNoisingModel
+    from napari_divnoising.noise_models import GaussianNoiseModel
+
+    log: list[str] = []
+    results: dict[str, Any] = {"machine": machine_info(str(device)), "log": log}
+    n = 1024 if quick else 8192
+    results["matmul_gflops"] = {"float32": matmul_rate(device, torch.float32, n),
+                                "bfloat16": matmul_rate(device, torch.bfloat16, n)}
+    train_frames = np.asarray(read_tiff(data_dir / "train_noisy.tif"), np.float32)
+    steps = 40 if quick else 400
+    configs = [(8, 64), (32, 128)] if quick else [(8, 64), (32, 128), (64, 128)]
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    yardstick = results["matmul_gflops"]["bfloat16" if bf16 else "float32"]
+    rows = []
+    for batch, patch in configs:
+        row = train_step_times(train_frames, device, batch, patch, steps)
+        row["loop_steps_per_s"] = loop_rate(train_frames, device, batch, patch, steps)
+        row["gflop_per_step"] = 3 * 2 * conv_macs(DivNoisingVAE(depth=2), patch, patch) * batch / 1e9
+        row["floor_s"] = row["gflop_per_step"] / yardstick
+        row["ratio_to_floor"] = row["step_median_s"] / row["floor_s"]
+        rows.append(row)
+    results["train_steps"] = rows
+
+    torch.manual_seed(0)
+    model = DivNoisingModel(DivNoisingVAE(depth=2), GaussianNoiseModel(a=4.0, b=0.0), 20.0, 20.0)
+    sampling = [sampling_speed(model, device, 512, 10 if quick else 100),
+                sampling_speed(model, device, 512, 20 if quick else 1000),
+                sampling_speed(model, device, 512, 10 if quick else 100, compute_map=True),
+                sampling_speed(model, device, 1024 if quick else 4096, 2 if quick else 10, repeats=1)]
+    results["sampling"] = sampling
+    big, small = sampling[3]["mpx_samples_per_s"], sampling[0]["mpx_samples_per_s"]
+    results["big_image_rate_vs_512"] = big / small
+
+    with tempfile.TemporaryDirectory() as tmp:
+        results["fmd"] = fmd_training(data_dir, device, minutes, Path(tmp), log)
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["matmul_gflops"]
+    lines = ["# GPU benchmark", "", machine_markdown(results["machine"]), "",
+             f"Matrix-product yardstick: {fmt(m['float32'])} GFLOP/s float32, {fmt(m['bfloat16'])} GFLOP/s bfloat16.",
+             "", "## Training step (real loop, depth 2, bf16 autocast where supported)", ""]
+    lines.append(markdown_table(
+        ["batch x patch", "GFLOP/step", "floor (ms)", "step median (ms)", "ratio to floor", "loop steps/s",
+         "peak GPU MiB"],
+        [[f"{r['batch']} x {r['patch']}²", r["gflop_per_step"], 1e3 * r["floor_s"], 1e3 * r["step_median_s"],
+          r["ratio_to_floor"], r["loop_steps_per_s"], r["peak_gpu_mib"]] for r in results["train_steps"]]))
+    lines += ["", "## Posterior sampling", ""]
+    lines.append(markdown_table(
+        ["image", "samples", "MAP", "seconds", "samples/s", "Mpx-samples/s", "peak GPU MiB"],
+        [[f"{s['size']}²", s["samples"], s["map"], s["seconds"], s["samples_per_s"], s["mpx_samples_per_s"],
+          s["peak_gpu_mib"]] for s in results["sampling"]]))
+    lines += ["", f"Large-image rate relative to 512²: {fmt(results['big_image_rate_vs_512'])}.", ""]
+    f = results["fmd"]
+    lines += ["## FMD training through the command line", "",
+              f"`divnoising train --max-minutes {f['minutes']:g} --device {results['machine']['device']}` "
+              f"(calibration GMM): {f['steps']} steps of batch {f['batch']} x {f['patch']}², ended by "
+              f"{f['reason']} after {fmt(f['train_elapsed_s'])} s ({fmt(100 * (f['budget_used'] or 0))}% of the "
+              f"budget); best validation at step {f['best_step']}.", "",
+              markdown_table(["", "PSNR mean (dB)", "std"],
+                             [[k, f[f"{k}_psnr_mean"], f[f"{k}_psnr_std"]] for k in ("noisy", "mmse", "map")]),
+              "", f"MMSE of 100 samples + MAP: {fmt(f['predict_s_per_frame'])} s per 512² frame.", "",
+              "## Command-line output", "", "```", *results["log"], "```"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="folder with the FMD files (train_noisy.tif, ...)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--train-minutes", type=float, default=5.0)
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    parser.add_argument("--out-dir", type=Path, default=None, help="where to write gpu.json/.md (default results/)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    results = run(args.data, device, args.train_minutes, args.quick)
+    text = markdown(results)
+    kwargs = {"out_dir": args.out_dir} if args.out_dir else {}
+    paths = write_results("gpu" if not args.quick else "gpu_quick", results, text, **kwargs)
+    print(text)
+    print("wrote", *paths)
+
+
+if __name__ == "__main__":
+    main()
