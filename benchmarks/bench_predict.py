@@ -13,6 +13,15 @@ Measured in one run (the machine may be shared, so compare ratios, not absolute 
 
 Depth 2, 32 start filters, z_dim 64 (reference sizes), random weights (timing does not depend on them).
 Run ``python benchmarks/bench_predict.py`` (about 1-2 minutes on 2 cores) or ``--quick`` (seconds).
+
+Device throughput (:func:`run_device`): ``python benchmarks/bench_predict.py --device cuda`` measures, with
+the default settings of :func:`predict` on that device (10 kept samples), 1000 posterior samples of
+512 x 512 (target on one H100/H200: under 1 s) and 100 samples of 4096 x 4096 (target: at least 80% of the
+512 x 512 rate in pixel-samples per second, whole calls); also 16 samples of 4096 x 4096 (the per-image
+costs weigh more) and the marginal per-sample cost at 4096 x 4096, 4096 x 4096 without kept samples, the bare
+decoder's rate at the batch used for 512 x 512 (what the network alone costs), a MAP estimate from 100
+samples of 512 x 512, the plans chosen and the peak GPU memory; prints one JSON object. ``--quick``
+shrinks it to seconds (for a smoke test on the CPU).
 """
 
 from __future__ import annotations
@@ -149,8 +158,109 @@ def run(quick: bool = False) -> dict:
     return results
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_mib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def run_device(device: str = "cuda", quick: bool = False, repeats: int = 3) -> dict:
+    """Throughput of :func:`predict` with its default settings on ``device`` (see the module docstring)."""
+    from napari_divnoising.device import resolve_device
+    from napari_divnoising.prediction.engine import autocast_for, inference_network, resolve_precision, run as infer
+    from napari_divnoising.prediction.memory import bytes_per_pixel
+    from napari_divnoising.prediction.tiling import plan_decoding
+
+    dev = resolve_device(device)
+    torch.manual_seed(0)
+    model = DivNoisingModel(DivNoisingVAE(depth=2), GaussianNoiseModel(), 100.0, 30.0).to(dev)
+    small, large = (128, 512) if quick else (512, 4096)
+    n_small, n_large, n_large_few = (20, 4, 2) if quick else (1000, 100, 16)
+    rng = np.random.default_rng(0)
+    images = {side: rng.normal(100, 30, (side, side)).astype(np.float32) for side in (small, large)}
+    precision = resolve_precision("auto", dev)
+    half = precision != "float32"
+    net, _ = inference_network(model, dev)
+    _enc_flops, dec_flops = network_flops(DivNoisingVAE(depth=2), small)  # unfolded decoder: a yardstick
+    out: dict = {
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "device": str(dev),
+                    "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+                    "threads": torch.get_num_threads()},
+        "precision": precision, "repeats": repeats,
+        "bytes_per_pixel_estimate": dict(zip(("encode", "decode"), bytes_per_pixel(net, half))),
+    }
+    for side, n in ((small, 2), (large, 1)):  # warm-up: kernel selection, allocator
+        predict(model, images[side], n, seed=0)
+    cases = [(f"predict_{small}", small, n_small, 10), (f"predict_{large}", large, n_large, 10),
+             (f"predict_{large}_{n_large_few}_samples", large, n_large_few, 10),
+             (f"predict_{large}_keep0", large, n_large, 0)]
+    for key, side, n, keep in cases:
+        plan = plan_decoding(net, (side, side), n, dev, half=half)
+        _peak_reset(dev)
+        times = timed(lambda: predict(model, images[side], n, seed=0, keep_samples=keep), repeats)
+        seconds = statistics.median(times)
+        out[key] = {
+            "image": f"{side}x{side}", "samples": n, "keep_samples": keep, "median_s": seconds, "all_s": times,
+            "samples_per_s": n / seconds, "mpx_samples_per_s": n * side * side / seconds / 1e6,
+            "peak_gpu_mib": _peak_mib(dev),
+            "plan": {"tiles": len(plan.tiling.tiles), "tile": plan.tile, "batch": plan.batch,
+                     "tiles_per_call": plan.tiles_per_call},
+        }
+    few, many = out[f"predict_{large}_{n_large_few}_samples"], out[f"predict_{large}"]
+    out[f"marginal_{large}"] = {  # per-sample cost without the per-image costs (input, encoding, results)
+        "s_per_sample": (many["median_s"] - few["median_s"]) / (n_large - n_large_few),
+        "mpx_samples_per_s": large * large / 1e6 / max(1e-9, (many["median_s"] - few["median_s"])
+                                                       / (n_large - n_large_few))}
+    # The bare decoder at the batch predict uses for the small image: what the network alone costs.
+    batch = out[f"predict_{small}"]["plan"]["batch"]
+    z = torch.randn((batch, net.z_dim, small // 4, small // 4), device=dev).contiguous(memory_format=torch.channels_last)
+    autocast = autocast_for(dev, precision)
+
+    def decode_all() -> None:
+        for _ in range(-(-n_small // batch)):
+            infer(lambda: net.decode(z), autocast)
+        _sync(dev)
+
+    decode_all()
+    decode_times = timed(decode_all, repeats)
+    calls = -(-n_small // batch)
+    out["decoder_only"] = {"batch": batch, "calls": calls, "median_s": statistics.median(decode_times),
+                           "samples_per_s": calls * batch / statistics.median(decode_times),
+                           "tflop_per_s_unfolded_equivalent": calls * batch * dec_flops
+                           / statistics.median(decode_times) / 1e12}
+    n_map = 20 if quick else 100
+    _peak_reset(dev)
+    map_times = timed(lambda: predict(model, images[small], n_map, seed=0, compute_map=True), 1 if quick else 2)
+    out["predict_with_map"] = {"image": f"{small}x{small}", "samples": n_map, "median_s": statistics.median(map_times),
+                               "peak_gpu_mib": _peak_mib(dev)}
+    rate_small = out[f"predict_{small}"]["mpx_samples_per_s"]
+    rate_large = out[f"predict_{large}"]["mpx_samples_per_s"]
+    out["large_over_small_rate"] = rate_large / rate_small  # both with the default settings, whole calls
+    out["large_over_small_rate_marginal"] = out[f"marginal_{large}"]["mpx_samples_per_s"] / rate_small
+    out["overhead_over_decoder"] = out[f"predict_{small}"]["median_s"] / (
+        out["decoder_only"]["median_s"] * n_small / (calls * batch))
+    if not quick:
+        out["targets"] = {"1000_samples_512_under_1s": out[f"predict_{small}"]["median_s"] < 1.0,
+                          "4096_rate_at_least_80pct_of_512": out["large_over_small_rate"] >= 0.8}
+    return out
+
+
 def main() -> None:
     quick = "--quick" in sys.argv
+    if "--device" in sys.argv:
+        i = sys.argv.index("--device")
+        device = sys.argv[i + 1] if i + 1 < len(sys.argv) else "auto"
+        print(json.dumps(run_device(device, quick=quick), indent=1))
+        return
     r = run(quick=quick)
     p = r["predict"]
     print(f"prediction of {r['n_samples']} samples, {r['image']} (depth 2), {r['machine']['threads']} threads, "

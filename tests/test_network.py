@@ -158,3 +158,19 @@ def test_receptive_radius_bounds_the_measured_reach(depth):
         lo, hi = 8 * m, 9 * m - 1  # the image pixels under the perturbed latent pixel
         reach = max(lo - int(ys.min()), int(ys.max()) - hi, lo - int(xs.min()), int(xs.max()) - hi)
         assert reach == dec_r
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_folded_decoder_on_a_gpu_in_channels_last_equals_the_original():
+    torch.manual_seed(0)
+    net = DivNoisingVAE(depth=2, start_filters=8, z_dim=6).cuda().eval()
+    for module in net.decoder:
+        if getattr(module, "bias", None) is not None:
+            torch.nn.init.uniform_(module.bias, -1, 1)
+    folded = net.inference_decoder().to(memory_format=torch.channels_last)
+    z = torch.randn(3, 6, 9, 7, device="cuda")
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        expected = net.decode(z)
+        got = folded(z.contiguous(memory_format=torch.channels_last))
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

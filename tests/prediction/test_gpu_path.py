@@ -16,6 +16,10 @@ from _prediction_helpers import image, make_model
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def spread_of(result) -> float:
+    return float(result.samples.std(0).mean())
+
+
 def test_stacked_tiles_give_the_default_paths_result():
     model = make_model()
     img = image((150, 134))
@@ -84,9 +88,12 @@ def test_on_cuda_tiled_equals_untiled_and_seeds_reproduce():
     model = make_model()  # stays on the CPU; predict runs a copy on the GPU
     img = image((300, 260))
     kw = dict(seed=3, keep_samples=8, device="cuda", precision="float32")
-    untiled = predict(model, img, 8, **kw)
-    again = predict(model, img, 8, batch_size=3, **kw)
-    tiled = predict(model, img, 8, tile_size=96, tiles_per_call=5, batch_size=4, **kw)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # float32 proper: compare to rounding
+        untiled = predict(model, img, 8, **kw)
+        again = predict(model, img, 8, batch_size=3, **kw)
+        tiled = predict(model, img, 8, tile_size=96, tiles_per_call=5, batch_size=4, **kw)
+    fast = predict(model, img, 8, seed=3, keep_samples=8, device="cuda")  # the default: float16
+    assert np.abs(fast.samples - untiled.samples).mean() < 1e-2 * spread_of(untiled)
     spread = untiled.samples.std(0).mean()
     assert spread > 1.0 and model.device.type == "cpu"
     assert np.abs(again.samples - untiled.samples).max() < 1e-3 * spread
@@ -107,3 +114,18 @@ def test_on_cuda_statistics_and_map_match_the_samples():
     np.testing.assert_allclose(result.mmse, samples.mean(0), rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(result.variance, samples.var(0), rtol=1e-4, atol=1e-2)
     np.testing.assert_allclose(result.map, map_estimate(samples), atol=1e-2)  # GPU MAP equals the CPU's
+
+
+@cuda
+def test_on_cuda_a_stack_equals_its_frames_alone():
+    from napari_divnoising.prediction import frame_seed
+
+    model = make_model()
+    stack = np.stack([image((40, 44), seed=s) for s in range(3)])
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        result = predict(model, stack, 5, seed=9, keep_samples=2, device="cuda", precision="float32")
+        alone = predict(model, stack[1], 5, seed=frame_seed(9, 1, 3), keep_samples=2, device="cuda",
+                        precision="float32")
+    assert result.samples.shape == (2, 3, 40, 44)
+    np.testing.assert_allclose(result.mmse[1], alone.mmse, atol=1e-3)
+    np.testing.assert_allclose(result.samples[:, 1], alone.samples, atol=1e-3)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..device import resolve_device
@@ -18,6 +20,7 @@ from ..errors import DivNoisingError
 from ..events import Progress
 from ..network import DivNoisingVAE
 from .noise import BlockNoise, GridNoise
+from .results import copy_to_host
 from .tiling import DecodePlan, Tiling
 
 
@@ -119,12 +122,13 @@ def decode_samples(
     for gi, group in enumerate(groups):
 
         def decode_group() -> torch.Tensor | None:
-            latents = [
-                mu[..., r0:r1, c0:c1] + std[..., r0:r1, c0:c1] * noise.crop(samples, (r0, r1), (c0, c1))
-                for (r0, r1, _, _), (c0, c1, _, _) in group
-            ]
-            z = latents[0] if len(latents) == 1 else torch.cat(latents)
-            decoded = net.decode(z.contiguous(memory_format=torch.channels_last))[:, 0]
+            (r0, r1, _, _), (c0, c1, _, _) = group[0]
+            z = torch.empty((len(group) * k, net.z_dim, r1 - r0, c1 - c0), device=mu.device,
+                            memory_format=torch.channels_last)
+            for t, ((r0, r1, _, _), (c0, c1, _, _)) in enumerate(group):  # z = mu + std * eps, written once
+                eps = noise.crop(samples, (r0, r1), (c0, c1))
+                torch.addcmul(mu[..., r0:r1, c0:c1], std[..., r0:r1, c0:c1], eps, out=z[t * k : (t + 1) * k])
+            decoded = net.decode(z)[:, 0]
             if out is None:
                 return model.denormalize(decoded.float())
             for t, ((r0, _r1, cr0, cr1), (c0, _c1, cc0, cc1)) in enumerate(group):
@@ -139,3 +143,71 @@ def decode_samples(
         if gi + 1 < len(groups):
             yield Progress(gi + 1, len(groups), "decoding tiles")
     yield out
+
+
+class HostCopies:
+    """Copies of device tensors into host arrays that overlap the GPU's next work.
+
+    On CUDA each copy runs in a worker thread: the tensor is copied on a side stream (after the work that
+    produced it) into a pinned staging buffer, chunk by chunk, and from there into the array, so neither the
+    transfer nor the host's side of it (page faults of a new array) keeps the GPU waiting. Elsewhere copies
+    are done at once. :meth:`wait` returns when all are done (and raises the first error). Use as a context
+    manager, so a stopped prediction leaves no copy running.
+    """
+
+    #: Size of the pinned staging buffer (bytes).
+    STAGING_BYTES = 64 * 2**20
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._pool: ThreadPoolExecutor | None = None
+        self._stream: Any = None
+        self._staging: torch.Tensor | None = None
+        self._pending: list[Future] = []
+        if device.type == "cuda":
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="divnoising-copy")
+            self._stream = torch.cuda.Stream(device)
+
+    def copy(self, destination: np.ndarray, source: torch.Tensor) -> None:
+        """Copy ``source`` into ``destination`` (same shape), now or in the background."""
+        if self._pool is None or not (destination.flags.c_contiguous and destination.dtype == np.float32):
+            self.wait()
+            copy_to_host(destination, source)
+            return
+        flat_source = run(lambda: source.reshape(-1))  # a device copy only where the source is not contiguous
+        ready = torch.cuda.Event()
+        ready.record(torch.cuda.current_stream(self.device))
+        self._pending.append(self._pool.submit(self._copy, destination.reshape(-1), flat_source, ready))
+
+    def prepare(self, *arrays: np.ndarray) -> None:
+        """Touch new host arrays that copies will fill, in the background while the GPU works (on CUDA), so the
+        operating system's first-touch cost of their pages is not paid after the last sample."""
+        if self._pool is None:
+            return
+        for array in arrays:
+            self._pending.append(self._pool.submit(array.fill, 0))
+
+    def _copy(self, destination: np.ndarray, source: torch.Tensor, ready: Any) -> None:
+        if self._staging is None:
+            self._staging = torch.empty(self.STAGING_BYTES // 4, dtype=torch.float32, pin_memory=True)
+        staging, staged = self._staging, self._staging.numpy()
+        with torch.cuda.stream(self._stream):
+            self._stream.wait_event(ready)
+            for start in range(0, source.numel(), staging.numel()):
+                n = min(staging.numel(), source.numel() - start)
+                staging[:n].copy_(source[start : start + n], non_blocking=True)
+                self._stream.synchronize()
+                destination[start : start + n] = staged[:n]
+
+    def wait(self) -> None:
+        """Block until every copy so far is done."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def __enter__(self) -> HostCopies:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import DivNoisingError
-from ..network import DivNoisingVAE
+from ..network import DivNoisingVAE, FoldedUpConv
 
 #: Fraction of the free GPU memory that automatic tile and batch sizes plan to use.
 GPU_MEMORY_FRACTION = 0.4
@@ -51,7 +51,11 @@ def _peak_elements_per_pixel(layers: list[nn.Module], scale: float) -> float:
     """Largest (input + output) channels per image pixel over the convolutions of ``layers`` entered at ``scale``."""
     peak = 0.0
     for layer in layers:
-        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(layer, FoldedUpConv):  # 4 x c_out channels at this scale, then a pixel shuffle
+            c_out4, c_in = layer.weight.shape[:2]
+            peak = max(peak, (c_in + c_out4) / scale**2)
+            scale = scale / 2
+        elif isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
             out_scale = scale / layer.stride[0] if isinstance(layer, nn.ConvTranspose2d) else scale * layer.stride[0]
             peak = max(peak, layer.in_channels / scale**2 + layer.out_channels / out_scale**2)
             scale = out_scale

@@ -13,7 +13,7 @@ from ..events import Progress, run_to_end
 from . import memory
 from .engine import autocast_for, decode_samples, inference_network, resolve_precision, run
 from .noise import frame_noise, new_seed
-from .results import PriorBatch, PriorDone, to_host
+from .results import PriorBatch, PriorDone, copy_to_host
 from .tiling import check_tile_size, plan_decoding
 
 
@@ -89,7 +89,7 @@ def generate_prior_iter(
                     memory.release_cached(dev)
                     continue
                 raise
-            images[done : done + k] = to_host(decoded[:, :h, :w])
+            copy_to_host(images[done : done + k], decoded[:, :h, :w])
             done += k
             yield PriorBatch(images[done - k : done].copy(), done, count)
     except Exception as exc:

@@ -24,6 +24,15 @@ def to_host(array: Any) -> np.ndarray:
     return np.asarray(array)
 
 
+def copy_to_host(destination: np.ndarray, source: torch.Tensor) -> None:
+    """Copy a tensor (any device) into a NumPy array of the same shape, in one transfer when the array is
+    contiguous (no intermediate host copy)."""
+    if destination.flags.c_contiguous and destination.flags.writeable:
+        torch.from_numpy(destination).copy_(source)
+    else:
+        destination[...] = to_host(source)
+
+
 class SampleBatch:
     """A new batch of posterior samples of one frame and the running estimates after it.
 

@@ -21,7 +21,15 @@ from ..events import Progress, run_to_end
 from ..io import as_image_stack
 from ..network import pad_to_multiple
 from . import memory
-from .engine import autocast_for, decode_samples, encode_frame, inference_network, resolve_precision, run
+from .engine import (
+    HostCopies,
+    autocast_for,
+    decode_samples,
+    encode_frame,
+    inference_network,
+    resolve_precision,
+    run,
+)
 from .map_estimate import default_chunk_bytes, map_estimate_iter
 from .noise import frame_noise, frame_seed, new_seed
 from .results import PredictionDone, PredictionResult, SampleBatch, to_host
@@ -45,12 +53,14 @@ class RunningMoments:
 
     def update(self, batch: np.ndarray | torch.Tensor) -> None:
         """Add a batch of shape (b, *shape)."""
-        b = torch.as_tensor(batch).to(self.device, torch.float64)
+        b = torch.as_tensor(batch).to(self.device)
         k = b.shape[0]
         if k == 0:
             return
-        b_mean = b.mean(0)
-        b_m2 = ((b - b_mean) ** 2).sum(0)
+        # One pass over the batch (Welford inside the reduction), merged into the float64 totals.
+        b_var, b_mean = torch.var_mean(b, dim=0, correction=0)
+        b_mean = b_mean.to(torch.float64)
+        b_m2 = b_var.to(torch.float64) * k
         n = self.count + k
         delta = b_mean - self._mean
         self._mean += delta * (k / n)
@@ -169,69 +179,73 @@ def predict_iter(
     kept = np.empty((keep, *stack.shape), np.float32) if keep else None
     map_image = np.empty(stack.shape, np.float32) if compute_map else None
     batch = plan.batch
-    for f in range(n_frames):
-        noise = frame_noise(frame_seed(base_seed, f, n_frames), net.z_dim, latent_shape, dev)
-        moments = run(lambda: RunningMoments(frame_shape, dev))
-        all_samples: Any = None
-        if map_on_device:
-            all_samples = run(lambda: torch.empty((n_samples, *frame_shape), device=dev))
-        elif compute_map:
-            all_samples = np.empty((n_samples, *frame_shape), np.float32)
-        try:
-            x = stack[f]
-            x_padded = run(lambda: pad_to_multiple(model.normalize(torch.as_tensor(x, device=dev)[None, None]), m)[0])
-            mu = std = None
-            for item in encode_frame(net, x_padded, plan.tiling, autocast):
-                if isinstance(item, Progress):
-                    yield Progress(item.done, item.total, f"frame {f + 1}/{n_frames}: {item.message}")
-                else:
-                    mu, std = item
-            del x_padded
-            done = 0
-            while done < n_samples:
-                k = min(batch, n_samples - done)
-                decoded = None
-                try:
-                    for item in decode_samples(model, net, mu, std, range(done, done + k), noise, plan, autocast):
-                        if isinstance(item, Progress):
-                            yield Progress(item.done, item.total,
-                                           f"frame {f + 1}/{n_frames}, samples {done + 1}-{done + k}: {item.message}")
-                        else:
-                            decoded = item
-                except Exception as exc:
-                    # Automatic batch too large for the free memory: halve it and decode the same samples again
-                    # (the noise is keyed by sample, so the results do not depend on the batch size).
-                    if memory.is_oom(exc) and plan.automatic_batch and batch > 1:
-                        batch = max(1, batch // 2)
-                        memory.release_cached(dev)
-                        continue
-                    raise
-                samples = decoded[:, :h, :w]
-                run(lambda: moments.update(samples))
-                if kept is not None and done < keep:
-                    take = min(keep - done, k)
-                    kept[done : done + take, f] = to_host(samples[:take])
-                if map_on_device:
-                    run(lambda: all_samples[done : done + k].copy_(samples))
-                elif all_samples is not None:
-                    all_samples[done : done + k] = to_host(samples)
-                done += k
-                yield SampleBatch(f, n_frames, samples, done, n_samples, *run(
-                    lambda: (moments.mean_tensor(), moments.variance_tensor())))
-        except Exception as exc:
-            if memory.is_oom(exc):
-                raise memory.oom_error(plan.tile, batch, frame_shape) from None
-            raise
-        mmse[f] = moments.mean
-        variance[f] = moments.variance
-        if all_samples is not None and map_image is not None:
-            map_device = dev if map_on_device else torch.device("cpu")
-            for item in map_estimate_iter(all_samples, device=map_device, chunk_bytes=chunk_bytes):
-                if isinstance(item, Progress):
-                    yield Progress(item.done, item.total, f"frame {f + 1}/{n_frames}: MAP estimate")
-                else:
-                    map_image[f] = item
-            del all_samples
+    with HostCopies(dev) as copies:
+        copies.prepare(mmse, variance)
+        for f in range(n_frames):
+            noise = frame_noise(frame_seed(base_seed, f, n_frames), net.z_dim, latent_shape, dev)
+            moments = run(lambda: RunningMoments(frame_shape, dev))
+            all_samples: Any = None
+            if map_on_device:
+                all_samples = run(lambda: torch.empty((n_samples, *frame_shape), device=dev))
+            elif compute_map:
+                all_samples = np.empty((n_samples, *frame_shape), np.float32)
+            try:
+                x = stack[f]
+                x_padded = run(lambda: pad_to_multiple(model.normalize(torch.as_tensor(x, device=dev)[None, None]), m)[0])
+                mu = std = None
+                for item in encode_frame(net, x_padded, plan.tiling, autocast):
+                    if isinstance(item, Progress):
+                        yield Progress(item.done, item.total, f"frame {f + 1}/{n_frames}: {item.message}")
+                    else:
+                        mu, std = item
+                del x_padded
+                done = 0
+                while done < n_samples:
+                    k = min(batch, n_samples - done)
+                    decoded = None
+                    try:
+                        for item in decode_samples(model, net, mu, std, range(done, done + k), noise, plan, autocast):
+                            if isinstance(item, Progress):
+                                yield Progress(item.done, item.total,
+                                               f"frame {f + 1}/{n_frames}, samples {done + 1}-{done + k}: {item.message}")
+                            else:
+                                decoded = item
+                    except Exception as exc:
+                        # Automatic batch too large for the free memory: halve it and decode the same samples again
+                        # (the noise is keyed by sample, so the results do not depend on the batch size).
+                        if memory.is_oom(exc) and plan.automatic_batch and batch > 1:
+                            batch = max(1, batch // 2)
+                            memory.release_cached(dev)
+                            continue
+                        raise
+                    samples = decoded[:, :h, :w]
+                    run(lambda: moments.update(samples))
+                    if kept is not None and done < keep:
+                        take = min(keep - done, k)
+                        copies.copy(kept[done : done + take, f], samples[:take])
+                    if map_on_device:
+                        run(lambda: all_samples[done : done + k].copy_(samples))
+                    elif all_samples is not None:
+                        copies.copy(all_samples[done : done + k], samples)
+                    done += k
+                    yield SampleBatch(f, n_frames, samples, done, n_samples, *run(
+                        lambda: (moments.mean_tensor(), moments.variance_tensor())))
+            except Exception as exc:
+                if memory.is_oom(exc):
+                    raise memory.oom_error(plan.tile, batch, frame_shape) from None
+                raise
+            copies.copy(mmse[f], run(moments.mean_tensor))  # overlaps the next frame's work
+            copies.copy(variance[f], run(moments.variance_tensor))
+            if all_samples is not None and map_image is not None:
+                copies.wait()
+                map_device = dev if map_on_device else torch.device("cpu")
+                for item in map_estimate_iter(all_samples, device=map_device, chunk_bytes=chunk_bytes):
+                    if isinstance(item, Progress):
+                        yield Progress(item.done, item.total, f"frame {f + 1}/{n_frames}: MAP estimate")
+                    else:
+                        map_image[f] = item
+                del all_samples
+        copies.wait()
 
     def shaped(a: np.ndarray) -> np.ndarray:
         return a.reshape(out_shape)
