@@ -176,7 +176,8 @@ def _peak_mib(device: torch.device) -> float | None:
 def run_device(device: str = "cuda", quick: bool = False, repeats: int = 3) -> dict:
     """Throughput of :func:`predict` with its default settings on ``device`` (see the module docstring)."""
     from napari_divnoising.device import resolve_device
-    from napari_divnoising.prediction.engine import autocast_for, inference_network, resolve_precision, run as infer
+    from napari_divnoising.prediction.engine import autocast_for, inference_network, resolve_precision
+    from napari_divnoising.prediction.engine import run as infer
     from napari_divnoising.prediction.memory import bytes_per_pixel
     from napari_divnoising.prediction.tiling import plan_decoding
 
@@ -222,7 +223,8 @@ def run_device(device: str = "cuda", quick: bool = False, repeats: int = 3) -> d
                                                        / (n_large - n_large_few))}
     # The bare decoder at the batch predict uses for the small image: what the network alone costs.
     batch = out[f"predict_{small}"]["plan"]["batch"]
-    z = torch.randn((batch, net.z_dim, small // 4, small // 4), device=dev).contiguous(memory_format=torch.channels_last)
+    z = torch.randn((batch, net.z_dim, small // 4, small // 4), device=dev)
+    z = z.contiguous(memory_format=torch.channels_last)
     autocast = autocast_for(dev, precision)
 
     def decode_all() -> None:
@@ -268,7 +270,8 @@ def main() -> None:
     print(f"  matmul rate            {r['matmul_gflops']:8.1f} GFLOP/s")
     print(f"  FLOP floor             {p['floor_s']:8.2f} s")
     print(f"  ours (median)          {p['ours_median_s']:8.2f} s   x{p['ours_over_floor']:.2f} floor")
-    print(f"  reference-style        {p['reference_style_median_s']:8.2f} s   x{p['reference_style_over_floor']:.2f} floor"
+    print(f"  reference-style        {p['reference_style_median_s']:8.2f} s   "
+          f"x{p['reference_style_over_floor']:.2f} floor"
           f"   (ours {p['speedup_vs_reference_style']:.1f}x faster)")
     print(f"  MAP from the samples   {r['map']['median_s']:8.2f} s")
     if "large_4096" in r:

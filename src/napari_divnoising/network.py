@@ -152,7 +152,8 @@ class FoldedUpConv(nn.Module):
         conv_w = conv.weight.detach()  # (c_out, c_mid, 3, 3)
         c_in, c_out = up_w.shape[0], conv_w.shape[0]
         # route[i, d, o, p] = 1 where output phase i (0/1) with 3x3 tap d (offset d - 1) reads the low-resolution
-        # pixel at offset o - 1 through the transposed convolution's kernel position p: divmod(i + d - 1, 2) == (o - 1, p)
+        # pixel at offset o - 1 through the transposed convolution's kernel position p:
+        # divmod(i + d - 1, 2) == (o - 1, p)
         route = torch.zeros(2, 3, 3, 2, dtype=up_w.dtype, device=up_w.device)
         for i in range(2):
             for d in range(3):

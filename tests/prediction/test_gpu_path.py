@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _prediction_helpers import image, make_model
 
 from napari_divnoising.prediction import SampleBatch, map_estimate, predict, predict_iter, sampling
 from napari_divnoising.prediction.noise import GridNoise
 from napari_divnoising.prediction.results import PredictionResult
-
-from _prediction_helpers import image, make_model
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -129,3 +128,16 @@ def test_on_cuda_a_stack_equals_its_frames_alone():
     assert result.samples.shape == (2, 3, 40, 44)
     np.testing.assert_allclose(result.mmse[1], alone.mmse, atol=1e-3)
     np.testing.assert_allclose(result.samples[:, 1], alone.samples, atol=1e-3)
+
+
+@cuda
+def test_on_cuda_prior_samples_do_not_depend_on_the_tiling():
+    from napari_divnoising.prediction import generate_prior
+
+    model = make_model()
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        whole = generate_prior(model, 4, (120, 90), seed=2, device="cuda", precision="float32")
+        tiled = generate_prior(model, 4, (120, 90), seed=2, device="cuda", precision="float32", tile_size=48,
+                               batch_size=3)
+    assert whole.shape == (4, 120, 90) and whole.std(0).mean() > 1.0
+    np.testing.assert_allclose(tiled, whole, atol=1e-3)

@@ -120,7 +120,7 @@ def frame_noise(seed: int, z_dim: int, grid: tuple[int, int], device: torch.devi
 
 
 def frame_seed(seed: int, frame: int, n_frames: int) -> int:
-    """Latent-noise seed of frame ``frame`` of a stack of ``n_frames`` predicted with ``seed`` (a 2-D image: ``seed``)."""
+    """Latent-noise seed of frame ``frame`` of a stack of ``n_frames`` predicted with ``seed`` (2-D image: ``seed``)."""
     return seed if n_frames == 1 else block_seed(seed, frame, 2**32 - 1, 2**32 - 1)
 
 

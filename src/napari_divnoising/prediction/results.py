@@ -115,7 +115,7 @@ class PredictionResult:
 
 
 class PredictionDone(Done):
-    """Last event of :func:`~napari_divnoising.prediction.predict_iter`; :attr:`result` is a :class:`PredictionResult`."""
+    """Last event of :func:`~napari_divnoising.prediction.predict_iter`; :attr:`result`: a :class:`PredictionResult`."""
 
     __slots__ = ("_result",)
 

@@ -10,7 +10,8 @@ results, and the arrays of a :class:`~.results.SampleBatch` when read.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from .engine import (
 from .map_estimate import default_chunk_bytes, map_estimate_iter
 from .noise import frame_noise, frame_seed, new_seed
 from .results import PredictionDone, PredictionResult, SampleBatch, to_host
-from .tiling import check_tile_size, plan_decoding
+from .tiling import DecodePlan, check_tile_size, plan_decoding
 
 
 class RunningMoments:
@@ -162,86 +163,47 @@ def predict_iter(
     frame_shape = stack.shape[1:]
     plan = plan_decoding(net, frame_shape, n_samples, dev, tile_size=tile, batch_size=batch_size,
                          tiles_per_call=tiles_per_call, half=resolved != "float32")
-    chunk_bytes = default_chunk_bytes(dev)
-    map_on_device = compute_map and memory.map_fits_on_device(n_samples, frame_shape, dev, chunk_bytes)
-    if compute_map and not map_on_device:
-        chunk_bytes = default_chunk_bytes(torch.device("cpu"))
-        memory.check_map_memory(n_samples, frame_shape, memory.available_memory())
-    autocast = autocast_for(dev, resolved)
+    map_device = None
+    if compute_map:
+        map_device = dev if memory.map_fits_on_device(n_samples, frame_shape, dev, default_chunk_bytes(dev)) \
+            else torch.device("cpu")
+        if map_device.type == "cpu":
+            memory.check_map_memory(n_samples, frame_shape, memory.available_memory())
+    job = _Job(model, net, dev, plan, autocast_for(dev, resolved), n_samples, frame_shape, plan.batch)
     base_seed = new_seed(seed)
-    m = net.size_multiple
-    latent_shape = (-(-frame_shape[0] // m), -(-frame_shape[1] // m))
-    h, w = frame_shape
 
     n_frames = stack.shape[0]
     mmse = np.empty(stack.shape, np.float32)
     variance = np.empty(stack.shape, np.float32)
     kept = np.empty((keep, *stack.shape), np.float32) if keep else None
     map_image = np.empty(stack.shape, np.float32) if compute_map else None
-    batch = plan.batch
     with HostCopies(dev) as copies:
         copies.prepare(mmse, variance)
         for f in range(n_frames):
-            noise = frame_noise(frame_seed(base_seed, f, n_frames), net.z_dim, latent_shape, dev)
-            moments = run(lambda: RunningMoments(frame_shape, dev))
-            all_samples: Any = None
-            if map_on_device:
+            label = f"frame {f + 1}/{n_frames}"
+            all_samples: Any = None  # every sample of the frame, for the MAP estimate
+            if map_device is not None and map_device.type != "cpu":
                 all_samples = run(lambda: torch.empty((n_samples, *frame_shape), device=dev))
-            elif compute_map:
+            elif map_device is not None:
                 all_samples = np.empty((n_samples, *frame_shape), np.float32)
             try:
-                x = stack[f]
-                x_padded = run(lambda: pad_to_multiple(model.normalize(torch.as_tensor(x, device=dev)[None, None]), m)[0])
-                mu = std = None
-                for item in encode_frame(net, x_padded, plan.tiling, autocast):
-                    if isinstance(item, Progress):
-                        yield Progress(item.done, item.total, f"frame {f + 1}/{n_frames}: {item.message}")
-                    else:
-                        mu, std = item
-                del x_padded
-                done = 0
-                while done < n_samples:
-                    k = min(batch, n_samples - done)
-                    decoded = None
-                    try:
-                        for item in decode_samples(model, net, mu, std, range(done, done + k), noise, plan, autocast):
-                            if isinstance(item, Progress):
-                                yield Progress(item.done, item.total,
-                                               f"frame {f + 1}/{n_frames}, samples {done + 1}-{done + k}: {item.message}")
-                            else:
-                                decoded = item
-                    except Exception as exc:
-                        # Automatic batch too large for the free memory: halve it and decode the same samples again
-                        # (the noise is keyed by sample, so the results do not depend on the batch size).
-                        if memory.is_oom(exc) and plan.automatic_batch and batch > 1:
-                            batch = max(1, batch // 2)
-                            memory.release_cached(dev)
-                            continue
-                        raise
-                    samples = decoded[:, :h, :w]
-                    run(lambda: moments.update(samples))
-                    if kept is not None and done < keep:
-                        take = min(keep - done, k)
-                        copies.copy(kept[done : done + take, f], samples[:take])
-                    if map_on_device:
-                        run(lambda: all_samples[done : done + k].copy_(samples))
-                    elif all_samples is not None:
-                        copies.copy(all_samples[done : done + k], samples)
-                    done += k
-                    yield SampleBatch(f, n_frames, samples, done, n_samples, *run(
-                        lambda: (moments.mean_tensor(), moments.variance_tensor())))
+                mu, std = yield from _encode(job, stack[f], label)
+                noise = frame_noise(frame_seed(base_seed, f, n_frames), net.z_dim, mu.shape[-2:], dev)
+                frame_kept = None if kept is None else kept[:, f]
+                moments = yield from _sample(job, mu, std, noise, (f, n_frames), frame_kept, all_samples, copies,
+                                             label)
             except Exception as exc:
                 if memory.is_oom(exc):
-                    raise memory.oom_error(plan.tile, batch, frame_shape) from None
+                    raise memory.oom_error(plan.tile, job.batch, frame_shape) from None
                 raise
             copies.copy(mmse[f], run(moments.mean_tensor))  # overlaps the next frame's work
             copies.copy(variance[f], run(moments.variance_tensor))
-            if all_samples is not None and map_image is not None:
+            if map_device is not None and map_image is not None:
                 copies.wait()
-                map_device = dev if map_on_device else torch.device("cpu")
-                for item in map_estimate_iter(all_samples, device=map_device, chunk_bytes=chunk_bytes):
+                for item in map_estimate_iter(all_samples, device=map_device,
+                                              chunk_bytes=default_chunk_bytes(map_device)):
                     if isinstance(item, Progress):
-                        yield Progress(item.done, item.total, f"frame {f + 1}/{n_frames}: MAP estimate")
+                        yield Progress(item.done, item.total, f"{label}: MAP estimate")
                     else:
                         map_image[f] = item
                 del all_samples
@@ -259,6 +221,87 @@ def predict_iter(
         seed=base_seed,
     )
     yield PredictionDone(result)
+
+
+@dataclass
+class _Job:
+    """What every frame of one prediction shares; ``batch`` shrinks when memory runs out."""
+
+    model: Any
+    net: Any
+    device: torch.device
+    plan: DecodePlan
+    autocast: Any
+    n_samples: int
+    frame_shape: tuple[int, int]
+    batch: int
+
+
+def _encode(job: _Job, frame: np.ndarray, label: str) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor]]:
+    """Encode one frame; yields Progress per tile and returns ``(mu, std)`` of its latent grid."""
+    m = job.net.size_multiple
+    x_padded = run(lambda: pad_to_multiple(job.model.normalize(torch.as_tensor(frame, device=job.device)[None, None]),
+                                           m)[0])
+    latents = None
+    for item in encode_frame(job.net, x_padded, job.plan.tiling, job.autocast):
+        if isinstance(item, Progress):
+            yield Progress(item.done, item.total, f"{label}: {item.message}")
+        else:
+            latents = item
+    assert latents is not None
+    return latents
+
+
+def _sample(
+    job: _Job,
+    mu: torch.Tensor,
+    std: torch.Tensor,
+    noise: Any,
+    frame: tuple[int, int],
+    kept: np.ndarray | None,
+    all_samples: Any,
+    copies: HostCopies,
+    label: str,
+) -> Generator[Progress | SampleBatch, None, RunningMoments]:
+    """Draw the frame's samples batch by batch; yields Progress and SampleBatch, returns the running moments.
+
+    The first ``len(kept)`` samples go to ``kept`` (host) and all of them to ``all_samples`` when given.
+    """
+    h, w = job.frame_shape
+    n = job.n_samples
+    moments = run(lambda: RunningMoments(job.frame_shape, job.device))
+    done = 0
+    while done < n:
+        k = min(job.batch, n - done)
+        decoded = None
+        try:
+            for item in decode_samples(job.model, job.net, mu, std, range(done, done + k), noise, job.plan,
+                                       job.autocast):
+                if isinstance(item, Progress):
+                    yield Progress(item.done, item.total, f"{label}, samples {done + 1}-{done + k}: {item.message}")
+                else:
+                    decoded = item
+        except Exception as exc:
+            # Automatic batch too large for the free memory: halve it and decode the same samples again
+            # (the noise is keyed by sample, so the results do not depend on the batch size).
+            if memory.is_oom(exc) and job.plan.automatic_batch and job.batch > 1:
+                job.batch = max(1, job.batch // 2)
+                memory.release_cached(job.device)
+                continue
+            raise
+        samples = decoded[:, :h, :w]
+        run(lambda: moments.update(samples))
+        if kept is not None and done < len(kept):
+            take = min(len(kept) - done, k)
+            copies.copy(kept[done : done + take], samples[:take])
+        if isinstance(all_samples, torch.Tensor):
+            run(lambda: all_samples[done : done + k].copy_(samples))
+        elif all_samples is not None:
+            copies.copy(all_samples[done : done + k], samples)
+        done += k
+        mean, variance = run(lambda: (moments.mean_tensor(), moments.variance_tensor()))
+        yield SampleBatch(frame[0], frame[1], samples, done, n, mean, variance)
+    return moments
 
 
 def predict(model: Any, image: np.ndarray, n_samples: int = 100, **kwargs: Any) -> PredictionResult:

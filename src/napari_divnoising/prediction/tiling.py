@@ -89,7 +89,7 @@ def default_tile_size(
 
 
 def default_batch_size(tile_pixels: int) -> int:
-    """CPU: samples decoded together, as many as keep batch x tile pixels within :data:`BATCH_PIXEL_BUDGET` (1 to 32)."""
+    """CPU: samples decoded together, as many as keep batch x tile pixels within :data:`BATCH_PIXEL_BUDGET` (1-32)."""
     return int(max(1, min(32, BATCH_PIXEL_BUDGET // max(1, tile_pixels))))
 
 
