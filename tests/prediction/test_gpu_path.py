@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _prediction_helpers import image, make_model
 
 from napari_divnoising.prediction import SampleBatch, map_estimate, predict, predict_iter, sampling
 from napari_divnoising.prediction.noise import GridNoise
 from napari_divnoising.prediction.results import PredictionResult
+
+from ._prediction_helpers import image, make_model
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _prediction_helpers import make_model
 
 from napari_divnoising.errors import DivNoisingError
 from napari_divnoising.events import Done, run_to_end
 from napari_divnoising.prediction import PriorBatch, PriorDone, generate_prior, generate_prior_iter
+
+from ._prediction_helpers import make_model
 
 
 def test_prior_samples_any_size_and_tiling_independent():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _prediction_helpers import image, make_model
 
 from napari_divnoising.errors import DivNoisingError
 from napari_divnoising.events import Progress
@@ -19,6 +18,8 @@ from napari_divnoising.prediction import (
     predict,
     predict_iter,
 )
+
+from ._prediction_helpers import image, make_model
 
 
 def test_running_moments_match_numpy():
