@@ -78,7 +78,11 @@ def encode_frame(
     m = net.size_multiple
     lh, lw = x_padded.shape[-2] // m, x_padded.shape[-1] // m
     tiles = tiling.tiles
-    mu_grid, std_grid = run(lambda: torch.empty((2, 1, net.z_dim, lh, lw), device=x_padded.device))
+    # On a GPU the latent grid is kept channels-last, like the latent noise and the decoder's input, so that
+    # z = mu + std * eps is one coalesced pass (mixed layouts make it the slowest kernel of a large frame).
+    layout = torch.channels_last if x_padded.is_cuda else torch.contiguous_format
+    mu_grid, std_grid = run(lambda: [torch.empty((1, net.z_dim, lh, lw), device=x_padded.device, memory_format=layout)
+                                     for _ in range(2)])
     for i, ((r0, r1, cr0, cr1), (c0, c1, cc0, cc1)) in enumerate(tiles):
 
         def encode_tile() -> None:

@@ -9,9 +9,9 @@ and any batch size gives the same samples. Two schemes:
   :data:`NOISE_BLOCK` latent block from a generator seeded by (seed, sample,
   block); any crop can be drawn on its own, so memory stays bounded by the tile.
 - :class:`GridNoise` (CUDA): drawn per sample over the frame's whole latent
-  grid with one generator seeded by (seed, sample): one kernel per sample
-  instead of one per block and sample, which would keep a GPU waiting on the
-  host. Crops of it are slices.
+  grid (in (y, x, channel) order, i.e. channels-last memory) with one generator
+  seeded by (seed, sample): one kernel per sample instead of one per block and
+  sample, which would keep a GPU waiting on the host. Crops of it are slices.
 
 The generators differ between devices (CPU Mersenne Twister, CUDA Philox), so
 the same seed gives the same samples on the same kind of device.
@@ -100,11 +100,12 @@ class GridNoise:
             self._noise = None  # free the last batch's noise before drawing the next
             gen_device = _generator_device(self.device)
             gen = torch.Generator(device=gen_device)
-            noise = torch.empty((len(samples), self.z_dim, *self.grid), device=gen_device)
+            noise = torch.empty((len(samples), *self.grid, self.z_dim), device=gen_device)
             for i, k in enumerate(samples):
                 gen.manual_seed(block_seed(self.seed, k, _GRID, _GRID))
                 torch.randn(noise.shape[1:], generator=gen, out=noise[i], device=gen_device)
-            self._noise, self._samples = noise.to(self.device), samples
+            # (k, z, lh, lw) in channels-last memory, the layout the decoder's latents are built in
+            self._noise, self._samples = noise.to(self.device).permute(0, 3, 1, 2), samples
         return self._noise
 
     def crop(self, samples: range, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:

@@ -71,7 +71,8 @@ def generate_prior_iter(
     images = np.empty((count, h, w), np.float32)
     batch = plan.batch
     try:
-        mu = run(lambda: torch.zeros((1, net.z_dim, *latent), device=dev))
+        layout = torch.channels_last if dev.type == "cuda" else torch.contiguous_format  # as encode_frame's grid
+        mu = run(lambda: torch.zeros((1, net.z_dim, *latent), device=dev).contiguous(memory_format=layout))
         std = run(lambda: torch.ones_like(mu))
         done = 0
         while done < count:
