@@ -13,6 +13,15 @@ Measured in one run (the machine may be shared, so compare ratios, not absolute 
 
 Depth 2, 32 start filters, z_dim 64 (reference sizes), random weights (timing does not depend on them).
 Run ``python benchmarks/bench_predict.py`` (about 1-2 minutes on 2 cores) or ``--quick`` (seconds).
+
+Device throughput (:func:`run_device`): ``python benchmarks/bench_predict.py --device cuda`` measures, with
+the default settings of :func:`predict` on that device (10 kept samples), 1000 posterior samples of
+512 x 512 (target on one H100/H200: under 1 s) and 100 samples of 4096 x 4096 (target: at least 80% of the
+512 x 512 rate in pixel-samples per second, whole calls); also 100 and 16 samples of 4096 x 4096 without
+kept samples and from them the marginal per-sample cost at 4096 x 4096 (without the per-image costs), the bare
+decoder's rate at the batch used for 512 x 512 (what the network alone costs), a MAP estimate from 100
+samples of 512 x 512, the plans chosen and the peak GPU memory; prints one JSON object. ``--quick``
+shrinks it to seconds (for a smoke test on the CPU).
 """
 
 from __future__ import annotations
@@ -149,8 +158,116 @@ def run(quick: bool = False) -> dict:
     return results
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_mib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def run_device(device: str = "cuda", quick: bool = False, repeats: int = 3,
+               sizes: tuple[int, int] | None = None, counts: tuple[int, int, int] | None = None) -> dict:
+    """Throughput of :func:`predict` with its default settings on ``device`` (see the module docstring).
+
+    ``sizes`` (small, large image side) and ``counts`` (samples of the small image, of the large one, and the
+    fewer samples of the large one for the marginal cost) override the defaults (512, 4096) and (1000, 100, 16).
+    """
+    from napari_divnoising.device import resolve_device
+    from napari_divnoising.prediction.engine import autocast_for, inference_network, resolve_precision
+    from napari_divnoising.prediction.engine import run as infer
+    from napari_divnoising.prediction.memory import bytes_per_pixel
+    from napari_divnoising.prediction.tiling import plan_decoding
+
+    dev = resolve_device(device)
+    torch.manual_seed(0)
+    model = DivNoisingModel(DivNoisingVAE(depth=2), GaussianNoiseModel(), 100.0, 30.0).to(dev)
+    small, large = sizes or ((128, 512) if quick else (512, 4096))
+    n_small, n_large, n_large_few = counts or ((20, 4, 2) if quick else (1000, 100, 16))
+    rng = np.random.default_rng(0)
+    images = {side: rng.normal(100, 30, (side, side)).astype(np.float32) for side in (small, large)}
+    precision = resolve_precision("auto", dev)
+    half = precision != "float32"
+    net, _ = inference_network(model, dev)
+    _enc_flops, dec_flops = network_flops(DivNoisingVAE(depth=2), small)  # unfolded decoder: a yardstick
+    out: dict = {
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "device": str(dev),
+                    "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+                    "threads": torch.get_num_threads()},
+        "precision": precision, "repeats": repeats,
+        "bytes_per_pixel_estimate": dict(zip(("encode", "decode"), bytes_per_pixel(net, half))),
+    }
+    for side, n in ((small, min(2, n_small)), (large, 1)):  # warm-up: kernel selection, allocator
+        predict(model, images[side], n, seed=0)
+    cases = [(f"predict_{small}", small, n_small, 10), (f"predict_{large}", large, n_large, 10),
+             (f"predict_{large}_keep0", large, n_large, 0),
+             (f"predict_{large}_{n_large_few}_samples_keep0", large, n_large_few, 0)]
+    for key, side, n, keep in cases:
+        plan = plan_decoding(net, (side, side), n, dev, half=half)
+        _peak_reset(dev)
+        times = timed(lambda: predict(model, images[side], n, seed=0, keep_samples=keep), repeats)
+        seconds = statistics.median(times)
+        out[key] = {
+            "image": f"{side}x{side}", "samples": n, "keep_samples": keep, "median_s": seconds, "all_s": times,
+            "samples_per_s": n / seconds, "mpx_samples_per_s": n * side * side / seconds / 1e6,
+            "peak_gpu_mib": _peak_mib(dev),
+            "plan": {"tiles": len(plan.tiling.tiles), "tile": plan.tile, "batch": plan.batch,
+                     "tiles_per_call": plan.tiles_per_call},
+        }
+    few, many = out[f"predict_{large}_{n_large_few}_samples_keep0"], out[f"predict_{large}_keep0"]
+    out[f"marginal_{large}"] = {  # per-sample cost without the per-image costs (input, encoding, results)
+        "s_per_sample": (many["median_s"] - few["median_s"]) / (n_large - n_large_few),
+        "mpx_samples_per_s": large * large / 1e6 / max(1e-9, (many["median_s"] - few["median_s"])
+                                                       / (n_large - n_large_few))}
+    # The bare decoder at the batch predict uses for the small image: what the network alone costs.
+    batch = out[f"predict_{small}"]["plan"]["batch"]
+    z = torch.randn((batch, net.z_dim, small // 4, small // 4), device=dev)
+    z = z.contiguous(memory_format=torch.channels_last)
+    autocast = autocast_for(dev, precision)
+
+    def decode_all() -> None:
+        for _ in range(-(-n_small // batch)):
+            infer(lambda: net.decode(z), autocast)
+        _sync(dev)
+
+    decode_all()
+    decode_times = timed(decode_all, repeats)
+    calls = -(-n_small // batch)
+    out["decoder_only"] = {"batch": batch, "calls": calls, "median_s": statistics.median(decode_times),
+                           "samples_per_s": calls * batch / statistics.median(decode_times),
+                           "tflop_per_s_unfolded_equivalent": calls * batch * dec_flops
+                           / statistics.median(decode_times) / 1e12}
+    n_map = min(n_small, 20 if quick else 100)
+    _peak_reset(dev)
+    map_times = timed(lambda: predict(model, images[small], n_map, seed=0, compute_map=True), 1 if quick else 2)
+    out["predict_with_map"] = {"image": f"{small}x{small}", "samples": n_map, "median_s": statistics.median(map_times),
+                               "peak_gpu_mib": _peak_mib(dev)}
+    rate_small = out[f"predict_{small}"]["mpx_samples_per_s"]
+    rate_large = out[f"predict_{large}"]["mpx_samples_per_s"]
+    out["large_over_small_rate"] = rate_large / rate_small  # both with the default settings, whole calls
+    out["large_over_small_rate_marginal"] = out[f"marginal_{large}"]["mpx_samples_per_s"] / rate_small
+    out["overhead_over_decoder"] = out[f"predict_{small}"]["median_s"] / (
+        out["decoder_only"]["median_s"] * n_small / (calls * batch))
+    if (small, large, n_small) == (512, 4096, 1000):  # the issue's targets, for one H100/H200
+        out["targets"] = {"1000_samples_512_under_1s": out[f"predict_{small}"]["median_s"] < 1.0,
+                          "4096_rate_at_least_80pct_of_512": out["large_over_small_rate"] >= 0.8}
+    return out
+
+
 def main() -> None:
     quick = "--quick" in sys.argv
+    if "--device" in sys.argv:
+        i = sys.argv.index("--device")
+        device = sys.argv[i + 1] if i + 1 < len(sys.argv) else "auto"
+        print(json.dumps(run_device(device, quick=quick), indent=1))
+        return
     r = run(quick=quick)
     p = r["predict"]
     print(f"prediction of {r['n_samples']} samples, {r['image']} (depth 2), {r['machine']['threads']} threads, "
@@ -158,7 +275,8 @@ def main() -> None:
     print(f"  matmul rate            {r['matmul_gflops']:8.1f} GFLOP/s")
     print(f"  FLOP floor             {p['floor_s']:8.2f} s")
     print(f"  ours (median)          {p['ours_median_s']:8.2f} s   x{p['ours_over_floor']:.2f} floor")
-    print(f"  reference-style        {p['reference_style_median_s']:8.2f} s   x{p['reference_style_over_floor']:.2f} floor"
+    print(f"  reference-style        {p['reference_style_median_s']:8.2f} s   "
+          f"x{p['reference_style_over_floor']:.2f} floor"
           f"   (ours {p['speedup_vs_reference_style']:.1f}x faster)")
     print(f"  MAP from the samples   {r['map']['median_s']:8.2f} s")
     if "large_4096" in r:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_divnoising.errors import DivNoisingError
-from napari_divnoising.map_estimate import _window_indices, map_estimate
+from napari_divnoising.prediction.map_estimate import _window_indices, map_estimate
 
 
 def bimodal_samples(n=100, shape=(41, 37), weight=0.7, gap=40.0, noise=4.0, seed=0):

@@ -1,4 +1,4 @@
-"""Posterior sampling: streaming statistics, tiling without seams, stacks, prior samples, errors."""
+"""Posterior sampling: streaming statistics, tiling without seams, stacks, errors."""
 
 from __future__ import annotations
 
@@ -8,36 +8,18 @@ import torch
 
 from napari_divnoising.errors import DivNoisingError
 from napari_divnoising.events import Progress
-from napari_divnoising.model import DivNoisingModel
 from napari_divnoising.network import DivNoisingVAE
-from napari_divnoising.noise_models import GaussianNoiseModel
 from napari_divnoising.prediction import (
     PredictionDone,
-    PriorBatch,
-    PriorDone,
     RunningMoments,
     SampleBatch,
     frame_seed,
-    generate_prior,
-    generate_prior_iter,
     min_tile_size,
     predict,
     predict_iter,
 )
 
-
-def make_model(depth: int = 2, seed: int = 0) -> DivNoisingModel:
-    """A small randomly initialised model whose samples differ visibly (decoder output scaled up)."""
-    torch.manual_seed(seed)
-    net = DivNoisingVAE(depth=depth, start_filters=8, z_dim=8)
-    with torch.no_grad():
-        net.decoder[0].weight.mul_(6.0)
-        net.decoder[-1].weight.mul_(40.0)
-    return DivNoisingModel(net, GaussianNoiseModel(a=0.0, b=4.0, sigma_min=0.1), data_mean=100.0, data_std=20.0)
-
-
-def image(shape=(50, 62), seed=1) -> np.ndarray:
-    return np.random.default_rng(seed).normal(100, 20, shape).astype(np.float32)
+from ._prediction_helpers import image, make_model
 
 
 def test_running_moments_match_numpy():
@@ -184,22 +166,6 @@ def test_out_of_memory_becomes_a_tile_size_suggestion(monkeypatch):
         predict(model, image(), 2)
 
 
-def test_prior_samples_any_size_and_tiling_independent():
-    model = make_model()
-    events = list(generate_prior_iter(model, 5, (70, 90), batch_size=2, seed=2))
-    batches = [e for e in events if isinstance(e, PriorBatch)]
-    assert [b.done for b in batches] == [2, 4, 5]
-    images = events[-1].images
-    assert isinstance(events[-1], PriorDone) and images.shape == (5, 70, 90)
-    np.testing.assert_array_equal(np.concatenate([b.images for b in batches]), images)
-    assert images.std(0).mean() > 1.0  # different images
-    tiled = generate_prior(model, 5, (70, 90), seed=2, tile_size=48)
-    np.testing.assert_allclose(tiled, images, atol=1e-3)
-    assert generate_prior(model, 1, 33).shape == (1, 33, 33)
-    with pytest.raises(DivNoisingError):
-        generate_prior(model, 0, 32)
-
-
 def test_end_to_end_trained_model_denoises():
     """Train a tiny model for a few seconds on synthetic blobs; its MMSE beats the noisy input (known truth)."""
     from napari_divnoising.metrics import psnr
@@ -226,28 +192,10 @@ def test_end_to_end_trained_model_denoises():
     assert psnr(result.map, test_clean, 255) > psnr(test_noisy, test_clean, 255)
 
 
-@pytest.mark.parametrize("depth", [1, 2, 3])
-def test_folded_decoder_equals_the_original(depth):
-    from napari_divnoising.prediction import FoldedUpConv, fold_decoder
-
-    torch.manual_seed(depth)
-    net = DivNoisingVAE(depth=depth, start_filters=8, z_dim=6).eval()
-    for module in net.decoder:  # non-zero biases, so the border handling of biases is exercised
-        if getattr(module, "bias", None) is not None:
-            torch.nn.init.uniform_(module.bias, -1, 1)
-    folded = fold_decoder(net.decoder)
-    assert sum(isinstance(m, FoldedUpConv) for m in folded) == depth
-    with torch.no_grad():
-        for shape in [(2, 6, 5, 7), (1, 6, 9, 4)]:
-            z = torch.randn(shape)
-            expected = net.decode(z)
-            torch.testing.assert_close(folded(z), expected, rtol=1e-4, atol=1e-5)
-
-
 def test_map_refused_when_the_samples_would_not_fit_in_memory(monkeypatch):
-    import napari_divnoising.prediction as prediction
+    from napari_divnoising.prediction import memory
 
-    monkeypatch.setattr(prediction, "available_memory", lambda: 1000)
+    monkeypatch.setattr(memory, "available_memory", lambda: 1000)
     with pytest.raises(DivNoisingError, match="fewer samples"):
         predict(make_model(), image(), 4, compute_map=True)
     predict(make_model(), image(), 2)  # without MAP nothing needs to be held
@@ -255,7 +203,7 @@ def test_map_refused_when_the_samples_would_not_fit_in_memory(monkeypatch):
 
 @pytest.mark.parametrize("shape", [(32, 32), (30, 34)])
 def test_streamed_sample_batches_stay_valid_after_the_next_batch(shape):
-    # The decoder writes into a reused buffer; events must not hand out views of it.
+    # Events must not hand out views of memory that a later batch reuses.
     model = make_model()
     pairs = [(e.samples, e.samples.copy()) for e in predict_iter(model, image(shape), 6, batch_size=2, seed=3)
              if isinstance(e, SampleBatch)]
