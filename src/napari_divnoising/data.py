@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -51,14 +52,45 @@ class TrainingData:
         return int(sum(r.size for r in self.train_regions))
 
 
+def _ndim(item: Any) -> int:
+    try:
+        return int(np.ndim(item))
+    except (ValueError, TypeError):  # ragged nested lists
+        return 2
+
+
+def _image_list(images: Any) -> list[Any]:
+    """The images of a training set: one array (ndarray, tensor, 2-D list) is one image or stack."""
+    if isinstance(images, (str, bytes, Path)):
+        raise DivNoisingError(
+            f"Training images must be arrays, not a file name ({images!r}); read the file first "
+            "(e.g. napari_divnoising.io.read_tiff)."
+        )
+    if images is None:
+        raise DivNoisingError("No training images were given (got None).")
+    if hasattr(images, "__array__") and not isinstance(images, (list, tuple)):
+        return [images]  # numpy array, torch tensor, dask/xarray array, napari layer data
+    if isinstance(images, (list, tuple)):
+        if images and all(_ndim(item) <= 1 for item in images):
+            return [images]  # rows of numbers: one 2-D image given as nested lists (or a 1-D list: refused later)
+        return list(images)
+    try:
+        return list(images)
+    except TypeError:
+        raise DivNoisingError(
+            f"Training images must be an array or a list of arrays; got {type(images).__name__}."
+        ) from None
+
+
 def load_frames(images: Iterable[np.ndarray] | np.ndarray, patch_size: int) -> list[np.ndarray]:
-    """Check each image or stack (any integer/float dtype) and return its frames as float32 2-D arrays."""
-    if isinstance(images, np.ndarray):
-        images = [images]
+    """Check each image or stack (any integer/float dtype) and return its frames as float32 2-D arrays.
+
+    ``images`` is one array (numpy, torch tensor, nested lists: one image or stack) or a list of them.
+    """
     frames: list[np.ndarray] = []
-    for index, image in enumerate(images):
+    for index, image in enumerate(_image_list(images)):
         name = getattr(image, "name", None) or f"training image {index + 1}"
-        stack = as_image_stack(np.asarray(image), name=name, min_size=patch_size)
+        stack = as_image_stack(image, name=name, min_size=patch_size)
         frames.extend(stack[i] for i in range(stack.shape[0]))
     if not frames:
         raise DivNoisingError("No training images were given.")

@@ -9,7 +9,11 @@ The file is a ``torch.save`` of a plain dict::
 
 and is read back with ``torch.load(weights_only=True)``, which only rebuilds
 tensors and plain Python types (a pickle carrying code is refused). Files are
-written atomically: to a temporary file in the same folder, then ``os.replace``.
+written atomically (:func:`~napari_divnoising.atomic.atomic_write_bytes`): the
+bytes are built in memory, written to a temporary file in the same folder,
+flushed to disk and moved into place; an OS error (disk full, read-only, ...)
+raises :class:`~napari_divnoising.atomic.WriteError` and leaves any previous
+file byte for byte.
 
 During training the best model is written to ``OUT`` and the most recent one to
 :func:`last_checkpoint_path` (``model.pt`` -> ``model.last.pt``).
@@ -17,14 +21,14 @@ During training the best model is written to ``OUT`` and the most recent one to
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic import as_path, atomic_write_bytes
 from .errors import DivNoisingError
 from .model import DivNoisingModel
 from .network import DivNoisingVAE
@@ -95,26 +99,43 @@ def save_model(model: DivNoisingModel, path: str | Path, *, training_state: dict
     training_state
         Optimizer/scheduler state to store for "continue training"; defaults to
         ``model.training_state``.
+
+    Raises
+    ------
+    DivNoisingError
+        For arguments of the wrong type or a folder at ``path``; its subclass
+        :class:`~napari_divnoising.atomic.WriteError` when the file cannot be written
+        (the previous file, if any, is then unchanged and no temporary file is left).
     """
-    path = Path(path)
+    if not isinstance(model, DivNoisingModel):
+        raise DivNoisingError(
+            f"save_model needs a DivNoisingModel (from train() or load_model()); got {type(model).__name__}."
+        )
+    if training_state is not None and not isinstance(training_state, dict):
+        raise DivNoisingError(f"training_state must be a dict or None; got {type(training_state).__name__}.")
+    path = as_path(path, "model path")
     if path.is_dir():
         raise DivNoisingError(f"{path} is a folder; give a file name for the model.")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from .atomic import ensure_folder
+
+    ensure_folder(path.parent)
     payload = model_to_dict(model, training_state)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)  # in memory first: a full disk then shows as an OSError with its errno
+    return atomic_write_bytes(path, buffer.getbuffer())
+
+
+def estimate_file_bytes(
+    depth: int = 2, start_filters: int = 32, z_dim: int = 64, with_training_state: bool = True
+) -> int:
+    """About how many bytes :func:`save_model` writes for a network of this size (for free-space checks).
+
+    The weights, plus Adam's two moments per weight when ``with_training_state``, plus a margin for the
+    metadata and history.
+    """
+    numel = sum(p.numel() for p in DivNoisingVAE(depth=depth, start_filters=start_filters, z_dim=z_dim).parameters())
+    copies = 3 if with_training_state else 1
+    return int(numel * 4 * copies * 1.05) + 256 * 1024
 
 
 def model_from_dict(payload: Any, source: str = "model", device: str | torch.device = "cpu") -> DivNoisingModel:
@@ -126,7 +147,12 @@ def model_from_dict(payload: Any, source: str = "model", device: str | torch.dev
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise DivNoisingError(foreign)
     version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise DivNoisingError(
+            f"{source} is a damaged napari-divnoising model file: its format version {version!r} is not a "
+            "positive whole number. Use another copy of the model or train it again."
+        )
+    if version > FORMAT_VERSION:
         raise DivNoisingError(
             f"{source} has model format version {version!r}; this napari-divnoising reads up to version "
             f"{FORMAT_VERSION}. Update napari-divnoising."
@@ -163,13 +189,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> DivNoisi
 
     Raises :class:`DivNoisingError` for a missing, truncated, corrupt or foreign file.
     """
-    path = Path(path)
+    path = as_path(path, "model file")
     if not path.exists():
         raise DivNoisingError(f"Model file not found: {path}")
     if path.is_dir():
         raise DivNoisingError(f"{path} is a folder, not a model file.")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (PermissionError, IsADirectoryError) as exc:
+        raise DivNoisingError(f"Could not read {path}: {exc.strerror or exc}.") from None
     except Exception as exc:  # UnpicklingError (code or unknown types), zip errors, truncation, ...
         kind = type(exc).__name__
         raise DivNoisingError(

@@ -11,14 +11,14 @@ fitted), which other readers ignore.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .atomic import as_path, atomic_write_bytes, ensure_folder
 from .errors import DivNoisingError
 from .noise_models import GMMNoiseModel
 
@@ -28,12 +28,15 @@ REFERENCE_KEYS = ("trained_weight", "min_signal", "max_signal", "min_sigma")
 def save_gmm_npz(model: GMMNoiseModel, path: str | Path, description: str = "") -> Path:
     """Write ``model`` to ``path`` (``.npz``) with the reference keys; returns the path written.
 
-    The file is written to a temporary name and moved into place, so an
-    interrupted save never leaves a truncated file behind.
+    The file is written to a temporary name, flushed to disk and moved into
+    place (:func:`~napari_divnoising.atomic.atomic_write_bytes`), so an
+    interrupted or failed save never leaves a truncated file or a temporary
+    file behind and keeps any previous file byte for byte; OS errors raise
+    :class:`~napari_divnoising.atomic.WriteError` with one clear line.
     """
     if not isinstance(model, GMMNoiseModel):
         raise DivNoisingError(f"Only GMM noise models can be saved as .npz; got {type(model).__name__}.")
-    path = Path(path)
+    path = as_path(path, "noise model path")
     if path.suffix.lower() != ".npz":
         raise DivNoisingError(f"Noise model files end in .npz; got {path.name}.")
     arrays = {
@@ -43,16 +46,17 @@ def save_gmm_npz(model: GMMNoiseModel, path: str | Path, description: str = "") 
         "min_sigma": np.array(float(model.min_sigma), dtype=np.float64),
         "description": np.array(str(description)),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    if path.is_dir():
+        raise DivNoisingError(f"{path} is a folder; give a file name for the noise model.")
+    ensure_folder(path.parent)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getbuffer())
+
+
+#: First bytes of a zip archive (an .npz file; the second form is an empty archive) and of a .npy file.
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -60,6 +64,18 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         raise DivNoisingError(f"Noise model file not found: {path}")
     if path.is_dir():
         raise DivNoisingError(f"Expected a noise model .npz file but got a folder: {path}")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(6)
+    except OSError as exc:
+        raise DivNoisingError(f"Could not read {path}: {exc.strerror or exc}.") from None
+    if not head:
+        raise DivNoisingError(f"{path} is empty; it is not a noise model .npz file.")
+    if not head.startswith(_ZIP_MAGIC) and not head.startswith(_NPY_MAGIC):
+        raise DivNoisingError(
+            f"Could not read {path} as a noise model .npz file: it is not a zip archive (corrupt, truncated or "
+            "another format); fit one with `divnoising fit-noise-model`."
+        )
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):  # a plain .npy file gives an array
@@ -76,14 +92,14 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
 
 def read_description(path: str | Path) -> str:
     """The ``description`` stored with a noise model file ('' for files from other tools)."""
-    arrays = _read_arrays(Path(path))
+    arrays = _read_arrays(as_path(path, "noise model file"))
     value = arrays.get("description")
     return str(value) if value is not None and value.dtype.kind == "U" else ""
 
 
 def load_gmm_npz(path: str | Path) -> GMMNoiseModel:
     """Read a GMM noise model written by us, the reference DivNoising / PPN2V code or CAREamics."""
-    path = Path(path)
+    path = as_path(path, "noise model file")
     arrays = _read_arrays(path)
     missing = [key for key in REFERENCE_KEYS if key not in arrays]
     if missing:

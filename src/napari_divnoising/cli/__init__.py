@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"divnoising {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a writer that does not turn its OS errors into a message yet
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"divnoising {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except MemoryError:
         print(f"divnoising {args.command}: error: out of memory; try a smaller tile, patch or batch size", file=sys.stderr)
         return 1

@@ -4,15 +4,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DivNoisingError
+from ..atomic import check_output_file
 
 
-def check_output_path(path: str | Path, force: bool) -> Path:
-    """Refuse to overwrite an existing file unless ``force``; make the parent folder."""
+def default_planned_bytes(path: Path) -> int:
+    """Bytes to expect at ``path`` when the caller gives none: a default-sized model with its optimizer
+    state, written as best and last checkpoints plus one temporary copy, for ``.pt`` files; else 0."""
+    if path.suffix.lower() != ".pt":
+        return 0
+    from ..model_io import estimate_file_bytes
+
+    return 3 * estimate_file_bytes()
+
+
+def check_output_path(
+    path: str | Path, force: bool, planned_bytes: int | None = None, what: str = "file", option: str = "--out"
+) -> Path:
+    """Check an output file before any work starts; make its folder. One clear error line otherwise.
+
+    Refuses a folder at ``path``, an existing file unless ``force``, a file where a folder of the
+    path should be, a folder that cannot be written, and less free space than ``planned_bytes``
+    (None: :func:`default_planned_bytes`). See :func:`~napari_divnoising.atomic.check_output_file`.
+    """
     path = Path(path)
-    if path.exists() and not force:
-        raise DivNoisingError(f"{path} already exists; pass --force to overwrite it.")
-    if path.is_dir():
-        raise DivNoisingError(f"{path} is a folder; give a file name.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    if planned_bytes is None:
+        planned_bytes = default_planned_bytes(path)
+    return check_output_file(path, force=force, planned_bytes=planned_bytes, what=what, option=option)

@@ -7,6 +7,7 @@ import itertools
 import math
 from pathlib import Path
 
+from ..atomic import StagedFiles
 from ..errors import DivNoisingError
 from ._common import check_output_path
 
@@ -71,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
         raise DivNoisingError(f"--out must be a .npz file; got {args.out}.")
     if args.plot and Path(args.plot).suffix.lower() != ".png":
         raise DivNoisingError(f"--plot must be a .png file; got {args.plot}.")
-    out = check_output_path(args.out, args.force)
-    plot_path = check_output_path(args.plot, args.force) if args.plot else None
+    out = check_output_path(args.out, args.force, planned_bytes=64 * 1024, what="noise model")
+    plot_path = check_output_path(args.plot, args.force, planned_bytes=512 * 1024, what="plot", option="--plot") \
+        if args.plot else None
 
     if args.calibration:
         name = Path(args.calibration).name
@@ -104,11 +106,16 @@ def run(args: argparse.Namespace) -> int:
             elif isinstance(event, NoiseFitResult):
                 result = event
     assert result is not None
-    save_gmm_npz(result.model, out, description=description)
-    if plot_path is not None:
-        from ..plotting import save_noise_model_plot
+    # The noise model and its plot land together, or neither replaces an old file.
+    with StagedFiles() as staged:
+        staged.stage(out, lambda tmp: save_gmm_npz(result.model, tmp, description=description))
+        if plot_path is not None:
+            from ..plotting import save_noise_model_plot
 
-        save_noise_model_plot(result.model, plot_path, signal, observation, title=description)
+            staged.stage(plot_path, lambda tmp: save_noise_model_plot(
+                result.model, tmp, signal, observation, title=description
+            ))
+        staged.commit()
     slope, intercept = variance_line(result.model)
     held = "n/a" if math.isnan(result.heldout_nll) else f"{result.heldout_nll:.4f}"
     print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..atomic import StagedFiles
 from ..errors import DivNoisingError
 from ._common import check_output_path
 
@@ -70,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise DivNoisingError(f"--out must end in .tif or .tiff; got {out.name}.")
     if args.seed is not None and args.seed < 0:
         raise DivNoisingError(f"--seed must be 0 or more (got {args.seed}).")
-    check_output_path(out, args.force)
     model = load_model(args.model, device=resolve_device(args.device))
+    check_output_path(out, args.force, planned_bytes=4 * args.count * size[0] * size[1] + 64 * 1024, what="image")
     check_tile_size(args.tile_size, model.network)
     images = None
     with tqdm(total=args.count, desc="generate", unit="image", dynamic_ncols=True) as bar:
@@ -83,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
             elif isinstance(event, PriorDone):
                 images = event.images
     assert images is not None
-    write_tiff(out, images, kind="prior", n_samples=args.count, model_name=model.name)
+    with StagedFiles() as staged:
+        staged.stage(
+            out, lambda tmp: write_tiff(tmp, images, kind="prior", n_samples=args.count, model_name=model.name)
+        )
+        staged.commit()
     print(f"wrote {out} ({args.count} images of {size[0]}x{size[1]} pixels)")
     return 0

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic import StagedFiles, check_output_dir
 from ..errors import DivNoisingError
 
 DESCRIPTION = """\
@@ -24,7 +26,9 @@ written to --out-dir (float32 ImageJ TIFFs keeping the input's pixel size):
 Stacks (3-D inputs: T, Z or a series of images) are denoised frame by frame.
 Large images are processed in overlapping tiles without seams; lower
 --tile-size if memory runs out. Existing files are never overwritten
-without --force (all outputs are checked before anything is computed).
+without --force (all outputs, the folder and its free space are checked
+before anything is computed). The files of one input are written as a set:
+all of them are replaced, or (on an error or Ctrl-C) none.
 
 examples:
   divnoising predict --model model.pt --input noisy.tif --out-dir results
@@ -90,9 +94,15 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _plan_outputs(args: argparse.Namespace) -> list[tuple[Path, dict[str, Path]]]:
+    """The outputs of every input, checked without writing anything (names, overwriting, the folder's path)."""
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DivNoisingError(f"--out-dir {out_dir} is a file; give a folder.")
+    for parent in out_dir.parents:
+        if parent.exists() and not parent.is_dir():
+            raise DivNoisingError(
+                f"Cannot use --out-dir {out_dir}: {parent} is a file, not a folder; choose another location."
+            )
     plan: list[tuple[Path, dict[str, Path]]] = []
     seen: dict[Path, Path] = {}
     for name in args.input:
@@ -111,7 +121,21 @@ def _plan_outputs(args: argparse.Namespace) -> list[tuple[Path, dict[str, Path]]
     if existing and not args.force:
         shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
         raise DivNoisingError(f"{shown} already exist(s); pass --force to overwrite.")
+    folders = [p for _, outs in plan for p in outs.values() if p.is_dir()]
+    if folders:
+        raise DivNoisingError(f"{folders[0]} is a folder; move it away or choose another --out-dir.")
     return plan
+
+
+#: Bytes of TIFF headers and metadata per output file (generous).
+_TIFF_OVERHEAD = 64 * 1024
+
+
+def planned_bytes(shape: tuple[int, ...], outputs: dict[str, Path], save_samples: int) -> int:
+    """Bytes the outputs of an input of ``shape`` take at most (float32 pixels plus headers)."""
+    pixels = int(np.prod(shape))
+    per_kind = {"mmse": pixels, "variance": pixels, "map": pixels, "samples": pixels * save_samples}
+    return sum(4 * per_kind[kind] + _TIFF_OVERHEAD for kind in outputs)
 
 
 def clip_minimum(raw: np.ndarray) -> float:
@@ -131,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import as_image_stack, read_tiff
     from ..model_io import load_model
     from ..prediction import PredictionDone, SampleBatch, check_tile_size, predict_iter
+    from ..validation import check_finite_result, prediction_range_warning
 
     _check_args(args)
     plan = _plan_outputs(args)
@@ -140,8 +165,15 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=device)
     check_tile_size(args.tile_size, model.network)
     # Check every input before computing anything, so a bad file late in the list fails fast.
-    for path, _ in plan:
-        as_image_stack(read_tiff(path), name=str(path))
+    need = 0
+    for path, outputs in plan:
+        stack = as_image_stack(read_tiff(path), name=str(path))
+        need += planned_bytes(stack.shape, outputs, min(args.save_samples, args.samples))
+        warning = prediction_range_warning(model, stack, name=str(path))
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        del stack
+    check_output_dir(args.out_dir, planned_bytes=need, option="--out-dir")
 
     for path, outputs in plan:
         raw = read_tiff(path)
@@ -164,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
                 elif isinstance(event, PredictionDone):
                     result = event.result
         assert result is not None
+        arrays = {"mmse": result.mmse, "variance": result.variance, "samples": result.samples, "map": result.map}
+        check_finite_result({kind: arrays[kind] for kind in outputs}, name=str(path))
         dtype: Any = raw.dtype if args.dtype == "input" and np.issubdtype(raw.dtype, np.integer) else "float32"
         clip_min = clip_minimum(raw) if args.clip else None
         common = dict(
@@ -171,8 +205,12 @@ def run(args: argparse.Namespace) -> int:
             frame_interval=meta["frame_interval"], n_samples=result.n_samples, model_name=model.name,
             source=path.name, extra={"seed": result.seed},
         )
-        arrays = {"mmse": result.mmse, "variance": result.variance, "samples": result.samples, "map": result.map}
-        for kind, out in outputs.items():
-            write_tiff(out, arrays[kind], kind=kind, dtype=dtype, clip_min=clip_min, **common)
-            print(f"wrote {out}")
+        # All files of this input land together, or none replaces the old set.
+        with StagedFiles() as staged:
+            for kind, out in outputs.items():
+                staged.stage(out, lambda tmp, kind=kind: write_tiff(
+                    tmp, arrays[kind], kind=kind, dtype=dtype, clip_min=clip_min, **common
+                ))
+            for out in staged.commit():
+                print(f"wrote {out}")
     return 0

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import DivNoisingError
 from ..events import Progress, run_to_end
+from ..validation import check_generate_args
 from . import memory
 from .engine import autocast_for, decode_samples, inference_network, resolve_precision, run
 from .noise import frame_noise, new_seed
@@ -48,6 +49,7 @@ def generate_prior_iter(
         Progress between tile groups of large images, a :class:`~.results.PriorBatch` per batch,
         :class:`~.results.PriorDone` last.
     """
+    check_generate_args(**locals())
     if int(count) < 1:
         raise DivNoisingError(f"The number of images must be at least 1 (got {count}).")
     h, w = (int(size), int(size)) if np.ndim(size) == 0 else (int(size[0]), int(size[1]))

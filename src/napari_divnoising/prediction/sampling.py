@@ -21,6 +21,7 @@ from ..errors import DivNoisingError
 from ..events import Progress, run_to_end
 from ..io import as_image_stack
 from ..network import pad_to_multiple
+from ..validation import check_predict_args
 from . import memory
 from .engine import (
     HostCopies,
@@ -147,6 +148,7 @@ def predict_iter(
         Last, holding the :class:`~.results.PredictionResult`: results with the input's shape, kept samples
         with shape ``(K, *input shape)``.
     """
+    check_predict_args(**locals())
     if int(n_samples) < 1:
         raise DivNoisingError(f"The number of samples must be at least 1 (got {n_samples}).")
     if batch_size is not None and int(batch_size) < 1:
