@@ -88,9 +88,8 @@ def free_bytes(folder: str | Path) -> int | None:
         return None
 
 
-def write_error(exc: BaseException, path: str | Path, what: str = "write") -> WriteError:
-    """One clear line for an error while writing ``path``: what happened and what to do."""
-    path = Path(path)
+def _explain(exc: BaseException, path: Path) -> tuple[int | None, str]:
+    """(errno, what went wrong and what to do) for an error while writing ``path``."""
     folder = path.parent
     code = getattr(exc, "errno", None)
     detail = getattr(exc, "strerror", None) or str(exc)
@@ -103,24 +102,29 @@ def write_error(exc: BaseException, path: str | Path, what: str = "write") -> Wr
     if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
         free = free_bytes(folder)
         left = f" ({format_bytes(free)} free)" if free is not None else ""
-        text = f"Could not {what} {path}: the disk is full{left}; free some space or choose another folder."
-    elif code == errno.EROFS:
-        text = f"Could not {what} {path}: {folder} is on a read-only file system; choose a writable folder."
-    elif code in (errno.EACCES, errno.EPERM):
-        text = f"Could not {what} {path}: no permission to write in {folder}; choose a folder you can write to."
-    elif code == errno.ENOTDIR:
+        return code, f"the disk is full{left}; free some space or choose another folder"
+    if code == errno.EROFS:
+        return code, f"{folder} is on a read-only file system; choose a writable folder"
+    if code in (errno.EACCES, errno.EPERM):
+        return code, f"no permission to write in {folder}; choose a folder you can write to"
+    if code == errno.ENOTDIR:
         blocker = _file_in_the_way(path)
         where = f"{blocker} is a file, not a folder" if blocker else "part of the path is a file, not a folder"
-        text = f"Could not {what} {path}: {where}; choose another location."
-    elif code == errno.EISDIR:
-        text = f"Could not {what} {path}: it is a folder; give a file name."
-    elif code == errno.ENAMETOOLONG:
-        text = f"Could not {what} {path}: the file name is too long; choose a shorter name."
-    elif code == errno.ENOENT:
-        text = f"Could not {what} {path}: the folder {folder} does not exist (or was removed)."
-    else:
-        text = f"Could not {what} {path}: {detail}."
-    return WriteError(text, path, code)
+        return code, f"{where}; choose another location"
+    if code == errno.EISDIR:
+        return code, "it is a folder; give a file name"
+    if code == errno.ENAMETOOLONG:
+        return code, "the file name is too long; choose a shorter name"
+    if code == errno.ENOENT:
+        return code, f"the folder {folder} does not exist (or was removed)"
+    return code, str(detail)
+
+
+def write_error(exc: BaseException, path: str | Path, what: str = "write") -> WriteError:
+    """One clear line for an error while writing ``path``: what happened and what to do."""
+    path = Path(path)
+    code, reason = _explain(exc, path)
+    return WriteError(f"Could not {what} {path}: {reason}.", path, code)
 
 
 def _file_in_the_way(path: Path) -> Path | None:
@@ -153,7 +157,8 @@ def _probe_writable(folder: Path) -> None:
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:
-        raise write_error(exc, probe.parent / "<files>", "write to") from None
+        code, reason = _explain(exc, probe)
+        raise WriteError(f"Cannot write in {folder}: {reason}.", folder, code) from None
     os.close(fd)
     with contextlib.suppress(OSError):
         os.unlink(probe)
@@ -200,11 +205,8 @@ def check_output_file(
         Create the parent folder now.
     """
     path = as_path(path, f"{what} path")
-    named = f"{option} {path}" if option else str(path)
     if path.is_dir():
-        hint = _SUFFIX_HINT.get(what)
-        example = f" (e.g. {path / (what.split()[-1] + hint)})" if hint else ""
-        raise DivNoisingError(f"{named} is a folder; give a file name for the {what}{example}.")
+        raise DivNoisingError(folder_message(path, what, option))
     if os.path.lexists(path) and not force:
         raise DivNoisingError(f"{path} already exists; pass --force to overwrite it." if option else
                               f"{path} already exists; choose another name or allow overwriting.")
@@ -222,6 +224,15 @@ def check_output_file(
 
 
 _SUFFIX_HINT = {"model": ".pt", "noise model": ".npz", "plot": ".png", "image": ".tif"}
+
+
+def folder_message(path: Path, what: str = "file", option: str | None = None) -> str:
+    """'--out X is a folder; give a file name ...' (with an example name when ``what`` is known)."""
+    named = f"{option} {path}" if option else str(path)
+    hint = _SUFFIX_HINT.get(what)
+    if hint:
+        return f"{named} is a folder; give a file name for the {what} (e.g. {path / (what.split()[-1] + hint)})."
+    return f"{named} is a folder; give a file name."
 
 
 def check_output_dir(folder: Any, *, planned_bytes: int = 0, option: str | None = None) -> Path:
@@ -386,9 +397,9 @@ class StagedFiles:
                 if backup is not None:
                     with contextlib.suppress(OSError):
                         os.unlink(backup)
+            failed = self._staged[min(len(done), len(self._staged) - 1)][1]
             self.discard()
             if isinstance(exc, OSError):
-                failed = self._staged[len(done)][1] if len(done) < len(self._staged) else self._staged[-1][1]
                 raise write_error(exc, failed) from None
             raise
         for _target, backup, _existed in backups:

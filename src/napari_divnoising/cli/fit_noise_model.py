@@ -7,7 +7,7 @@ import itertools
 import math
 from pathlib import Path
 
-from ..atomic import StagedFiles
+from ..atomic import StagedFiles, folder_message
 from ..errors import DivNoisingError
 from ._common import check_output_path
 
@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
         raise DivNoisingError("give either --calibration or --noisy with --clean, not both.")
     if not args.calibration and not (args.noisy and args.clean):
         raise DivNoisingError("give --calibration CAL.tif, or both --noisy N.tif and --clean C.tif.")
+    for given, what, option in ((args.out, "noise model", "--out"), (args.plot, "plot", "--plot")):
+        if given and Path(given).is_dir():
+            raise DivNoisingError(folder_message(Path(given), what, option))
     if Path(args.out).suffix.lower() != ".npz":
         raise DivNoisingError(f"--out must be a .npz file; got {args.out}.")
     if args.plot and Path(args.plot).suffix.lower() != ".png":

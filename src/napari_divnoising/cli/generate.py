@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..atomic import StagedFiles
+from ..atomic import StagedFiles, folder_message
 from ..errors import DivNoisingError
 from ._common import check_output_path
 
@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         raise DivNoisingError(f"--count must be at least 1 (got {args.count}).")
     size = parse_size(args.size)
     out = Path(args.out)
+    if out.is_dir():
+        raise DivNoisingError(folder_message(out, "image", "--out"))
     if out.suffix.lower() not in (".tif", ".tiff"):
         raise DivNoisingError(f"--out must end in .tif or .tiff; got {out.name}.")
     if args.seed is not None and args.seed < 0:
