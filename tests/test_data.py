@@ -27,6 +27,24 @@ def test_load_frames_rejects_bad_images(bad, words):
         load_frames([bad], patch_size=32)
 
 
+def test_one_array_given_as_a_2d_list_or_tensor_is_one_image():
+    import torch
+
+    image = np.random.default_rng(1).normal(50, 5, (40, 36))
+    for given in (image.tolist(), torch.tensor(image, requires_grad=True), image):
+        frames = load_frames(given, patch_size=32)
+        assert len(frames) == 1 and frames[0].shape == (40, 36)
+    frames = load_frames([image.tolist(), image], patch_size=32)  # a list of images stays a list
+    assert len(frames) == 2
+
+
+@pytest.mark.parametrize("bad, words", [(None, "None"), ("noisy.tif", "file name"), (5, "array or a list"),
+                                        ([1.0, 2.0, 3.0], "1 dimension")])
+def test_load_frames_refuses_non_images(bad, words):
+    with pytest.raises(DivNoisingError, match=words):
+        load_frames(bad, patch_size=32)
+
+
 def test_split_by_frames_holds_out_whole_frames_and_normalises_on_training_data():
     frames = [np.full((32, 32), float(i)) + np.eye(32) for i in range(20)]
     data = split_frames(frames, 16, 0.15, seed=1)

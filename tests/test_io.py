@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from napari_divnoising.errors import DivNoisingError
 from napari_divnoising.io import as_image_stack, read_tiff
@@ -90,3 +91,49 @@ def test_message_uses_name():
 def test_rgb_with_leading_singleton_axis_is_refused():
     with pytest.raises(DivNoisingError, match="RGB"):
         as_image_stack(_noise((1, 16, 16, 3)))
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (np.full((8, 8), 1e30, np.float32) + np.eye(8, dtype=np.float32) * 1e29, "values up to 1.1e"),
+        (np.array([[-2**62, 0], [5, 2**62]], dtype=np.int64), "accepts values up to 1e"),
+        (np.array([[1e-20, 0], [2e-20, 0]], dtype=np.float64), "spread over only 2e-20"),
+        (np.array([[1e7, 1e7], [1e7, 1e7 + 1e-3]], dtype=np.float64), "below float32 precision"),
+        (np.array([[1e300, 0], [0, 1]], dtype=np.float64), "values up to 1e\\+300"),
+    ],
+)
+def test_values_float32_cannot_handle_are_refused(data, message):
+    with pytest.raises(DivNoisingError, match=message):
+        as_image_stack(data, name="x")
+
+
+def test_wide_integer_ranges_are_kept_exactly():
+    data = np.array([[-2_000_000_000, 0], [7, 2_000_000_000]], dtype=np.int32)  # max - min overflows int32
+    assert as_image_stack(data).max() == np.float32(2e9)
+
+
+def test_torch_tensors_are_accepted():
+    tensor = torch.tensor(_noise((8, 8)), requires_grad=True)
+    assert as_image_stack(tensor).shape == (1, 8, 8)
+
+
+@pytest.mark.parametrize("imagej", [False, True])
+def test_channel_axes_from_metadata_are_refused(tmp_path, imagej):
+    path = tmp_path / ("ij.tif" if imagej else "two.ome.tif")
+    data = np.stack([_noise((16, 16)), _noise((16, 16))]).astype(np.float32)
+    tifffile.imwrite(path, data, imagej=imagej, metadata={"axes": "CYX"})
+    with pytest.raises(DivNoisingError, match="has 2 channels .*one model per channel"):
+        read_tiff(path)
+
+
+def test_single_channel_ome_and_plain_stacks_are_read(tmp_path):
+    tifffile.imwrite(tmp_path / "one.ome.tif", _noise((1, 16, 16)).astype(np.float32), metadata={"axes": "CYX"})
+    assert read_tiff(tmp_path / "one.ome.tif").squeeze().shape == (16, 16)
+    tifffile.imwrite(tmp_path / "three.tif", _noise((3, 16, 16)).astype(np.float32))  # tifffile tags this RGB
+    assert as_image_stack(read_tiff(tmp_path / "three.tif")).shape == (3, 16, 16)
+
+
+def test_read_tiff_path_type():
+    with pytest.raises(DivNoisingError, match="file path"):
+        read_tiff(None)

@@ -119,3 +119,23 @@ def test_pickle_with_code_does_not_run(tmp_path):
     # the payload does work when unpickled unsafely, so the test can fail
     pickle.loads((tmp_path / "raw.pkl").read_bytes())
     assert os.path.exists(MARKER)
+
+
+@pytest.mark.parametrize("version, words", [("1", "damaged"), (0, "damaged"), (True, "damaged"), (None, "damaged"),
+                                            (2, "Update napari-divnoising")])
+def test_format_version_must_be_a_known_whole_number(tmp_path, version, words):
+    payload = model_to_dict(_model())
+    payload["format_version"] = version
+    torch.save(payload, tmp_path / "v.pt")
+    with pytest.raises(DivNoisingError, match=words):
+        load_model(tmp_path / "v.pt")
+
+
+def test_wrong_argument_types_are_refused_clearly(tmp_path):
+    with pytest.raises(DivNoisingError, match="needs a DivNoisingModel"):
+        save_model(None, tmp_path / "m.pt")
+    with pytest.raises(DivNoisingError, match="file path"):
+        save_model(_model(), None)
+    with pytest.raises(DivNoisingError, match="file path"):
+        load_model(None)
+    assert sorted(os.listdir(tmp_path)) == []

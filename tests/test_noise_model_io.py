@@ -158,3 +158,15 @@ def test_save_leaves_no_temporary_files(tmp_path):
     save_gmm_npz(_random_model(), tmp_path / "nm.npz")
     save_gmm_npz(_random_model(seed=2), tmp_path / "nm.npz")
     assert [p.name for p in tmp_path.iterdir()] == ["nm.npz"]
+
+
+def test_random_bytes_and_empty_files_get_plain_messages(tmp_path):
+    (tmp_path / "random.npz").write_bytes(np.random.default_rng(0).integers(0, 256, 999, dtype=np.uint8).tobytes())
+    with pytest.raises(DivNoisingError, match="not a zip archive") as info:
+        load_gmm_npz(tmp_path / "random.npz")
+    assert "pickle" not in str(info.value)
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(DivNoisingError, match="is empty"):
+        load_gmm_npz(tmp_path / "empty.npz")
+    with pytest.raises(DivNoisingError, match="file path"):
+        load_gmm_npz(None)

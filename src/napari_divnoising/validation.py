@@ -35,7 +35,8 @@ def _describe(value: Any) -> str:
 
 
 def _cap(text: str) -> str:
-    return text[:1].upper() + text[1:]
+    """Capitalise a description at the start of a sentence ("the seed" -> "The seed"), not an identifier."""
+    return "T" + text[1:] if text.startswith("the ") else text
 
 
 def check_int(value: Any, name: str, minimum: int | None = None, allow_none: bool = False) -> None:
