@@ -127,7 +127,10 @@ def check_predict_args(
     name: Any = "image",
     **_others: Any,
 ) -> None:
-    """Check the arguments of :func:`~napari_divnoising.prediction.predict_iter` (call: ``check_predict_args(**locals())``)."""
+    """Check the arguments of :func:`~napari_divnoising.prediction.predict_iter`.
+
+    Called first thing in ``predict_iter`` as ``check_predict_args(**locals())``.
+    """
     check_model(model)
     check_image(image)
     check_int(n_samples, "the number of samples (n_samples)", 1)
@@ -225,7 +228,10 @@ def check_train_args(
     images: Any, noise_model: Any = "gaussian", config: Any = None, resume: Any = None, checkpoint_path: Any = None,
     **_others: Any,
 ) -> None:
-    """Check the arguments of :func:`~napari_divnoising.training.train_iter` (call: ``check_train_args(**locals())``)."""
+    """Check the arguments of :func:`~napari_divnoising.training.train_iter`.
+
+    Meant to be called first thing in ``train_iter`` as ``check_train_args(**locals())``.
+    """
     check_image(images, "images")
     check_noise_model_arg(noise_model)
     check_training_config(config)
@@ -298,13 +304,15 @@ def prediction_range_warning(model: Any, image: np.ndarray, name: str = "the inp
     )
 
 
-def check_finite_result(arrays: dict[str, Any], name: str = "the input") -> None:
+def check_finite_result(arrays: dict[str, Any], name: str = "the input", hint: str | None = None) -> None:
     """Refuse results holding NaN or infinite values (never write them): name the outputs and what to do."""
     bad = [kind for kind, arr in arrays.items() if arr is not None and not np.isfinite(np.asarray(arr)).all()]
     if bad:
+        hint = hint or (
+            "The input is probably far outside the range of the training data: rescale it like the training "
+            "data or train a model on data like it."
+        )
         raise DivNoisingError(
             f"The {', '.join(bad)} result(s) for {name} contain NaN or infinite values (a numerical overflow), "
-            "so nothing was written. The input is probably far outside the range of the training data: "
-            "rescale it like the training data or train a model on data like it."
+            f"so nothing was written. {hint}"
         )
-

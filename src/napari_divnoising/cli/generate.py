@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from ..export import write_tiff
     from ..model_io import load_model
     from ..prediction import PriorBatch, PriorDone, check_tile_size, generate_prior_iter
+    from ..validation import check_finite_result
 
     if args.count < 1:
         raise DivNoisingError(f"--count must be at least 1 (got {args.count}).")
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             elif isinstance(event, PriorDone):
                 images = event.images
     assert images is not None
+    check_finite_result({"prior": images}, name=args.model, hint="The model file is probably damaged; train it again.")
     with StagedFiles() as staged:
         staged.stage(
             out, lambda tmp: write_tiff(tmp, images, kind="prior", n_samples=args.count, model_name=model.name)
