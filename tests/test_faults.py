@@ -9,7 +9,7 @@ the reason otherwise. Each case asserts the exit code, exactly one error line
 without a traceback, and that files which existed before are byte for byte
 unchanged with no temporary file left behind.
 
-Cases that need a change in the training loop (owned elsewhere) are marked
+Cases that still need a change in the training code are marked
 ``xfail(strict=True)``: they turn red as soon as that change lands, as a
 reminder to drop the mark.
 """
@@ -41,7 +41,6 @@ DRIVER = Path(__file__).with_name("_faults_driver.py")
 FRESH = os.environ.get("DIVNOISING_FAULTS_FRESH") == "1"
 TRAIN_FAST = ["--max-steps", "2", "--patch-size", "32", "--batch-size", "4"]
 TEMP_MARKS = (".tmp", ".partial", ".old", "divnoising-probe")
-LEAD_RETRY = "lead: checkpoint retry (training.py keeps training when a checkpoint cannot be written)"
 
 
 # ---------------------------------------------------------------------- running the command line
@@ -512,7 +511,6 @@ def test_disk_full_while_writing_keeps_the_old_set(cli, data, disk, command):
     assert set(assert_kept(before, disk)) == set(before)
 
 
-@pytest.mark.xfail(strict=True, reason=LEAD_RETRY)
 def test_checkpoint_that_cannot_be_written_does_not_end_training(cli, data, tmp_path):
     result = cli("train", "--data", data / "noisy.tif", "--co-learn", "--out", tmp_path / "m.pt",
                  "--max-steps", "10", "--patch-size", "32", "--batch-size", "4", patch="checkpoint_write_fails_once")
@@ -525,7 +523,6 @@ def test_checkpoint_that_cannot_be_written_does_not_end_training(cli, data, tmp_
     assert load_model(tmp_path / "m.last.pt").history["steps"] == 10
 
 
-@pytest.mark.xfail(strict=True, reason=LEAD_RETRY)
 def test_disk_full_during_training_keeps_the_model_and_says_where(cli, data, disk):
     """The check before training is fooled (1 PB free); the 4 MB disk fills with the checkpoints."""
     from napari_divnoising.model_io import load_model
@@ -580,7 +577,6 @@ def test_noise_model_for_another_range_warns(cli, data, tmp_path):
     assert "noise model covers signals 1652" in result.text
 
 
-@pytest.mark.xfail(strict=True, reason="lead: --resume with a different --noise-model is refused or applied")
 def test_resume_with_another_noise_model_is_not_ignored(cli, data, tmp_path):
     first = cli("train", "--data", data / "noisy.tif", "--noise-model", data / "nm8.npz", "--out",
                 tmp_path / "m8.pt", *TRAIN_FAST)
@@ -719,7 +715,6 @@ def test_api_refuses_wrong_arguments_clearly(api_model, data, case):
     assert issubclass(DivNoisingError, ValueError)
 
 
-@pytest.mark.xfail(strict=True, reason="lead: train_iter calls validation.check_train_args(**locals())")
 def test_api_train_with_a_dict_config_is_refused_clearly():
     from napari_divnoising.training import train
 
