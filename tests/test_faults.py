@@ -39,7 +39,7 @@ from napari_divnoising.errors import DivNoisingError
 SRC = Path(napari_divnoising.__file__).resolve().parents[1]
 DRIVER = Path(__file__).with_name("_faults_driver.py")
 FRESH = os.environ.get("DIVNOISING_FAULTS_FRESH") == "1"
-TRAIN_FAST = ["--max-steps", "2", "--patch-size", "32", "--batch-size", "4"]
+TRAIN_FAST = ["--max-steps", "2", "--patch-size", "16", "--batch-size", "2"]
 TEMP_MARKS = (".tmp", ".partial", ".old", "divnoising-probe")
 
 
@@ -513,7 +513,7 @@ def test_disk_full_while_writing_keeps_the_old_set(cli, data, disk, command):
 
 def test_checkpoint_that_cannot_be_written_does_not_end_training(cli, data, tmp_path):
     result = cli("train", "--data", data / "noisy.tif", "--co-learn", "--out", tmp_path / "m.pt",
-                 "--max-steps", "10", "--patch-size", "32", "--batch-size", "4", patch="checkpoint_write_fails_once")
+                 "--max-steps", "10", "--patch-size", "16", "--batch-size", "2", patch="checkpoint_write_fails_once")
     assert "Traceback" not in result.text
     assert result.rc == 0, result.text
     assert "m" in result.text and "warning" in result.text.lower()
@@ -628,7 +628,7 @@ def test_sigint_during_training_keeps_a_resumable_model(cli, data, tmp_path):
 
     out = tmp_path / "m.pt"
     run = _Running("train", "--data", data / "noisy.tif", "--co-learn", "--out", out, "--max-steps", "100000",
-                   "--patch-size", "32", "--batch-size", "4")
+                   "--patch-size", "16", "--batch-size", "2")
     run.wait_for(lambda: "step 3," in run.err)
     run.proc.send_signal(signal.SIGINT)
     result = run.finish()
@@ -648,7 +648,7 @@ def test_sigkill_during_training_leaves_loadable_files(cli, data, tmp_path):
 
     out = tmp_path / "m.pt"
     run = _Running("train", "--data", data / "noisy.tif", "--co-learn", "--out", out, "--max-steps", "250",
-                   "--patch-size", "32", "--batch-size", "4")
+                   "--patch-size", "16", "--batch-size", "2")
     run.wait_for(lambda: (tmp_path / "m.last.pt").exists())
     run.proc.send_signal(signal.SIGKILL)
     result = run.finish()
