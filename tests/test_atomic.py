@@ -14,7 +14,12 @@ import torch
 
 from napari_divnoising import atomic
 from napari_divnoising.atomic import (
-    StagedFiles, WriteError, atomic_write_bytes, check_output_dir, check_output_file, write_error,
+    StagedFiles,
+    WriteError,
+    atomic_write_bytes,
+    check_output_dir,
+    check_output_file,
+    write_error,
 )
 from napari_divnoising.errors import DivNoisingError
 from napari_divnoising.export import write_tiff

@@ -12,7 +12,11 @@ from napari_divnoising.network import DivNoisingVAE
 from napari_divnoising.noise_models import GaussianNoiseModel, GMMNoiseModel
 from napari_divnoising.training import TrainingConfig
 from napari_divnoising.validation import (
-    check_finite_result, check_generate_args, check_predict_args, check_train_args, noise_model_range_warning,
+    check_finite_result,
+    check_generate_args,
+    check_predict_args,
+    check_train_args,
+    noise_model_range_warning,
     prediction_range_warning,
 )
 

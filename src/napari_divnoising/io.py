@@ -8,7 +8,6 @@ import numpy as np
 
 from .errors import DivNoisingError
 
-
 #: Largest absolute pixel value accepted: noise models hold variances (squared units) in float32,
 #: which overflow near 3.4e38, so values (and their spread) must stay well below 1e19.
 MAX_ABS_VALUE = 1e15
