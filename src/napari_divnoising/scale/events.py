@@ -1,0 +1,42 @@
+"""Events of :func:`~napari_divnoising.scale.predict_to_zarr_iter` (small, typed, picklable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ZarrPlan:
+    """First event: ``total`` units (frames or regions of frames), ``already_done`` of them finished earlier."""
+
+    path: str
+    total: int
+    already_done: int
+    n_frames: int
+    seed: int
+    workers: str
+
+
+@dataclass(frozen=True)
+class UnitDone:
+    """A unit was written and marked complete; ``done`` of ``total`` units are finished (earlier runs included)."""
+
+    frame: int
+    region: tuple[int, int]
+    done: int
+    total: int
+    seconds: float
+
+    @property
+    def fraction(self) -> float:
+        return self.done / max(1, self.total)
+
+
+@dataclass(frozen=True)
+class ZarrPredictionDone:
+    """Last event: every unit of the store at ``path`` is complete."""
+
+    path: str
+    total: int
+    computed: int
+    seed: int
