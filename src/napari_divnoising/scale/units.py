@@ -171,9 +171,14 @@ def _predict_region(
     dev = model.device
     m = net.size_multiple
     fh, fw = job.source.frame_shape
+    # The decoder needs latents up to one margin outside the region, and each of those latents needs
+    # the encoder's view up to one margin further: read the region plus two margins.
     margin = tile_margin(net) * m
-    wy0, wx0 = max(0, rows[0] - margin), max(0, cols[0] - margin)
-    wy1, wx1 = min(fh, rows[1] + margin), min(fw, cols[1] + margin)
+    wy0, wx0 = max(0, rows[0] - 2 * margin), max(0, cols[0] - 2 * margin)
+    wy1, wx1 = min(fh, rows[1] + 2 * margin), min(fw, cols[1] + 2 * margin)
+    # Latent crop decoded: the region plus one margin (latent pixels, global coordinates).
+    dy0, dx0 = max(0, rows[0] - margin) // m, max(0, cols[0] - margin) // m
+    dy1, dx1 = -(-min(fh, rows[1] + margin) // m), -(-min(fw, cols[1] + margin) // m)
     window = job.source.read(array, frame, (wy0, wy1), (wx0, wx1))
     if not np.isfinite(window).all():
         raise DivNoisingError(f"{job.source.path}: frame {frame} contains NaN or infinite values; clean the data first.")
@@ -195,8 +200,10 @@ def _predict_region(
         return mu.float(), torch.exp(0.5 * logvar.float())
 
     mu, std = run(encode)
-    lr, lc = (wy0 // m, wy0 // m + mu.shape[-2]), (wx0 // m, wx0 // m + mu.shape[-1])
-    iy, ix = slice(rows[0] - wy0, rows[1] - wy0), slice(cols[0] - wx0, cols[1] - wx0)
+    crop = (..., slice(dy0 - wy0 // m, dy1 - wy0 // m), slice(dx0 - wx0 // m, dx1 - wx0 // m))
+    mu, std = mu[crop], std[crop]
+    lr, lc = (dy0, dy1), (dx0, dx1)
+    iy, ix = slice(rows[0] - dy0 * m, rows[1] - dy0 * m), slice(cols[0] - dx0 * m, cols[1] - dx0 * m)
     n, keep = job.n_samples, job.keep_samples
     batch = min(n, job.batch_size or default_batch_size(mu.shape[-2] * mu.shape[-1] * m * m))
     shape = (rows[1] - rows[0], cols[1] - cols[0])
