@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from ..errors import DivNoisingError
 
+if TYPE_CHECKING:
+    from .runner import ZarrPredictionSettings
 
-def settings_from_args(args: argparse.Namespace) -> "ZarrPredictionSettings":  # noqa: F821
+
+def settings_from_args(args: argparse.Namespace) -> ZarrPredictionSettings:
     """:class:`~napari_divnoising.scale.ZarrPredictionSettings` from ``divnoising predict``'s options."""
     from .runner import ZarrPredictionSettings
 

@@ -57,21 +57,15 @@ def open_client(workers: int | None = None, scheduler: str | None = None) -> tup
     return distributed.Client(cluster, set_as_default=False), cluster
 
 
-def run_on_dask(
-    job: Job, units: list[tuple[int, int, int]], *, workers: int | None = None, scheduler: str | None = None,
-    client: Any = None,
-) -> Iterator[dict[str, Any]]:
-    """Run ``units`` of ``job`` on a Dask cluster; yields each unit's result dict as it completes.
+def run_on_dask(job: Job, units: list[tuple[int, int, int]], *, client: Any, share_cores: bool = False
+                ) -> Iterator[dict[str, Any]]:
+    """Run ``units`` of ``job`` on the cluster of ``client``; yields each unit's result dict as it completes.
 
-    Pass ``client`` to use an open client (it is left open); else one is opened from ``workers`` /
-    ``scheduler`` and closed at the end, when the generator is closed, or on an error (pending units
-    are cancelled; finished ones stay written).
+    With ``share_cores`` (a local cluster) the workers split this machine's cores between their torch
+    threads. When the generator is closed or a unit fails, pending units are cancelled (finished ones
+    stay written and marked); the client is left open.
     """
     distributed = _require_distributed()
-    own = client is None
-    cluster = None
-    if own:
-        client, cluster = open_client(workers, scheduler)
     futures: list[Any] = []
     try:
         try:
@@ -79,8 +73,7 @@ def run_on_dask(
         except (TimeoutError, OSError):
             raise DivNoisingError(f"No Dask worker joined within {CONNECT_TIMEOUT} s; start workers first.") from None
         n_workers = max(1, len(client.scheduler_info()["workers"]))
-        if cluster is not None:
-            # Share this machine's cores between the local workers' torch threads.
+        if share_cores:
             job = replace(job, torch_threads=max(1, (os.cpu_count() or 1) // n_workers))
         pending = iter(units)
         run_id = uuid.uuid4().hex[:12]
@@ -107,10 +100,6 @@ def run_on_dask(
     finally:
         for future in futures:
             future.cancel()
-        if own:
-            client.close()
-            if cluster is not None:
-                cluster.close()
 
 
 def worker_model_loads(client: Any) -> dict[str, int]:

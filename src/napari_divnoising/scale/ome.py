@@ -359,7 +359,7 @@ def create_results(path: str | os.PathLike, source: InputSource, info: dict[str,
             chunks.append((*(1,) * len(lead), ch, cw))
             scales.append(base_scale[:-2] + [base_scale[-2] * fh / lh, base_scale[-1] * fw / lw])
         _image_arrays(root, "mmse", shapes, chunks, scales, axes, dtype)
-        single = dict(shapes=shapes[:1], chunks=chunks[:1], scales=scales[:1], axes=axes)
+        single = {"shapes": shapes[:1], "chunks": chunks[:1], "scales": scales[:1], "axes": axes}
         _image_arrays(root.create_group("variance"), "variance", dtype="float32", **single)
         if info["compute_map"]:
             _image_arrays(root.create_group("map"), "map", dtype=dtype, **single)

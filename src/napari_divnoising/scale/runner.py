@@ -88,17 +88,19 @@ def _describe_mismatch(stored: dict[str, Any], wanted: dict[str, Any]) -> str:
     return ", ".join(diffs)
 
 
-def _prepare_store(
-    out: Path, source: InputSource, model_path: Path, sha: str, model: Any, settings: ZarrPredictionSettings,
-    force: bool,
-) -> dict[str, Any]:
-    """Create the store, or check that an existing one is this job's and may be resumed; returns its info."""
+def _existing_store(
+    out: Path, source: InputSource, model_path: Path, sha: str, settings: ZarrPredictionSettings, force: bool
+) -> dict[str, Any] | None:
+    """The info of an existing store of this very job (to resume), or None when a new store must be made.
+
+    Refuses (one line) a store of another model, input or settings unless ``force``, and anything at
+    ``out`` that is not a Zarr store, even with ``force``. Deletes nothing.
+    """
     wanted = settings.compared()
     if out.exists():
         if not (out.is_dir() and any((out / name).exists() for name in ("zarr.json", ".zgroup"))):
             if not (out.is_dir() and not any(out.iterdir())):
                 raise DivNoisingError(f"{out} exists and is not a Zarr store; choose another --out.")
-            out.rmdir()  # an empty folder: nothing to lose
         else:
             info = read_info(out)
             if info is None:
@@ -118,7 +120,18 @@ def _prepare_store(
                 return info
             if not force:
                 raise DivNoisingError(f"{problem}; pass --force to start over (deletes it) or choose another --out.")
-            remove_store(out)
+    return None
+
+
+def _create_store(
+    out: Path, source: InputSource, model_path: Path, sha: str, model: Any, settings: ZarrPredictionSettings
+) -> dict[str, Any]:
+    """Replace whatever :func:`_existing_store` allowed to replace at ``out`` by a new, empty store."""
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # an empty folder: nothing to lose
+    elif out.exists():
+        remove_store(out)
+    wanted = settings.compared()
     seed = settings.seed if settings.seed is not None else int.from_bytes(os.urandom(4), "little")
     levels = pyramid_levels(source.frame_shape)
     multiple = max(model.network.size_multiple, 2 ** (levels - 1))
@@ -151,6 +164,7 @@ def predict_to_zarr_iter(
     *,
     workers: int | None = None,
     scheduler: str | None = None,
+    client: Any = None,
     force: bool = False,
 ) -> Iterator[ZarrPlan | UnitDone | ZarrPredictionDone]:
     """Denoise ``input_path`` (OME-Zarr or TIFF, read lazily) into the OME-Zarr results store ``out_path``.
@@ -170,6 +184,8 @@ def predict_to_zarr_iter(
         Run on an embedded Dask ``LocalCluster`` of this many worker processes (None: this process).
     scheduler
         Address of an existing Dask scheduler (``tcp://host:port``); overrides ``workers``.
+    client
+        An open ``distributed.Client`` to run on (left open); overrides ``workers`` and ``scheduler``.
     force
         Start over when ``out_path`` holds another job's results.
 
@@ -195,32 +211,52 @@ def predict_to_zarr_iter(
     model = load_model(model_path)  # validates the file before anything is created
     check_tile_size(settings.tile_size, model.network)
     sha = file_sha256(model_path)
-    info = _prepare_store(out, source, model_path, sha, model, settings, force)
-    job = Job(
-        model_path=str(model_path.resolve()), model_sha256=sha, source=source, out=str(out.resolve()),
-        store_id=info["store_id"], n_samples=settings.n_samples, keep_samples=settings.keep_samples,
-        compute_map=settings.compute_map, seed=int(info["seed"]), batch_size=settings.batch_size,
-        tile_size=settings.tile_size, precision=settings.precision, device=settings.device,
-        clip_min=info["clip_min"], out_dtype=info["out_dtype"], grid=tuple(info["grid"]), levels=int(info["levels"]),
-    )
-    done = done_units(out)
-    todo = [tuple(int(i) for i in idx) for idx in np.argwhere(~done)]
-    total = int(done.size)
-    finished = total - len(todo)
-    where = f"scheduler {scheduler}" if scheduler else f"{workers} local worker(s)" if workers else "this process"
-    yield ZarrPlan(str(out), total, finished, source.n_frames, job.seed, where)
-    if todo and (scheduler or workers):
-        from .distributed import run_on_dask
+    info = _existing_store(out, source, model_path, sha, settings, force)
+    todo_before = None if info is None else int((~done_units(out)).sum())
+    own_client = cluster = None
+    if client is None and (scheduler or workers) and todo_before != 0:
+        from .distributed import open_client
 
-        results = run_on_dask(job, todo, workers=workers, scheduler=scheduler)
-    else:
-        results = (run_unit(job, unit) for unit in todo)
-    computed = 0
-    for result in results:
-        computed += 1
-        frame, ry, rx = result["unit"]
-        yield UnitDone(frame, (ry, rx), finished + computed, total, result["seconds"])
-    yield ZarrPredictionDone(str(out), total, computed, job.seed)
+        # Connect (or start the local cluster) before creating anything, so a wrong address changes nothing.
+        own_client, cluster = open_client(workers, scheduler)
+        client = own_client
+    try:
+        if info is None:
+            info = _create_store(out, source, model_path, sha, model, settings)
+        job = Job(
+            model_path=str(model_path.resolve()), model_sha256=sha, source=source, out=str(out.resolve()),
+            store_id=info["store_id"], n_samples=settings.n_samples, keep_samples=settings.keep_samples,
+            compute_map=settings.compute_map, seed=int(info["seed"]), batch_size=settings.batch_size,
+            tile_size=settings.tile_size, precision=settings.precision, device=settings.device,
+            clip_min=info["clip_min"], out_dtype=info["out_dtype"], grid=tuple(info["grid"]),
+            levels=int(info["levels"]),
+        )
+        done = done_units(out)
+        todo = [tuple(int(i) for i in idx) for idx in np.argwhere(~done)]
+        total = int(done.size)
+        finished = total - len(todo)
+        where = (
+            "the given Dask client" if client is not None and own_client is None else f"scheduler {scheduler}"
+            if scheduler else f"{workers} local worker(s)" if workers else "this process"
+        )
+        yield ZarrPlan(str(out), total, finished, source.n_frames, job.seed, where)
+        if todo and client is not None:
+            from .distributed import run_on_dask
+
+            results = run_on_dask(job, todo, client=client, share_cores=cluster is not None)
+        else:
+            results = (run_unit(job, unit) for unit in todo)
+        computed = 0
+        for result in results:
+            computed += 1
+            frame, ry, rx = result["unit"]
+            yield UnitDone(frame, (ry, rx), finished + computed, total, result["seconds"])
+        yield ZarrPredictionDone(str(out), total, computed, job.seed)
+    finally:
+        if own_client is not None:
+            own_client.close()
+            if cluster is not None:
+                cluster.close()
 
 
 def predict_to_zarr(model_path: str | os.PathLike, input_path: str | os.PathLike, out_path: str | os.PathLike,

@@ -214,7 +214,7 @@ def _predict_region(
     while done < n:
         k = min(batch, n - done)
 
-        def decode() -> np.ndarray:
+        def decode(done: int = done, k: int = k) -> np.ndarray:
             eps = latent_noise(seed, range(done, done + k), lr, lc, net.z_dim, dev)
             z = mu + std * eps
             out = net.decode(z.contiguous(memory_format=torch.channels_last))[:, 0, iy, ix]
