@@ -19,13 +19,19 @@ class ZarrPlan:
 
 @dataclass(frozen=True)
 class UnitDone:
-    """A unit was written and marked complete; ``done`` of ``total`` units are finished (earlier runs included)."""
+    """A unit was written and marked complete; ``done`` of ``total`` units are finished (earlier runs included).
+
+    ``worker`` is ``host:pid`` of the process that computed it, ``peak_rss`` that process's peak resident
+    memory so far (bytes), ``seconds`` the unit's compute and write time.
+    """
 
     frame: int
     region: tuple[int, int]
     done: int
     total: int
     seconds: float
+    worker: str = ""
+    peak_rss: int = 0
 
     @property
     def fraction(self) -> float:

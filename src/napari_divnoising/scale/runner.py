@@ -250,7 +250,8 @@ def predict_to_zarr_iter(
         for result in results:
             computed += 1
             frame, ry, rx = result["unit"]
-            yield UnitDone(frame, (ry, rx), finished + computed, total, result["seconds"])
+            yield UnitDone(frame, (ry, rx), finished + computed, total, result["seconds"], result["worker"],
+                           result["peak_rss"])
         yield ZarrPredictionDone(str(out), total, computed, job.seed)
     finally:
         if own_client is not None:

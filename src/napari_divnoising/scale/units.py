@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import os
 import resource
+import socket
 import sys
 import threading
 import time
@@ -118,7 +119,14 @@ def _input(job: Job) -> Any:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far (bytes)."""
+    """Peak resident memory of this process so far (bytes): Linux ``VmHWM``, else ``getrusage``."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
@@ -300,5 +308,6 @@ def run_unit(job: Job, unit: tuple[int, int, int]) -> dict[str, Any]:
     outputs = compute_unit(job, frame, ry, rx)
     write_unit(job, frame, ry, rx, outputs)
     return {
-        "unit": unit, "seconds": time.perf_counter() - start, "peak_rss": peak_rss_bytes(), "pid": os.getpid(),
+        "unit": unit, "seconds": time.perf_counter() - start, "peak_rss": peak_rss_bytes(),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
     }
