@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 r["time_per_frame_vs_cli"] = (r["seconds"] / r["frames"]) / (base / base_frames)
         sweep_rows = []
         for gb in sweep:
-            frames = max(1, int(round(gb * 2**30 / (args.size * args.size * 2))))
+            frames = max(1, round(gb * 2**30 / (args.size * args.size * 2)))
             path = make_zarr_input(tmp / f"sweep_{gb}.ome.zarr", frames, args.size)
             row = run_config({"model": model, "samples": args.sweep_samples, "device": args.device, "mode": "zarr",
                               "input": str(path), "out": str(tmp / f"sweep_{gb}_out.ome.zarr"), "frames": frames},
@@ -206,16 +206,16 @@ def markdown(results: dict[str, Any]) -> str:
             max(workers) if workers else None, len(workers) or None, r.get("time_per_frame_vs_cli"),
         ])
     text = [
-        f"# Scale-out prediction: {s['size']}x{s['size']} frames, {s['samples']} samples per frame, "
-        f"{s['arch']} architecture, device {s['device']}",
+        (f"# Scale-out prediction: {s['size']}x{s['size']} frames, {s['samples']} samples per frame, "
+         f"{s['arch']} architecture, device {s['device']}"),
         "",
         machine_markdown(results["machine"]),
         "",
         markdown_table(["config", "frames", "frames/s", "frames/s (compute)", "main peak MiB",
                         "peak MiB per worker", "workers", "time/frame vs cli-tiff"], rows),
         "",
-        "`frames/s` includes process and cluster start; `compute` counts from the first unit submitted. "
-        "`cli-tiff` is the plain single-process CLI with the whole stack in memory.",
+        ("`frames/s` includes process and cluster start; `compute` counts from the first unit submitted. "
+         "`cli-tiff` is the plain single-process CLI with the whole stack in memory."),
     ]
     if results["sweep"]:
         sweep = [[r["input_gb"], r["frames"], r.get("main_peak_mib"), r.get("frames_per_s"), r.get("error")]
