@@ -29,6 +29,12 @@ without --force (all outputs are checked before anything is computed).
 examples:
   divnoising predict --model model.pt --input noisy.tif --out-dir results
   divnoising predict --model model.pt --input a.tif --input b.tif --out-dir results --samples 200 --map --clip
+
+With --out results.ome.zarr (input: an OME-Zarr image or a TIFF), frames are
+read and written one at a time into one OME-Zarr store; running the same
+command again resumes a stopped run. --workers N or --scheduler tcp://HOST:PORT
+spread the frames over Dask worker processes (see docs/scale_out.md):
+  divnoising predict --model model.pt --input stack.ome.zarr --out results.ome.zarr --workers 4
 """
 
 DTYPE_CHOICES = ("float32", "input")
