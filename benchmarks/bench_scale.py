@@ -151,28 +151,35 @@ def run_config(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
 # ---------------------------------------------------------------------- main
 
 
+def throughput_runs(args: argparse.Namespace, tmp: Path, model: str, workers: list[int]) -> list[dict[str, Any]]:
+    """cli-tiff, zarr and dask-N on the synthetic stack, each in its own process."""
+    src = make_zarr_input(tmp / "input.ome.zarr", args.frames, args.size)
+    base_frames = min(args.frames, args.baseline_frames or args.frames)
+    common = {"model": model, "samples": args.samples, "device": args.device}
+    tif = make_tiff_input(tmp / "input.tif", src, base_frames)
+    runs = [run_config({**common, "mode": "cli-tiff", "input": str(tif), "out": str(tmp / "tif_out"),
+                        "frames": base_frames}, args.timeout)]
+    runs.append(run_config({**common, "mode": "zarr", "input": str(src), "out": str(tmp / "zarr.ome.zarr"),
+                            "frames": args.frames}, args.timeout))
+    for n in workers:
+        runs.append(run_config({**common, "mode": f"dask-{n}", "workers": n, "input": str(src),
+                                "out": str(tmp / f"dask{n}.ome.zarr"), "frames": args.frames}, args.timeout))
+    base = runs[0].get("seconds")
+    for r in runs:
+        if base and "seconds" in r:
+            r["time_per_frame_vs_cli"] = (r["seconds"] / r["frames"]) / (base / base_frames)
+    return runs
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
     sweep = [float(g) for g in args.sweep_gb.split(",") if g.strip()]
     with tempfile.TemporaryDirectory(prefix="bench_scale_", dir=args.tmp_dir) as tmp_name:
         tmp = Path(tmp_name)
         model = str(make_model(tmp / "model.pt", args.arch))
-        src = make_zarr_input(tmp / "input.ome.zarr", args.frames, args.size)
-        base_frames = min(args.frames, args.baseline_frames or args.frames)
-        common = {"model": model, "samples": args.samples, "device": args.device}
-        runs = []
-        tif = make_tiff_input(tmp / "input.tif", src, base_frames)
-        runs.append(run_config({**common, "mode": "cli-tiff", "input": str(tif), "out": str(tmp / "tif_out"),
-                                "frames": base_frames}, args.timeout))
-        runs.append(run_config({**common, "mode": "zarr", "input": str(src), "out": str(tmp / "zarr.ome.zarr"),
-                                "frames": args.frames}, args.timeout))
-        for n in workers:
-            runs.append(run_config({**common, "mode": f"dask-{n}", "workers": n, "input": str(src),
-                                    "out": str(tmp / f"dask{n}.ome.zarr"), "frames": args.frames}, args.timeout))
-        base = runs[0].get("seconds")
-        for r in runs:
-            if base and "seconds" in r:
-                r["time_per_frame_vs_cli"] = (r["seconds"] / r["frames"]) / (base / base_frames)
+        runs: list[dict[str, Any]] = []
+        if args.frames > 0:
+            runs = throughput_runs(args, tmp, model, workers)
         sweep_rows = []
         for gb in sweep:
             frames = max(1, round(gb * 2**30 / (args.size * args.size * 2)))
@@ -210,13 +217,16 @@ def markdown(results: dict[str, Any]) -> str:
          f"{s['arch']} architecture, device {s['device']}"),
         "",
         machine_markdown(results["machine"]),
-        "",
-        markdown_table(["config", "frames", "frames/s", "frames/s (compute)", "main peak MiB",
-                        "peak MiB per worker", "workers", "time/frame vs cli-tiff"], rows),
-        "",
-        ("`frames/s` includes process and cluster start; `compute` counts from the first unit submitted. "
-         "`cli-tiff` is the plain single-process CLI with the whole stack in memory."),
     ]
+    if rows:
+        text += [
+            "",
+            markdown_table(["config", "frames", "frames/s", "frames/s (compute)", "main peak MiB",
+                            "peak MiB per worker", "workers", "time/frame vs cli-tiff"], rows),
+            "",
+            ("`frames/s` includes process and cluster start; `compute` counts from the first unit submitted. "
+             "`cli-tiff` is the plain single-process CLI with the whole stack in memory."),
+        ]
     if results["sweep"]:
         sweep = [[r["input_gb"], r["frames"], r.get("main_peak_mib"), r.get("frames_per_s"), r.get("error")]
                  for r in results["sweep"]]
@@ -227,7 +237,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--frames", type=int, default=2000, help="frames of the synthetic stack (default 2000)")
+    p.add_argument("--frames", type=int, default=2000,
+                   help="frames of the synthetic stack (default 2000; 0: only the memory sweep)")
     p.add_argument("--size", type=int, default=512, help="frame side in pixels (default 512)")
     p.add_argument("--samples", type=int, default=10, help="posterior samples per frame (default 10)")
     p.add_argument("--workers", default="1,2", help="comma-separated Dask worker counts (default 1,2; empty: none)")

@@ -175,3 +175,23 @@ def test_read_only_output_location_gives_one_clear_error(tmp_path, model_file, s
             predict_to_zarr(model_file, stack_zarr, target, ZarrPredictionSettings(n_samples=2, keep_samples=0))
     finally:
         locked.chmod(0o700)
+
+
+def test_2d_image_and_ngff_04_zarr_v2_input(tmp_path, model_file, model):
+    import zarr
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image
+
+    image = np.random.default_rng(3).normal(20, 15, (40, 52)).astype(np.float32)
+    path = tmp_path / "v04.ome.zarr"
+    write_image(image, zarr.open_group(str(path), mode="w", zarr_format=2), axes="yx", scale_factors=(),
+                fmt=FormatV04(), scale={"y": 0.5, "x": 0.25})
+    source = open_input(path)
+    assert source.n_frames == 1 and source.scale == pytest.approx((0.5, 0.25))
+    out = tmp_path / "v04_results.ome.zarr"
+    predict_to_zarr(model_file, path, out, ZarrPredictionSettings(n_samples=3, keep_samples=2, seed=8))
+    ref = predict(model, image, 3, seed=8, keep_samples=2)
+    res = read_results(out)
+    np.testing.assert_array_equal(res["mmse"][0][...], ref.mmse)
+    np.testing.assert_array_equal(res["samples"][...], ref.samples)
+    assert res["axes"] == ["y", "x"] and res["scale"][0] == pytest.approx([0.5, 0.25])

@@ -8,8 +8,9 @@ Any other path (a TIFF, another Zarr store) is left to other readers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 LayerData = tuple[Any, dict[str, Any], str]
 

@@ -213,7 +213,7 @@ def predict_to_zarr_iter(
     sha = file_sha256(model_path)
     info = _existing_store(out, source, model_path, sha, settings, force)
     todo_before = None if info is None else int((~done_units(out)).sum())
-    own_client = cluster = None
+    own_client = cluster = results = None
     if client is None and (scheduler or workers) and todo_before != 0:
         from .distributed import open_client
 
@@ -254,6 +254,8 @@ def predict_to_zarr_iter(
                            result["peak_rss"])
         yield ZarrPredictionDone(str(out), total, computed, job.seed)
     finally:
+        if results is not None:
+            results.close()  # cancels the units still queued on a cluster
         if own_client is not None:
             own_client.close()
             if cluster is not None:
