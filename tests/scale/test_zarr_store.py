@@ -195,3 +195,14 @@ def test_2d_image_and_ngff_04_zarr_v2_input(tmp_path, model_file, model):
     np.testing.assert_array_equal(res["mmse"][0][...], ref.mmse)
     np.testing.assert_array_equal(res["samples"][...], ref.samples)
     assert res["axes"] == ["y", "x"] and res["scale"][0] == pytest.approx([0.5, 0.25])
+
+
+def test_events_follow_the_shared_protocol(tmp_path, model_file, stack_zarr):
+    from napari_divnoising.events import run_to_end
+
+    out = tmp_path / "r.ome.zarr"
+    seen = []
+    path = run_to_end(predict_to_zarr_iter(model_file, stack_zarr, out, ZarrPredictionSettings(n_samples=2)),
+                      seen.append)
+    assert path == str(out) and sum(isinstance(e, UnitDone) for e in seen) == 5
+    assert all(e.worker and e.peak_rss > 0 for e in seen if isinstance(e, UnitDone))

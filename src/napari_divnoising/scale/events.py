@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..events import Done
+
 
 @dataclass(frozen=True)
 class ZarrPlan:
@@ -39,10 +41,15 @@ class UnitDone:
 
 
 @dataclass(frozen=True)
-class ZarrPredictionDone:
-    """Last event: every unit of the store at ``path`` is complete."""
+class ZarrPredictionDone(Done):
+    """Last event: every unit of the store at ``path`` is complete (``computed`` of them in this run)."""
 
     path: str
     total: int
     computed: int
     seed: int
+
+    @property
+    def result(self) -> str:
+        """The results store's path (open it with :func:`~napari_divnoising.scale.read_results`)."""
+        return self.path

@@ -6,7 +6,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +200,8 @@ def predict_to_zarr_iter(
 
     settings = settings or ZarrPredictionSettings()
     _check_settings(settings)
+    # As predict_iter: at most as many samples are kept as are drawn.
+    settings = replace(settings, keep_samples=min(settings.keep_samples, settings.n_samples))
     if workers is not None and workers < 1:
         raise DivNoisingError(f"--workers must be at least 1 (got {workers}).")
     model_path, out = Path(model_path), Path(out_path)
@@ -268,5 +270,6 @@ def predict_to_zarr(model_path: str | os.PathLike, input_path: str | os.PathLike
     last = None
     for event in predict_to_zarr_iter(model_path, input_path, out_path, settings, **kwargs):
         last = event
-    assert isinstance(last, ZarrPredictionDone)
+    if not isinstance(last, ZarrPredictionDone):
+        raise DivNoisingError("The prediction ended without a result.")
     return last
