@@ -89,3 +89,31 @@ def test_resume_computes_only_the_missing_units(tmp_path, model_file, stack_zarr
     done = predict_to_zarr(model_file, stack_zarr, out, settings)
     assert done.computed == 2 and done.total == 5
     np.testing.assert_array_equal(read_results(out)["mmse"][0][...], before)
+
+
+def test_full_disk_is_one_line_and_the_same_command_resumes(tmp_path, model_file, stack_zarr, capsys, monkeypatch):
+    import errno
+
+    from napari_divnoising.scale import units
+
+    real = units.mark_done
+    calls = []
+
+    def full_after_two(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(*args)
+
+    monkeypatch.setattr(units, "mark_done", full_after_two)
+    out = tmp_path / "r.ome.zarr"
+    args = ["predict", "--model", str(model_file), "--input", str(stack_zarr), "--samples", "2",
+            "--save-samples", "0", "--seed", "3", "--out", str(out)]
+    assert main(args) == 1
+    # The progress bar shares stderr; the error itself is one line after it.
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("divnoising predict: error: Could not write")
+    assert "No space left on device" in last and "run the same command again" in last
+    assert done_units(out).sum() == 2
+    monkeypatch.setattr(units, "mark_done", real)
+    assert main(args) == 0 and done_units(out).all()

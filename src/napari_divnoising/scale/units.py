@@ -273,7 +273,20 @@ def compute_unit(job: Job, frame: int, ry: int, rx: int) -> dict[str, np.ndarray
 
 
 def write_unit(job: Job, frame: int, ry: int, rx: int, outputs: dict[str, np.ndarray | None]) -> None:
-    """Write a unit's outputs and pyramid levels, then its completion marker."""
+    """Write a unit's outputs and pyramid levels, then its completion marker.
+
+    A failed write (a full disk, a lost mount) is one :class:`DivNoisingError`; the unit stays unmarked.
+    """
+    try:
+        _write_unit(job, frame, ry, rx, outputs)
+    except OSError as exc:
+        raise DivNoisingError(
+            f"Could not write to {job.out} ({exc.strerror or exc}); fix that and run the same command again "
+            "to resume."
+        ) from None
+
+
+def _write_unit(job: Job, frame: int, ry: int, rx: int, outputs: dict[str, np.ndarray | None]) -> None:
     root = _store(job)
     lead = job.source.frame_index(frame)
     rows, cols = region_bounds(job.source.frame_shape, job.grid, ry, rx)
