@@ -152,15 +152,12 @@ def _inference_net(model: Any) -> Any:
     """A private, folded, channels-last inference copy of the network (cached on the model object)."""
     import torch
 
-    from ..prediction import fold_decoder
-
     net = getattr(model, "_scale_inference_net", None)
     if net is None:
         net = copy.deepcopy(model.network).to(model.device).eval()
         for p in net.parameters():
             p.requires_grad_(False)
-        with torch.no_grad():
-            net.decoder = fold_decoder(net.decoder)
+        net.decoder = net.inference_decoder()
         net = net.to(memory_format=torch.channels_last)
         model._scale_inference_net = net
     return net
