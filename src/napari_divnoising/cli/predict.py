@@ -33,6 +33,12 @@ all of them are replaced, or (on an error or Ctrl-C) none.
 examples:
   divnoising predict --model model.pt --input noisy.tif --out-dir results
   divnoising predict --model model.pt --input a.tif --input b.tif --out-dir results --samples 200 --map --clip
+
+With --out results.ome.zarr (input: an OME-Zarr image or a TIFF), frames are
+read and written one at a time into one OME-Zarr store; running the same
+command again resumes a stopped run. --workers N or --scheduler tcp://HOST:PORT
+spread the frames over Dask worker processes (see docs/scale_out.md):
+  divnoising predict --model model.pt --input stack.ome.zarr --out results.ome.zarr --workers 4
 """
 
 DTYPE_CHOICES = ("float32", "input")
@@ -47,7 +53,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--model", required=True, metavar="MODEL.pt", help="model file from `divnoising train`")
     p.add_argument("--input", action="append", required=True, metavar="IN.tif",
                    help="noisy image or stack (repeat for several files)")
-    p.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the results")
+    p.add_argument("--out-dir", metavar="DIR", help="folder for the results (TIFF files)")
+    p.add_argument("--out", metavar="OUT.ome.zarr",
+                   help="write one OME-Zarr results store instead (input read lazily; a killed run resumes)")
+    p.add_argument("--workers", type=int, metavar="N", help="with --out: run on a local Dask cluster of N processes")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="with --out: run on an existing Dask cluster")
+    p.add_argument("--region-size", type=int, default=1024, metavar="R",
+                   help="with --out: frames larger than R x R pixels are split into regions (default 1024)")
     p.add_argument("--samples", type=int, default=100, metavar="N",
                    help="posterior samples per image or frame (default 100; more: smoother MMSE)")
     p.add_argument("--map", action="store_true", help="also write the MAP estimate (mode of the samples)")
@@ -157,6 +169,16 @@ def run(args: argparse.Namespace) -> int:
     from ..prediction import PredictionDone, SampleBatch, check_tile_size, predict_iter
     from ..validation import check_finite_result, prediction_range_warning
 
+    from ..scale.ome import is_zarr_path
+
+    if args.out or any(is_zarr_path(name) for name in args.input):
+        from ..scale.cli import run_zarr
+
+        return run_zarr(args)
+    if not args.out_dir:
+        raise DivNoisingError("Give --out-dir DIR for TIFF results, or --out results.ome.zarr for an OME-Zarr store.")
+    if args.workers or args.scheduler:
+        raise DivNoisingError("--workers and --scheduler need --out results.ome.zarr (an OME-Zarr results store).")
     _check_args(args)
     plan = _plan_outputs(args)
     from ..device import resolve_device

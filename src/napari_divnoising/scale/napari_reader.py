@@ -1,0 +1,74 @@
+"""napari reader for DivNoising results stores (``results.ome.zarr`` from ``divnoising predict --out``).
+
+Opens the MMSE as a multiscale image (its pyramid) and the variance, MAP and kept samples as further
+image layers, all lazily (dask arrays over the Zarr chunks) with the input's pixel sizes as layer
+scale. The samples layer puts its ``sample`` axis first, so the other axes line up with the MMSE.
+Any other path (a TIFF, another Zarr store) is left to other readers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+
+def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
+    """napari ``get_reader`` hook: a reader for a DivNoising results store, else None."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    try:
+        from .ome import is_zarr_path, read_info
+
+        if not (is_zarr_path(path) and Path(path).is_dir() and read_info(path) is not None):
+            return None
+    except Exception:  # noqa: BLE001 - zarr missing or an unreadable store: not ours to open
+        return None
+    return read_results_layers
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name.rstrip("/")
+    for suffix in (".ome.zarr", ".zarr"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def read_results_layers(path: str | list[str]) -> list[LayerData]:
+    """Layer data tuples (data, kwargs, "image") for every output in a results store, read lazily."""
+    import dask.array as da
+
+    from .ome import read_results
+
+    if isinstance(path, list):
+        path = path[0]
+    res = read_results(path)
+    stem = _stem(str(path))
+    info = res["info"]
+    scale = [float(s) for s in res["scale"][0]]
+    meta = {"divnoising": {k: info.get(k) for k in ("model", "settings", "seed")}, "axes": res["axes"]}
+    levels = [da.from_zarr(level) for level in res["mmse"]]
+    layers: list[LayerData] = [(
+        levels if len(levels) > 1 else levels[0],
+        {"name": f"{stem} MMSE", "scale": scale, "multiscale": len(levels) > 1, "metadata": meta},
+        "image",
+    )]
+    if res["variance"] is not None:
+        layers.append((da.from_zarr(res["variance"]),
+                       {"name": f"{stem} variance", "scale": scale, "colormap": "magma", "visible": False,
+                        "metadata": meta}, "image"))
+    if res["map"] is not None:
+        layers.append((da.from_zarr(res["map"]),
+                       {"name": f"{stem} MAP", "scale": scale, "visible": False, "metadata": meta}, "image"))
+    if res["samples"] is not None:
+        pos = 1 if res["axes"][0] == "t" else 0  # where the store keeps the sample axis (see ome.py)
+        samples = da.moveaxis(da.from_zarr(res["samples"]), pos, 0)
+        layers.append((samples,
+                       {"name": f"{stem} samples", "scale": [1.0, *scale], "visible": False, "metadata": meta},
+                       "image"))
+    return layers
