@@ -157,10 +157,17 @@ def test_quality_markdown_from_results(tmp_path):
 def test_quality_run_end_to_end_on_synthetic_folder(tmp_path, monkeypatch):
     """The whole quality pipeline (fit, 3 trainings, predict, MAP, sweep) on a tiny synthetic data folder."""
     import dataclasses
+    import functools
 
     import tifffile
 
-    import napari_divnoising.prediction as prediction
+    import napari_divnoising.noise_model_fitting as fitting
+    from napari_divnoising import prediction
+
+    # Plumbing, not fit quality: short noise-model fits (they were most of this test's time).
+    for name in ("fit_gmm_from_calibration", "bootstrap_gmm"):
+        monkeypatch.setattr(fitting, name, functools.partial(getattr(fitting, name), explore_pairs=4000,
+                                                             explore_iterations=200, polish_iterations=20))
 
     run_quality = _load("run_quality")
     rng = np.random.default_rng(2)
