@@ -55,9 +55,12 @@ def test_split_by_frames_holds_out_whole_frames_and_normalises_on_training_data(
     pixels = np.concatenate([r.ravel() for r in data.train_regions])
     assert data.mean == pytest.approx(pixels.mean(), rel=1e-6)
     assert data.std == pytest.approx(pixels.std(), rel=1e-6)
-    # deterministic for a seed
+    # deterministic for a seed, and another seed holds out other frames
+    held_out = [float(v[0, 1]) for v in data.val_regions]
     again = split_frames(frames, 16, 0.15, seed=1)
-    assert [float(v[0, 1]) for v in again.val_regions] == [float(v[0, 1]) for v in data.val_regions]
+    assert [float(v[0, 1]) for v in again.val_regions] == held_out
+    other = split_frames(frames, 16, 0.15, seed=2)
+    assert [float(v[0, 1]) for v in other.val_regions] != held_out
 
 
 def test_single_frame_gets_a_disjoint_band():
@@ -105,3 +108,12 @@ def test_validation_patches_are_fixed_by_seed():
     a = validation_patches([region], 16, 10, seed=0)
     b = validation_patches([region], 16, 10, seed=0)
     np.testing.assert_array_equal(a, b)
+    c = validation_patches([region], 16, 10, seed=1)
+    assert c.shape == a.shape and not np.array_equal(a, c)
+
+
+def test_sampler_patches_depend_on_the_seed():
+    region = np.random.default_rng(3).random((50, 50)).astype(np.float32)
+    first = PatchSampler([region], 8, np.random.default_rng(0)).sample(16)
+    np.testing.assert_array_equal(PatchSampler([region], 8, np.random.default_rng(0)).sample(16), first)
+    assert not np.array_equal(PatchSampler([region], 8, np.random.default_rng(1)).sample(16), first)

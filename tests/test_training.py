@@ -208,10 +208,14 @@ def test_early_stopping_when_validation_stalls(data):
 
 def test_time_budget(data):
     _, noisy = data
-    config = small_config(max_steps=None, max_minutes=0.03)
-    done = list(train_iter(noisy, SIGMA, config))[-1]
-    assert done.reason == "max_minutes" and 0 < done.steps
-    assert done.history["elapsed_s"] == pytest.approx(1.8, abs=1.5)
+    now = [0.0]  # an injected clock: every step takes 0.4 s, however fast this machine is
+    config = small_config(max_steps=None, max_minutes=0.05)
+    for event in train_iter(noisy, SIGMA, config, clock=lambda: now[0]):
+        if isinstance(event, TrainStep):
+            now[0] += 0.4
+    done = event
+    assert done.reason == "max_minutes" and done.steps == 8  # 7 steps end at 2.8 s, the 8th at 3.2 s > 3 s
+    assert done.history["elapsed_s"] == pytest.approx(3.2)
 
 
 def test_gmm_range_warning(data):

@@ -113,7 +113,7 @@ def test_stop_keeps_previous_model_and_frees_buttons(widget, qtbot, wait_for, ca
     get_session(viewer).set_noise_model(sentinel, "previous")
     viewer.add_image(calibration_stack, name="calib")
     w.fit_button.click()
-    qtbot.waitUntil(lambda: w.progress.value() > 0, timeout=30_000)
+    qtbot.waitUntil(lambda: w.progress.value() > 0, timeout=60_000)
     w.stop_button.click()
     wait_for(w.runner)
     assert get_session(viewer).noise_model is sentinel
@@ -133,11 +133,21 @@ def test_deleted_widget_no_longer_listens(make_napari_viewer, qtbot):
     from qtpy.QtCore import QCoreApplication, QEvent
 
     viewer = make_napari_viewer()
+    session = get_session(viewer)
+
+    def listeners() -> tuple[int, ...]:
+        layer_events = viewer.layers.events
+        return (len(session.noise_model_changed), len(session.noise_choice_changed),
+                len(layer_events.inserted.callbacks), len(layer_events.removed.callbacks))
+
+    before = listeners()
     w = NoiseModelWidget(viewer)
+    assert all(n > b for n, b in zip(listeners(), before))  # the live widget follows session and layers
     w.deleteLater()
     QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete.value)
     qtbot.wait(10)
-    session = get_session(viewer)
+    assert listeners() == before  # every connection of the deleted widget is gone
     session.set_noise_model(GMMNoiseModel.initial(0.0, 10.0), "after deletion")  # must not raise
     session.set_noise_choice(NOISE_COLEARN)
     viewer.add_image(np.zeros((3, 8, 8)), name="late")  # layer pickers of the deleted widget stay quiet
+    assert session.noise_model_description == "after deletion" and session.noise_choice == NOISE_COLEARN

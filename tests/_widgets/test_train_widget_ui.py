@@ -88,9 +88,9 @@ def test_stop_keeps_last_model(widget, qtbot, wait_for, monkeypatch):
     model, events = scripted_training(100_000, delay=0.005)
     monkeypatch.setattr(core, "training_events", events)
     w.train_button.click()
-    qtbot.waitUntil(lambda: len(w.loss_plot.train_steps) > 3, timeout=10_000)
+    qtbot.waitUntil(lambda: len(w.loss_plot.train_steps) > 3, timeout=60_000)
     w.stop_button.click()
-    wait_for(w.runner, timeout=10_000)
+    wait_for(w.runner, timeout=60_000)
     assert get_session(viewer).trained_model is model
     assert "Stopped" in w.status.text()
     assert w.train_button.isEnabled() and not w.stop_button.isEnabled()
@@ -127,13 +127,28 @@ def test_no_images_or_no_noise_model_gives_hint(widget, monkeypatch):
     assert not w.runner.running
 
 
-def test_loss_plot_redraws_are_throttled(widget, qtbot):
-    _, w = widget
-    before = w.loss_plot.redraw_count
-    for step in range(200):
-        w.loss_plot.add_train(step, 1.0)
-    assert w.loss_plot.redraw_count - before <= 2
-    qtbot.waitUntil(lambda: not w.loss_plot._dirty, timeout=3000)
+def test_loss_plot_redraws_are_throttled(qtbot, monkeypatch):
+    from types import SimpleNamespace
+
+    import napari_divnoising._widgets._plots as plots
+
+    now = [100.0]  # an injected clock: the throttle is checked by logic, not by how fast this machine is
+    monkeypatch.setattr(plots, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    plot = plots.LossPlot(max_redraws_per_s=2.0)
+    qtbot.addWidget(plot)
+    assert plot.redraw_count == 1  # the empty plot
+    for step in range(200):  # no time passes: nothing is redrawn, one redraw is scheduled
+        plot.add_train(step, 1.0)
+    assert plot.redraw_count == 1 and plot._dirty and plot._timer.isActive()
+    now[0] += 0.5  # the interval has passed: the next point redraws at once, with every point
+    plot.add_train(200, 0.5)
+    assert plot.redraw_count == 2 and not plot._dirty
+    assert len(plot.ax.lines[0].get_xdata()) == 201
+    now[0] += 0.1  # too soon for another redraw: the scheduled one draws the validation point
+    plot.add_validation(100, 0.8)
+    assert plot.redraw_count == 2 and plot._dirty
+    qtbot.waitUntil(lambda: not plot._dirty, timeout=60_000)
+    assert plot.redraw_count == 3 and len(plot.ax.lines) == 2
 
 
 def test_closing_the_widget_stops_the_worker(widget, qtbot, monkeypatch):
@@ -141,7 +156,7 @@ def test_closing_the_widget_stops_the_worker(widget, qtbot, monkeypatch):
     _, events = scripted_training(100_000, delay=0.005)
     monkeypatch.setattr(core, "training_events", events)
     w.train_button.click()
-    qtbot.waitUntil(lambda: len(w.loss_plot.train_steps) > 2, timeout=10_000)
+    qtbot.waitUntil(lambda: len(w.loss_plot.train_steps) > 2, timeout=60_000)
     w.close()
     assert not w.runner.running
 
@@ -156,10 +171,10 @@ def test_closing_the_viewer_stops_the_worker(make_napari_viewer, qtbot, monkeypa
     w.images.set_checked(["img"])
     get_session(viewer).set_noise_choice(NOISE_COLEARN)
     w.train_button.click()
-    qtbot.waitUntil(lambda: len(w.loss_plot.train_steps) > 2, timeout=10_000)
+    qtbot.waitUntil(lambda: len(w.loss_plot.train_steps) > 2, timeout=60_000)
     runner = w.runner
     viewer.close()
-    qtbot.waitUntil(lambda: not runner.running, timeout=5_000)
+    qtbot.waitUntil(lambda: not runner.running, timeout=60_000)
 
 
 def test_plugin_docks_share_one_session(make_napari_viewer):

@@ -53,7 +53,7 @@ from .events import (
 from .loss import loss_terms
 from .noise_setup import COLEARN, check_resume, gmm_range_warning, resolve_noise_model
 from .sampling import DevicePatchSampler
-from .schedule import Budget, CollapseMonitor, KLAnnealing, ValidationSchedule
+from .schedule import KL_HOLD, Budget, CollapseMonitor, KLAnnealing, ValidationSchedule
 
 
 def _new_network(config: TrainingConfig) -> DivNoisingVAE:
@@ -261,7 +261,7 @@ def train_iter(
 
     annealing = KLAnnealing(
         config.beta, config.kl_annealing_fraction, config.kl_annealing_steps,
-        done=resume is not None and bool(history.get("kl_annealing_done", start_step > 0)),
+        done=resume is not None and bool(history.get("kl_annealing_done", start_step > 0)), hold=KL_HOLD,
     )
     validations = ValidationSchedule(config.validation_interval, config.validations_per_run)
     collapse = CollapseMonitor(config.collapse_kl_threshold)

@@ -20,6 +20,10 @@ from collections.abc import Callable
 WARMUP_STEPS = 10
 #: Least number of steps between two validations planned by fraction.
 MIN_STEPS_BETWEEN_VALIDATIONS = 10
+#: Part of the KL ramp over which training holds the weight at 0: at initialisation the decoder
+#: hardly depends on the latents, and Adam turns even a small KL gradient on the encoder heads into
+#: full-size steps, which pull the posterior to the prior before the network has learnt a code.
+KL_HOLD = 0.5
 
 
 class Budget:
@@ -112,10 +116,12 @@ class KLAnnealing:
     """The KL weight ramps linearly from 0 to ``beta`` over a fraction of the budget (or a number of steps).
 
     After a restart the ramp starts again from the restart's step and fraction, ``stretch`` times as long.
+    With ``hold`` > 0 the weight stays 0 over that part of the ramp, then rises linearly to ``beta``.
     """
 
-    def __init__(self, beta: float, fraction: float, steps: int | None, done: bool = False):
+    def __init__(self, beta: float, fraction: float, steps: int | None, done: bool = False, hold: float = 0.0):
         self.beta = beta
+        self.hold = hold
         self.ramp_fraction = fraction
         self.ramp_steps = steps
         self.done = done or (steps is None and fraction <= 0)
@@ -133,7 +139,7 @@ class KLAnnealing:
         if progress >= 1.0:
             self.done = True
             return self.beta
-        return self.beta * max(0.0, progress)
+        return self.beta * max(0.0, (progress - self.hold) / (1.0 - self.hold))
 
     def restart(self, step: int, fraction: float, stretch: float = 2.0) -> None:
         """Start the ramp again from ``step`` / ``fraction``, ``stretch`` times as long."""
