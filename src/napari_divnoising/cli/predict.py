@@ -60,6 +60,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="with --out: run on an existing Dask cluster")
     p.add_argument("--region-size", type=int, default=1024, metavar="R",
                    help="with --out: frames larger than R x R pixels are split into regions (default 1024)")
+    p.add_argument("--threads", type=int, metavar="T",
+                   help="with --out: torch CPU threads per process (default: all cores, shared out between "
+                        "--workers); the same T gives bit-identical results whatever the number of workers")
     p.add_argument("--samples", type=int, default=100, metavar="N",
                    help="posterior samples per image or frame (default 100; more: smoother MMSE)")
     p.add_argument("--map", action="store_true", help="also write the MAP estimate (mode of the samples)")
@@ -167,9 +170,8 @@ def run(args: argparse.Namespace) -> int:
     from ..io import as_image_stack, read_tiff
     from ..model_io import load_model
     from ..prediction import PredictionDone, SampleBatch, check_tile_size, predict_iter
-    from ..validation import check_finite_result, prediction_range_warning
-
     from ..scale.ome import is_zarr_path
+    from ..validation import check_finite_result, prediction_range_warning
 
     if args.out or any(is_zarr_path(name) for name in args.input):
         from ..scale.cli import run_zarr

@@ -18,7 +18,7 @@ def settings_from_args(args: argparse.Namespace) -> ZarrPredictionSettings:
     return ZarrPredictionSettings(
         n_samples=args.samples, keep_samples=args.save_samples, compute_map=args.map, seed=args.seed,
         batch_size=args.batch_size, tile_size=args.tile_size, precision=args.precision, device=args.device,
-        clip=args.clip, dtype=args.dtype, region_size=args.region_size,
+        clip=args.clip, dtype=args.dtype, region_size=args.region_size, threads=args.threads,
     )
 
 

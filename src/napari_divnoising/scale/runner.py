@@ -37,7 +37,10 @@ class ZarrPredictionSettings:
     """Prediction settings of a results store (as ``divnoising predict``'s options of the same names).
 
     A store can only be resumed with the same settings (``seed`` None adopts the store's seed).
-    ``region_size`` is the side of the units that frames larger than it are split into.
+    ``region_size`` is the side of the units that frames larger than it are split into. ``threads``:
+    torch CPU threads per process (None: torch's default in one process, the cores shared out on a
+    local cluster). CPU kernels may round differently with different thread counts, so runs are
+    bit-identical across worker counts when they use the same ``threads``.
     """
 
     n_samples: int = 100
@@ -51,11 +54,12 @@ class ZarrPredictionSettings:
     clip: bool = False
     dtype: str = "float32"
     region_size: int = DEFAULT_REGION_SIZE
+    threads: int | None = None
 
     def compared(self) -> dict[str, Any]:
         """The settings that must match to resume a store (everything that changes the numbers)."""
         out = asdict(self)
-        for key in ("seed", "device"):
+        for key in ("seed", "device", "threads"):
             out.pop(key)
         return out
 
@@ -69,6 +73,8 @@ def _check_settings(s: ZarrPredictionSettings) -> None:
         raise DivNoisingError(f"--batch-size must be at least 1 (got {s.batch_size}).")
     if s.seed is not None and s.seed < 0:
         raise DivNoisingError(f"--seed must be 0 or more (got {s.seed}).")
+    if s.threads is not None and s.threads < 1:
+        raise DivNoisingError(f"--threads must be at least 1 (got {s.threads}).")
     if s.region_size < 64:
         raise DivNoisingError(f"--region-size must be at least 64 pixels (got {s.region_size}).")
 
@@ -156,6 +162,22 @@ def _create_store(
     return info
 
 
+def _run_here(job: Job, units: list[tuple[int, int, int]]) -> Iterator[dict[str, Any]]:
+    """Run units in this process (with ``job.torch_threads`` torch threads, restored afterwards)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        for unit in units:
+            if job.torch_threads:
+                torch.set_num_threads(int(job.torch_threads))
+            result = run_unit(job, unit)
+            torch.set_num_threads(before)  # the caller's setting while it handles the event
+            yield result
+    finally:
+        torch.set_num_threads(before)
+
+
 def predict_to_zarr_iter(
     model_path: str | os.PathLike,
     input_path: str | os.PathLike,
@@ -231,7 +253,7 @@ def predict_to_zarr_iter(
             compute_map=settings.compute_map, seed=int(info["seed"]), batch_size=settings.batch_size,
             tile_size=settings.tile_size, precision=settings.precision, device=settings.device,
             clip_min=info["clip_min"], out_dtype=info["out_dtype"], grid=tuple(info["grid"]),
-            levels=int(info["levels"]),
+            levels=int(info["levels"]), torch_threads=settings.threads,
         )
         done = done_units(out)
         todo = [tuple(int(i) for i in idx) for idx in np.argwhere(~done)]
@@ -245,9 +267,9 @@ def predict_to_zarr_iter(
         if todo and client is not None:
             from .distributed import run_on_dask
 
-            results = run_on_dask(job, todo, client=client, share_cores=cluster is not None)
+            results = run_on_dask(job, todo, client=client, share_cores=cluster is not None and not settings.threads)
         else:
-            results = (run_unit(job, unit) for unit in todo)
+            results = _run_here(job, todo)
         computed = 0
         for result in results:
             computed += 1

@@ -81,14 +81,10 @@ def _model(job: Job) -> Any:
     key = (job.model_path, job.model_sha256, job.device)
     with _LOCK:
         if key not in _MODELS:
-            import torch
-
             from ..device import resolve_device
             from ..model_io import load_model
             from .ome import file_sha256
 
-            if job.torch_threads:
-                torch.set_num_threads(int(job.torch_threads))
             if not Path(job.model_path).exists():
                 raise DivNoisingError(f"Model file not found on this worker: {job.model_path}")
             if file_sha256(job.model_path) != job.model_sha256:
@@ -312,7 +308,15 @@ def mark_done(job: Job, frame: int, ry: int, rx: int) -> None:
 
 
 def run_unit(job: Job, unit: tuple[int, int, int]) -> dict[str, Any]:
-    """Compute and write one unit ``(frame, ry, rx)``; returns its time, this process's peak memory and id."""
+    """Compute and write one unit ``(frame, ry, rx)``; returns its time, this process's peak memory and id.
+
+    Sets torch's thread count to ``job.torch_threads`` when given (a worker process's own setting).
+    """
+    if job.torch_threads:
+        import torch
+
+        if torch.get_num_threads() != int(job.torch_threads):
+            torch.set_num_threads(int(job.torch_threads))
     start = time.perf_counter()
     frame, ry, rx = unit
     outputs = compute_unit(job, frame, ry, rx)
