@@ -569,7 +569,6 @@ def test_int32_input_far_out_never_writes_inf(cli, data, tmp_path):
         assert not written
 
 
-@pytest.mark.xfail(strict=True, reason="lead: training warns with validation.noise_model_range_warning (both ways)")
 def test_noise_model_for_another_range_warns(cli, data, tmp_path):
     result = cli("train", "--data", data / "noisy.tif", "--noise-model", data / "nm16.npz", "--out",
                  tmp_path / "m.pt", *TRAIN_FAST)

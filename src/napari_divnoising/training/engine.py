@@ -102,9 +102,12 @@ class Checkpointer:
             was_failing, self.failing = self.failing, True
             if was_failing:
                 return None
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if isinstance(exc, OSError):
+                said = f"Could not write the model to {target}: {exc.strerror or exc}."
+            else:  # the writers' errors already name the file
+                said = str(exc).rstrip(".") + "."
             return TrainingWarning(
-                f"Could not write the model to {target}: {reason}. Training goes on with the model in memory and "
+                f"{said} Training goes on with the model in memory and "
                 "tries again at the next validation; free some space or choose another place to save it.",
                 "checkpoint",
             )

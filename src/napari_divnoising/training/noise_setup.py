@@ -57,19 +57,10 @@ def resolve_noise_model(spec: Any, data_mean: float, data_std: float, regions: l
 
 
 def gmm_range_warning(noise_model: nn.Module, regions: list[np.ndarray]) -> str | None:
-    if not isinstance(noise_model, GMMNoiseModel):
-        return None
-    sample = np.concatenate([r.ravel()[:: max(1, r.size // 200_000)] for r in regions])
-    low, high = np.percentile(sample, [1, 99])
-    lo, hi = float(noise_model.min_signal), float(noise_model.max_signal)
-    margin = 0.1 * (hi - lo)
-    if low < lo - margin or high > hi + margin:
-        return (
-            f"The GMM noise model covers signals {lo:g} to {hi:g}, but the training data range from about "
-            f"{low:g} to {high:g} (1-99th percentile). It extrapolates outside its range, which can hurt "
-            "denoising: fit the noise model on calibration data with the same intensity range as these images."
-        )
-    return None
+    """A warning when the training data's range and a GMM noise model's signal range do not match (both ways)."""
+    from ..validation import noise_model_range_warning
+
+    return noise_model_range_warning(noise_model, np.concatenate([r.ravel() for r in regions]), "the training data")
 
 
 def _check_resume(resume: DivNoisingModel, config: TrainingConfig, spec: Any) -> None:
@@ -137,7 +128,11 @@ def check_resume(resume: DivNoisingModel, config: TrainingConfig, spec: Any) -> 
             "a new model with the new one."
         )
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        fixed = isinstance(own, GaussianNoiseModel) and not own.alpha.requires_grad
+        if fixed and own.a == 0.0 and np.isclose(own.b, float(spec) ** 2, rtol=1e-4):
+            return
         raise DivNoisingError(
-            f"The model to continue was trained with a {kind} noise model; it cannot continue with a fixed "
-            "Gaussian noise model. Train a new model instead."
+            f"The model to continue was trained with another ({kind}) noise model than Gaussian noise of sigma "
+            f"{spec:g}; a model cannot change its noise model. Leave out the noise model to continue with the "
+            "model's own, or train a new model."
         )
