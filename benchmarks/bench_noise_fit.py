@@ -122,7 +122,7 @@ def run(quick: bool = False) -> dict:
                 result = event
         ours_times.append(time.perf_counter() - t0)
         ours_nll.append(_heldout_nll(result.model, test_s, test_x))
-    min_sigma = float(result.model.min_sigma)
+    min_sigma = float(result.model.min_variance)
 
     ref_iterations = 100 if quick else 2000
     t0 = time.perf_counter()

@@ -24,6 +24,13 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from ..errors import DivNoisingError
+from ..noise_model_fitting import (
+    NoiseFitProgress,
+    NoiseFitResult,
+    empirical_noise_statistics,
+    fit_gmm_iter,
+    fitting_pairs,
+)
 from ._layers import LayerPicker, layer_data_copy, warn_if_unusable
 from ._notify import report_exception, show_info
 from ._plots import PlotCanvas, _style
@@ -112,14 +119,14 @@ class NoiseModelWidget(QWidget):
         self.n_coeffs.setRange(1, 4)
         self.n_coeffs.setValue(2)
         self.n_coeffs.setToolTip("Polynomial coefficients per parameter (2 = linear in the signal).")
-        self.min_sigma = QDoubleSpinBox()
-        self.min_sigma.setRange(0.0, 1e6)
-        self.min_sigma.setDecimals(3)
-        self.min_sigma.setSpecialValueText("auto")
-        self.min_sigma.setToolTip("Floor of each Gaussian's variance; 'auto' derives it from the data.")
+        self.min_variance = QDoubleSpinBox()
+        self.min_variance.setRange(0.0, 1e6)
+        self.min_variance.setDecimals(3)
+        self.min_variance.setSpecialValueText("auto")
+        self.min_variance.setToolTip("Floor of each Gaussian's variance; 'auto' derives it from the data.")
         f.addRow("Gaussians", self.n_gaussians)
         f.addRow("Coefficients", self.n_coeffs)
-        f.addRow("Variance floor", self.min_sigma)
+        f.addRow("Variance floor", self.min_variance)
         self.advanced.addWidget(adv)
         layout.addWidget(self.advanced)
 
@@ -229,26 +236,16 @@ class NoiseModelWidget(QWidget):
         settings = {
             "n_gaussians": self.n_gaussians.value(),
             "n_coeffs": self.n_coeffs.value(),
-            "min_sigma": self.min_sigma.value() or None,
+            "min_variance": self.min_variance.value() or None,
         }
 
         def events() -> Any:
-            from ..noise_model_fitting import (
-                calibration_pairs,
-                empirical_noise_statistics,
-                fit_gmm_iter,
-                is_integer_valued,
-                paired_images,
-            )
-
             if len(arrays) == 1:
-                signal, observation = calibration_pairs(arrays[0])
-                integer = is_integer_valued(arrays[0])
+                pairs = fitting_pairs(calibration=arrays[0], name=description)
             else:
-                signal, observation = paired_images(arrays[0], arrays[1])
-                integer = is_integer_valued(arrays[0])
-            yield _FitInputs(empirical_noise_statistics(signal, observation), description)
-            yield from fit_gmm_iter(signal, observation, integer_data=integer, **settings)
+                pairs = fitting_pairs(noisy=arrays[0], clean=arrays[1], name=description)
+            yield _FitInputs(empirical_noise_statistics(pairs.signal, pairs.observation), description)
+            yield from fit_gmm_iter(pairs.signal, pairs.observation, integer_data=pairs.integer_data, **settings)
 
         self._set_running(True)
         self.progress.setRange(0, 0)
@@ -256,8 +253,6 @@ class NoiseModelWidget(QWidget):
         self.runner.start(events, self._on_event, self._on_done)
 
     def _on_event(self, event: Any) -> None:
-        from ..noise_model_fitting import NoiseFitProgress, NoiseFitResult
-
         if isinstance(event, _FitInputs):
             self.statistics = event.statistics
             self._pending_description = event.description
@@ -272,7 +267,7 @@ class NoiseModelWidget(QWidget):
             self.progress.setValue(1)
             held = f", held-out NLL {event.heldout_nll:.4f}" if np.isfinite(event.heldout_nll) else ""
             description = f"GMM fitted to {self._pending_description}"
-            self.session.set_noise_model(event.model, description)
+            self.session.set_noise_model(event.result, description)
             self.status.setText(
                 f"{description}: {event.iterations} iterations in {event.seconds:.1f} s{held} nats/pixel."
             )

@@ -23,6 +23,10 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import DivNoisingError
+from ..events import Progress
+from ..outputs import OUTPUT_KINDS, PREDICTION_KINDS, result_metadata
+from ..prediction import PredictionDone, PriorBatch, PriorDone, generate_prior_iter
+from ..workflows import PredictionUpdate, stream_prediction
 from ._layers import LayerPicker, layer_data_copy, warn_if_unusable
 from ._notify import report_exception, show_info
 from ._outputs import Geometry, robust_limits, set_output_layer
@@ -31,7 +35,6 @@ from ._worker import WorkerRunner
 
 MODEL_SESSION = "Trained in this session"
 MODEL_FILE = "From file"
-OUTPUT_KINDS = ("mmse", "variance", "samples", "map")
 
 
 class PredictWidget(QWidget):
@@ -47,7 +50,9 @@ class PredictWidget(QWidget):
         self.outputs: dict[str, np.ndarray] = {}
         self.output_layer_names: dict[str, str] = {}
         self._geometry: Geometry | None = None
+        self._model_name: str | None = None
         self._n_samples_done = 0
+        self._seed: int | None = None
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
@@ -184,16 +189,14 @@ class PredictWidget(QWidget):
             text = ("No model yet: train one in the Train widget or load a file."
                     if self.model_source.currentText() == MODEL_SESSION else "Choose a model file.")
         else:
-            steps = (getattr(model, "history", None) or {}).get("steps")
-            text = f"Model '{getattr(model, 'name', 'divnoising')}'" + (f", {steps} training steps" if steps else "")
+            steps = (model.history or {}).get("steps")
+            text = f"Model '{model.name}'" + (f", {steps} training steps" if steps else "")
         self.model_label.setText(text)
 
     # ------------------------------------------------------------------ prediction
 
     def start_prediction(self) -> None:
         """Start streaming samples for the chosen image (Predict button)."""
-        from ._core import prediction_events
-
         if self.runner.running:
             return
         try:
@@ -211,64 +214,61 @@ class PredictWidget(QWidget):
         n_samples, keep = self.n_samples.value(), self.keep_samples.value()
         want_map = self.compute_map.isChecked()
         self.outputs = {}
+        self._model_name = model.name
+        self._n_samples_done = 0
+        self._seed = None
         self._set_running(True)
         self.progress.setRange(0, n_samples)
         self.progress.setValue(0)
         self.status.setText(f"Sampling {n_samples} posterior samples of '{layer.name}'...")
         self.runner.start(
-            lambda: prediction_events(model, image, n_samples, keep_samples=keep, compute_map=want_map),
+            lambda: stream_prediction(model, image, n_samples, keep_samples=keep, compute_map=want_map),
             self._on_event,
             self._on_done,
         )
 
-    def _layer_name(self, kind: str) -> str:
+    def _metadata(self, kind: str) -> dict[str, Any]:
         assert self._geometry is not None
-        return f"{self._geometry.name}_{kind}"
+        return result_metadata(kind, source=self._geometry.name, model_name=self._model_name,
+                               n_samples=self._n_samples_done, seed=self._seed)
 
     def _on_event(self, event: Any) -> None:
-        from ._core import PredictionResult, PredictionUpdate
-
         geometry = self._geometry
         if geometry is None:
             return
         if isinstance(event, PredictionUpdate):
-            self.outputs["mmse"] = event.mmse
-            self.outputs["variance"] = event.variance
+            self._n_samples_done = min(event.done, self.n_samples.value())
             self._show("mmse", event.mmse, geometry)
-            self._show("variance", event.variance, geometry, colormap="magma", floor_zero=True)
+            self._show("variance", event.variance, geometry)
             if event.kept_samples is not None and len(event.kept_samples):
-                self._show_samples(event.kept_samples, geometry)
+                self._show("samples", event.kept_samples, geometry.with_leading_axis("sample"))
             if self.progress.maximum() != event.total:
                 self.progress.setRange(0, event.total)
             self.progress.setValue(event.done)
-            self._n_samples_done = min(event.done, self.n_samples.value())
             frames = event.total // max(1, self.n_samples.value())
             per = f" ({frames} frames x {self.n_samples.value()})" if frames > 1 else ""
             self.status.setText(f"{event.done} of {event.total} samples{per}")
-        elif type(event).__name__ == "Progress":
+        elif isinstance(event, Progress):
             self.status.setText(event.message or f"{event.done} of {event.total}")
-        elif isinstance(event, PredictionResult):
-            self.outputs["mmse"] = event.mmse
-            self.outputs["variance"] = event.variance
-            self._show("mmse", event.mmse, geometry)
-            self._show("variance", event.variance, geometry, colormap="magma", floor_zero=True)
-            if event.map is not None:
-                self.outputs["map"] = event.map
-                self._show("map", event.map, geometry)
+        elif isinstance(event, PredictionDone):
+            result = event.result
+            self._n_samples_done = result.n_samples or self._n_samples_done
+            self._seed = result.seed
+            self._show("mmse", result.mmse, geometry)
+            self._show("variance", result.variance, geometry)
+            if "samples" in self.outputs:
+                self._show("samples", self.outputs["samples"], geometry.with_leading_axis("sample"))
+            if result.map is not None:
+                self._show("map", result.map, geometry)
 
-    def _show(self, kind: str, data: np.ndarray, geometry: Geometry, colormap: str = "gray",
-              floor_zero: bool = False) -> None:
-        limits = robust_limits(data, floor_zero=floor_zero)
-        layer = set_output_layer(self.viewer, f"{geometry.name}_{kind}", data, geometry, colormap=colormap,
-                                 contrast_limits=limits)
+    def _show(self, kind: str, data: np.ndarray, geometry: Geometry) -> None:
+        """Show one result in its layer (marked with its kind and provenance) and keep it for export."""
+        self.outputs[kind] = data
+        shown = data[0] if OUTPUT_KINDS[kind].sample_axis else data
+        limits = robust_limits(shown, floor_zero=OUTPUT_KINDS[kind].floor_zero)
+        layer = set_output_layer(self.viewer, OUTPUT_KINDS[kind].layer_name(geometry.name), data, geometry,
+                                 self._metadata(kind), contrast_limits=limits)
         self.output_layer_names[kind] = layer.name
-
-    def _show_samples(self, kept: np.ndarray, geometry: Geometry) -> None:
-        self.outputs["samples"] = kept
-        limits = robust_limits(kept[0])
-        layer = set_output_layer(self.viewer, f"{geometry.name}_samples", kept,
-                                 geometry.with_leading_axis("sample"), contrast_limits=limits)
-        self.output_layer_names["samples"] = layer.name
 
     def _on_done(self, stopped: bool) -> None:
         try:
@@ -324,7 +324,10 @@ class PredictWidget(QWidget):
             if not folder_text:
                 return []
         folder = Path(folder_text)
-        targets = {kind: folder / f"{self._geometry.name}_{kind}.tif" for kind in OUTPUT_KINDS if kind in self.outputs}
+        targets = {
+            kind: folder / OUTPUT_KINDS[kind].file_name(self._geometry.name)
+            for kind in PREDICTION_KINDS if kind in self.outputs
+        }
         existing = [p for p in targets.values() if p.exists()]
         if existing and not self._confirm_overwrite(existing):
             self.status.setText("Export cancelled; no file was overwritten.")
@@ -332,9 +335,8 @@ class PredictWidget(QWidget):
         written = []
         try:
             for kind, path in targets.items():
-                written.append(write_output_tiff(
-                    path, self.outputs[kind], kind, self._geometry, self.current_model(), self._n_samples_done,
-                ))
+                facts = self._metadata(kind)["divnoising"]
+                written.append(write_output_tiff(path, self.outputs[kind], facts, self._geometry))
         except (DivNoisingError, OSError) as exc:
             report_exception(exc, "Export")
         if written:
@@ -346,8 +348,6 @@ class PredictWidget(QWidget):
 
     def generate(self) -> None:
         """Draw prior samples from the model into a `prior_samples` layer."""
-        from ._core import prior_events
-
         if self.prior_runner.running or self.runner.running:
             return
         model = self.current_model()
@@ -357,10 +357,14 @@ class PredictWidget(QWidget):
         count, size = self.prior_count.value(), self.prior_size.value()
         self.generate_button.setEnabled(False)
 
-        def on_event(images: Any) -> None:
-            name = "prior_samples"
-            geometry = Geometry(name, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), ("pixel",) * 3, ("sample", "y", "x"))
-            set_output_layer(self.viewer, name, np.asarray(images), geometry)
+        def on_event(event: Any) -> None:
+            if isinstance(event, PriorBatch):
+                self.status.setText(f"Prior samples: {event.done} of {event.total}")
+            elif isinstance(event, PriorDone):
+                name = "prior_samples"
+                geometry = Geometry(name, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), ("pixel",) * 3, ("sample", "y", "x"))
+                metadata = result_metadata("prior", model_name=model.name, n_samples=len(event.images))
+                set_output_layer(self.viewer, name, np.asarray(event.images), geometry, metadata)
 
         def on_done(_: bool) -> None:
             try:
@@ -368,7 +372,7 @@ class PredictWidget(QWidget):
             except RuntimeError:
                 pass
 
-        self.prior_runner.start(lambda: prior_events(model, count, size), on_event, on_done)
+        self.prior_runner.start(lambda: generate_prior_iter(model, count, size), on_event, on_done)
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
         self.runner.stop_and_wait()
