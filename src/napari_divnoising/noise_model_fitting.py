@@ -441,9 +441,10 @@ def fit_gmm_iter(
     sig_s, obs_s = _flat_sample(sig_arr, obs_arr, index, shape)
     keep = (sig_s >= min_signal) & (sig_s <= max_signal)
     sig_s, obs_s = sig_s[keep], obs_s[keep]
-    n_fit = min(int(max_pairs), sig_s.size if heldout_pairs <= 0 else max(sig_s.size // 2, sig_s.size - heldout_pairs))
+    n_held = max(int(heldout_pairs), 0)
+    n_fit = min(int(max_pairs), sig_s.size if n_held == 0 else max(sig_s.size // 2, sig_s.size - n_held))
     fit_s, fit_x = sig_s[:n_fit], obs_s[:n_fit]
-    hold_s, hold_x = sig_s[n_fit : n_fit + max(int(heldout_pairs), 0)], obs_s[n_fit : n_fit + max(int(heldout_pairs), 0)]
+    hold_s, hold_x = sig_s[n_fit : n_fit + n_held], obs_s[n_fit : n_fit + n_held]
 
     dev = torch.device(device)
     polish_dtype = torch.float32 if dev.type == "mps" else torch.float64
@@ -459,7 +460,8 @@ def fit_gmm_iter(
     def check_finite(value: float) -> None:
         if not math.isfinite(value):
             raise DivNoisingError(
-                "The noise-model fit diverged (non-finite likelihood); try a larger variance floor or a percentile clip."
+                "The noise-model fit diverged (non-finite likelihood); try a larger variance floor or a percentile "
+                "clip."
             )
 
     # Stage 1: explore with full-batch Adam on a small subsample (the fitting pairs are already shuffled).

@@ -126,7 +126,7 @@ class GMMNoiseModel(nn.Module):
     def initial(
         cls, min_signal: float, max_signal: float, n_gaussians: int = 3, n_coeffs: int = 2,
         min_variance: float = 1.0, generator: torch.Generator | None = None,
-    ) -> "GMMNoiseModel":
+    ) -> GMMNoiseModel:
         """The reference initialisation: W ~ N(0, 1), variance rows' linear term log(max - min)."""
         w = torch.randn(3 * n_gaussians, n_coeffs, generator=generator)
         if n_coeffs > 1:
@@ -134,7 +134,7 @@ class GMMNoiseModel(nn.Module):
         return cls(w, min_signal, max_signal, min_variance)
 
     @classmethod
-    def from_config(cls, config: dict) -> "GMMNoiseModel":
+    def from_config(cls, config: dict) -> GMMNoiseModel:
         """An untrained model of the shape :meth:`to_config` describes (load the state dict next)."""
         k, n = int(config["n_gaussians"]), int(config["n_coeffs"])
         floor = config["min_variance"] if "min_variance" in config else config["min_sigma"]
@@ -229,7 +229,7 @@ class GaussianNoiseModel(nn.Module):
         return signal
 
     @classmethod
-    def from_config(cls, config: dict) -> "GaussianNoiseModel":
+    def from_config(cls, config: dict) -> GaussianNoiseModel:
         """The model :meth:`to_config` describes (load the state dict next for the trained values)."""
         return cls(
             a=config["a"], b=config["b"], sigma_min=config["sigma_min"], offset=config["offset"],

@@ -7,15 +7,17 @@ The core generator is replaced by a scripted one; the end-to-end test with the r
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import tifffile
 
-import napari_divnoising._widgets._core as core
-from napari_divnoising._widgets._core import PredictionResult, PredictionUpdate
+import napari_divnoising._widgets.predict_widget as predict_widget
 from napari_divnoising._widgets._session import get_session
 from napari_divnoising._widgets.predict_widget import PredictWidget
+from napari_divnoising.prediction import PredictionDone, PredictionResult
+from napari_divnoising.workflows import PredictionUpdate
 
 
 def scripted_prediction(delay: float = 0.0, batch: int = 4):
@@ -37,7 +39,8 @@ def scripted_prediction(delay: float = 0.0, batch: int = 4):
             changed = len(kept) < keep_samples
             kept = np.concatenate([kept, samples])[:keep_samples]
             yield PredictionUpdate(done, n_samples, mmse, var, kept.copy() if changed else None)
-        yield PredictionResult(mmse, var, mmse.copy() if compute_map else None)
+        yield PredictionDone(PredictionResult(mmse=mmse, variance=var, map=mmse.copy() if compute_map else None,
+                                              samples=kept, n_samples=n_samples, seed=3))
 
     return events
 
@@ -47,7 +50,7 @@ def widget(make_napari_viewer, qtbot, monkeypatch):
     viewer = make_napari_viewer()
     w = PredictWidget(viewer)
     qtbot.addWidget(w)
-    get_session(viewer).set_trained_model(object(), "fake")
+    get_session(viewer).set_trained_model(SimpleNamespace(name="fake", history={}), "fake")
     yield viewer, w
     w.runner.stop_and_wait()
     w.prior_runner.stop_and_wait()
@@ -55,7 +58,7 @@ def widget(make_napari_viewer, qtbot, monkeypatch):
 
 def test_streams_samples_mmse_variance_with_input_geometry(widget, wait_for, monkeypatch):
     viewer, w = widget
-    monkeypatch.setattr(core, "prediction_events", scripted_prediction())
+    monkeypatch.setattr(predict_widget, "stream_prediction", scripted_prediction())
     image = np.random.default_rng(0).random((24, 20)).astype(np.float32)
     viewer.add_image(image, name="cells", scale=(0.5, 0.25), translate=(10, 20), units=("um", "um"))
     w.n_samples.setValue(10)
@@ -82,7 +85,7 @@ def test_streams_samples_mmse_variance_with_input_geometry(widget, wait_for, mon
 
 def test_rerun_updates_layers_instead_of_duplicating(widget, wait_for, monkeypatch):
     viewer, w = widget
-    monkeypatch.setattr(core, "prediction_events", scripted_prediction())
+    monkeypatch.setattr(predict_widget, "stream_prediction", scripted_prediction())
     viewer.add_image(np.zeros((16, 16), np.float32), name="img")
     w.n_samples.setValue(4)
     w.predict_button.click()
@@ -99,7 +102,7 @@ def test_rerun_updates_layers_instead_of_duplicating(widget, wait_for, monkeypat
 
 def test_stack_input_keeps_the_extra_axis(widget, wait_for, monkeypatch):
     viewer, w = widget
-    monkeypatch.setattr(core, "prediction_events", scripted_prediction())
+    monkeypatch.setattr(predict_widget, "stream_prediction", scripted_prediction())
     viewer.add_image(np.zeros((3, 16, 16), np.float32), name="stack", scale=(2.0, 0.5, 0.5))
     w.n_samples.setValue(4)
     w.predict_button.click()
@@ -112,7 +115,7 @@ def test_stack_input_keeps_the_extra_axis(widget, wait_for, monkeypatch):
 
 def test_stop_midway_leaves_a_valid_result(widget, qtbot, wait_for, monkeypatch):
     viewer, w = widget
-    monkeypatch.setattr(core, "prediction_events", scripted_prediction(delay=0.05, batch=1))
+    monkeypatch.setattr(predict_widget, "stream_prediction", scripted_prediction(delay=0.05, batch=1))
     viewer.add_image(np.zeros((16, 16), np.float32), name="img")
     w.n_samples.setValue(10_000)
     w.predict_button.click()
@@ -132,7 +135,7 @@ def test_export_writes_tiffs_and_asks_before_overwriting(widget, wait_for, monke
     viewer, w = widget
     from qtpy.QtWidgets import QMessageBox
 
-    monkeypatch.setattr(core, "prediction_events", scripted_prediction())
+    monkeypatch.setattr(predict_widget, "stream_prediction", scripted_prediction())
     viewer.add_image(np.ones((16, 16), np.float32), name="img", scale=(0.2, 0.2), units=("um", "um"))
     w.n_samples.setValue(4)
     w.compute_map.setChecked(True)
@@ -152,6 +155,9 @@ def test_export_writes_tiffs_and_asks_before_overwriting(widget, wait_for, monke
     meta = read_tiff_metadata(tmp_path / "img_mmse.tif")
     assert meta["pixel_size"] == pytest.approx((0.2, 0.2)) and meta["unit"] == "um"
     assert "mmse" in (meta["info"] + str(meta["properties"])).lower()
+    props = meta["properties"]
+    assert props["divnoising_model"] == "fake" and props["divnoising_n_samples"] == "4"
+    assert props["divnoising_seed"] == "3" and props["divnoising_source"] == "img"
 
     asked = []
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a) or QMessageBox.StandardButton.No)
@@ -173,10 +179,30 @@ def test_no_model_and_removed_input_layer(widget, wait_for, monkeypatch):
     w.predict_button.click()
     assert errors and "No model" in errors[-1]
     # Removing the input layer while predicting: the worker uses its own copy and finishes.
-    get_session(viewer).set_trained_model(object())
-    monkeypatch.setattr(core, "prediction_events", scripted_prediction(delay=0.02, batch=1))
+    get_session(viewer).set_trained_model(SimpleNamespace(name="fake", history={}))
+    monkeypatch.setattr(predict_widget, "stream_prediction", scripted_prediction(delay=0.02, batch=1))
     w.n_samples.setValue(20)
     w.predict_button.click()
     viewer.layers.remove("img")
     wait_for(w.runner)
     assert viewer.layers["img_mmse"].data.shape == (16, 16)
+
+
+def test_result_layers_carry_kind_and_provenance_and_user_layers_are_left_alone(widget, wait_for, monkeypatch):
+    viewer, w = widget
+    from napari_divnoising.outputs import result_facts
+
+    monkeypatch.setattr(predict_widget, "stream_prediction", scripted_prediction())
+    viewer.add_image(np.zeros((16, 16), np.float32), name="img")
+    mine = viewer.add_image(np.full((16, 16), 7.0, np.float32), name="img_mmse")  # the user's own layer
+    w.n_samples.setValue(4)
+    w.predict_button.click()
+    wait_for(w.runner)
+    np.testing.assert_array_equal(mine.data, 7.0)
+    assert result_facts(mine.metadata) == {}
+    result = viewer.layers[w.output_layer_names["mmse"]]
+    assert result is not mine
+    np.testing.assert_allclose(result.data, 2.5)
+    facts = result_facts(result.metadata)
+    assert facts == {"kind": "mmse", "source": "img", "model": "fake", "n_samples": 4, "seed": 3}
+    assert result_facts(viewer.layers[w.output_layer_names["variance"]].metadata)["kind"] == "variance"

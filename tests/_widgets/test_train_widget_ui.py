@@ -7,34 +7,15 @@ The core's generator is replaced by a scripted one here; the end-to-end test wit
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pytest
 
 import napari_divnoising._widgets._core as core
 from napari_divnoising import DivNoisingError
+from napari_divnoising.training import TrainingConfig, TrainingDone, TrainingStarted, TrainStep, Validation
 from napari_divnoising._widgets._session import NOISE_COLEARN, get_session
 from napari_divnoising._widgets.train_widget import TrainWidget
-
-
-@dataclass(frozen=True)
-class TrainingStarted:
-    model: Any
-    device: str = "cpu"
-
-
-@dataclass(frozen=True)
-class TrainStep:
-    step: int
-    loss: float
-
-
-@dataclass(frozen=True)
-class Validation:
-    step: int
-    loss: float
 
 
 def scripted_training(n_steps: int, fail_at: int | None = None, delay: float = 0.01):
@@ -42,21 +23,27 @@ def scripted_training(n_steps: int, fail_at: int | None = None, delay: float = 0
 
     def events(images, noise_model, config, resume=None, bootstrap=False):
         assert all(isinstance(i, np.ndarray) for i in images)
-        yield TrainingStarted(model=model)
+        assert isinstance(config, TrainingConfig)
+        yield TrainingStarted(model=model, device="cpu", n_parameters=1, start_step=0, max_steps=n_steps,
+                              max_minutes=None, n_train_pixels=1024, validation_split="frames")
         for step in range(1, n_steps + 1):
             time.sleep(delay)
             if step == fail_at:
                 raise RuntimeError("simulated crash")
-            yield TrainStep(step=step, loss=1.0 / step)
+            yield TrainStep(step=step, max_steps=n_steps, loss=1.0 / step, reconstruction=1.0 / step, kl=0.0,
+                            kl_weight=1.0, lr=1e-3, elapsed_s=step * delay, eta_s=(n_steps - step) * delay,
+                            fraction=step / n_steps)
             if step % 5 == 0:
-                yield Validation(step=step, loss=1.2 / step)
+                yield Validation(step=step, val_loss=1.2 / step, best_val_loss=1.2 / step, is_best=True,
+                                 reconstruction=1.2 / step, kl=0.0)
+        yield TrainingDone(model=model, reason="max_steps", steps=n_steps, best_val_loss=None, best_step=None,
+                           history={})
 
     return model, events
 
 
 @pytest.fixture
 def widget(make_napari_viewer, qtbot, monkeypatch):
-    monkeypatch.setattr(core, "make_training_config", lambda **settings: settings)
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(0).random((32, 32)).astype(np.float32), name="img")
     w = TrainWidget(viewer)
@@ -147,7 +134,6 @@ def test_closing_the_widget_stops_the_worker(widget, qtbot, monkeypatch):
 
 
 def test_closing_the_viewer_stops_the_worker(make_napari_viewer, qtbot, monkeypatch):
-    monkeypatch.setattr(core, "make_training_config", lambda **settings: settings)
     _, events = scripted_training(100_000, delay=0.005)
     monkeypatch.setattr(core, "training_events", events)
     viewer = make_napari_viewer()

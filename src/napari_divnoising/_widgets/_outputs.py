@@ -21,20 +21,22 @@ class Geometry:
     axis_labels: tuple[str, ...]
 
     @classmethod
-    def of(cls, layer: Any) -> "Geometry":
+    def of(cls, layer: Any) -> Geometry:
         units = tuple(str(u) for u in getattr(layer, "units", ("pixel",) * layer.ndim))
         labels = tuple(str(a) for a in getattr(layer, "axis_labels", ()))
         if len(labels) != layer.ndim:
             labels = tuple(f"axis -{layer.ndim - i}" for i in range(layer.ndim))
         return cls(layer.name, tuple(layer.scale), tuple(layer.translate), units, labels)
 
-    def with_leading_axis(self, label: str) -> "Geometry":
+    def with_leading_axis(self, label: str) -> Geometry:
         """Placement of an array with one extra leading axis (e.g. the sample index)."""
         return Geometry(self.name, (1.0, *self.scale), (0.0, *self.translate), ("pixel", *self.units),
                         (label, *self.axis_labels))
 
 
-def robust_limits(data: np.ndarray, low: float = 0.5, high: float = 99.8, floor_zero: bool = False) -> tuple[float, float]:
+def robust_limits(
+    data: np.ndarray, low: float = 0.5, high: float = 99.8, floor_zero: bool = False
+) -> tuple[float, float]:
     """Contrast limits from percentiles of a subsample (fast on large arrays)."""
     flat = np.asarray(data).reshape(-1)
     step = max(1, flat.size // 200_000)

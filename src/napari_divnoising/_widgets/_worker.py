@@ -13,7 +13,7 @@ from qtpy.QtWidgets import QApplication
 from ._notify import report_exception
 
 
-class WorkerFailure(Exception):
+class WorkerFailure(Exception):  # noqa: N818 (a carrier, not an error of its own)
     """Carries an exception out of a worker thread.
 
     superqt treats a ``RuntimeError`` escaping a worker as "the worker was

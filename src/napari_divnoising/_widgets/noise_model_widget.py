@@ -34,7 +34,7 @@ from ..noise_model_fitting import (
 from ._layers import LayerPicker, layer_data_copy, warn_if_unusable
 from ._notify import report_exception, show_info
 from ._plots import PlotCanvas, _style
-from ._session import bind, NOISE_CHOICE_LABELS, NOISE_FITTED, get_session
+from ._session import NOISE_CHOICE_LABELS, NOISE_FITTED, bind, get_session
 from ._worker import WorkerRunner
 
 SOURCE_CALIBRATION_LAYER = "Calibration stack (layer)"
