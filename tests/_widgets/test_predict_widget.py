@@ -7,13 +7,11 @@ import pytest
 import tifffile
 import torch
 
-pytest.importorskip("napari_divnoising.prediction")
-
-from napari_divnoising._widgets._session import get_session  # noqa: E402
-from napari_divnoising._widgets.predict_widget import MODEL_FILE, PredictWidget  # noqa: E402
-from napari_divnoising.model import DivNoisingModel  # noqa: E402
-from napari_divnoising.network import DivNoisingVAE  # noqa: E402
-from napari_divnoising.noise_models import GaussianNoiseModel  # noqa: E402
+from napari_divnoising._widgets._session import get_session
+from napari_divnoising._widgets.predict_widget import MODEL_FILE, PredictWidget
+from napari_divnoising.model import DivNoisingModel
+from napari_divnoising.network import DivNoisingVAE
+from napari_divnoising.noise_models import GaussianNoiseModel
 
 
 def tiny_model() -> DivNoisingModel:

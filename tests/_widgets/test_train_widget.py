@@ -8,8 +8,7 @@ import pytest
 from napari_divnoising._widgets._session import NOISE_COLEARN, NOISE_FITTED, get_session
 from napari_divnoising._widgets.train_widget import TrainWidget
 
-training = pytest.importorskip("napari_divnoising.training")
-from napari_divnoising.model import DivNoisingModel  # noqa: E402
+from napari_divnoising.model import DivNoisingModel
 
 
 @pytest.fixture

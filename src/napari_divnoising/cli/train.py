@@ -22,7 +22,9 @@ Train a DivNoising model on noisy images only, and save it as one file.
 Give one or more TIFF images or stacks (frames of a stack are separate
 images) and a noise model: a GMM fitted with `divnoising fit-noise-model`
 (--noise-model), a Gaussian noise model learned together with the network
-(--co-learn), or Gaussian noise of known sigma (--sigma). Training stops after
+(--co-learn), bootstrapping (--bootstrap: co-learn for half the budget, fit
+a GMM to that model's denoising, train with it for the other half), or
+Gaussian noise of known sigma (--sigma). Training stops after
 --max-minutes or --max-steps, whichever comes first (default: 10 minutes), or
 earlier when the validation loss stops improving.
 
