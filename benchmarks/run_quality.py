@@ -34,10 +34,10 @@ import numpy as np
 # The package's tested PSNR (napari_divnoising.metrics needs only numpy, so this also works in a
 # baseline's own environment where the package is not installed).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from napari_divnoising.metrics import psnr  # noqa: E402
+from napari_divnoising.metrics import psnr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from _common import (
     BENCH_DIR,
     RESULTS_DIR,
     fmt,

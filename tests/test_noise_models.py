@@ -125,7 +125,9 @@ def test_gaussian_co_learned_recovers_linear_variance():
     s = rng.uniform(100, 500, 20_000)
     x = s + rng.normal(0, np.sqrt(2.0 * (s - 100) + 9.0))
     st, xt = torch.as_tensor(s, dtype=torch.float32), torch.as_tensor(x, dtype=torch.float32)
-    model = GaussianNoiseModel(a=0.0, b=float(np.var(x - s)), sigma_min=1.0, offset=float(s.mean()), scale=float(s.std()))
+    model = GaussianNoiseModel(
+        a=0.0, b=float(np.var(x - s)), sigma_min=1.0, offset=float(s.mean()), scale=float(s.std())
+    )
     assert {name for name, p in model.named_parameters() if p.requires_grad} == {"alpha", "beta"}
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     for _ in range(400):

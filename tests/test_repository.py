@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 import subprocess
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP_DIRS = {".git", ".venv", ".tox", ".ruff_cache", ".pytest_cache", "build", "dist", "__pycache__"}

@@ -34,7 +34,7 @@ import numpy as np
 # The package's tested PSNR (napari_divnoising.metrics needs only numpy, so this also works in a
 # baseline's own environment where the package is not installed).
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-from napari_divnoising.metrics import psnr  # noqa: E402
+from napari_divnoising.metrics import psnr
 
 FMD_DIR = Path(os.environ.get("DIVNOISING_FMD_DIR", "data/fmd_bpae_b"))
 

@@ -31,7 +31,8 @@ def test_every_setting_has_an_editor_with_the_metadata_range_and_help(panel):
         assert editor.widget.toolTip() == meta["help"]
         assert (name in panel.advanced_settings.editors) == meta["advanced"]
         if "max" in meta and hasattr(editor.widget, "maximum"):
-            assert editor.widget.maximum() == pytest.approx(min(meta["max"], 2**31 - 1) if editor.base is int else meta["max"])
+            highest = min(meta["max"], 2**31 - 1) if editor.base is int else meta["max"]
+            assert editor.widget.maximum() == pytest.approx(highest)
             if not editor.optional:
                 assert editor.widget.minimum() == pytest.approx(meta["min"])
     assert panel.patch_size.specialValueText() == "auto (device)"

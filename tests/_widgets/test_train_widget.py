@@ -7,7 +7,6 @@ import pytest
 
 from napari_divnoising._widgets._session import NOISE_COLEARN, NOISE_FITTED, get_session
 from napari_divnoising._widgets.train_widget import TrainWidget
-
 from napari_divnoising.model import DivNoisingModel
 
 

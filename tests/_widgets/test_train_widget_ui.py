@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 
 import napari_divnoising._widgets._core as core
-from napari_divnoising import DivNoisingError
-from napari_divnoising.training import TrainingConfig, TrainingDone, TrainingStarted, TrainStep, Validation
 from napari_divnoising._widgets._session import NOISE_COLEARN, get_session
 from napari_divnoising._widgets.train_widget import TrainWidget
+from napari_divnoising.training import TrainingConfig, TrainingDone, TrainingStarted, TrainStep, Validation
 
 
 def scripted_training(n_steps: int, fail_at: int | None = None, delay: float = 0.01):
