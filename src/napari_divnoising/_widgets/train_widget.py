@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +68,6 @@ class TrainWidget(QWidget):
         self.session = get_session(napari_viewer)
         self.runner = WorkerRunner("Training")
         self.model: Any = None  # the live model of the current/last run (kept if stopped or crashed)
-        self._start_time = 0.0
-        self._budget: tuple[str, float] = (BUDGET_MINUTES, 0.0)
         self._last_step = 0
         self._phase = ""
 
@@ -254,8 +251,6 @@ class TrainWidget(QWidget):
         except DivNoisingError as exc:
             report_exception(exc, "Training")
             return
-        self._budget = (self.budget_unit.currentText(), float(self.budget_value.value()))
-        self._start_time = time.monotonic()
         if not resume:
             self.loss_plot.reset()
             self._last_step = 0
