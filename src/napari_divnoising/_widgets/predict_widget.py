@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -33,6 +34,8 @@ from ._outputs import Geometry, robust_limits, set_output_layer
 from ._session import bind, get_session
 from ._worker import WorkerRunner
 
+#: Streamed results are drawn at most this often (milliseconds).
+RENDER_INTERVAL_MS = 100
 MODEL_SESSION = "Trained in this session"
 MODEL_FILE = "From file"
 
@@ -52,7 +55,14 @@ class PredictWidget(QWidget):
         self._geometry: Geometry | None = None
         self._model_name: str | None = None
         self._n_samples_done = 0
+        self._n_per_frame = 0
         self._seed: int | None = None
+        self._pending_update: PredictionUpdate | None = None
+        self._pending_kept: np.ndarray | None = None
+        self._render_timer = QTimer(self)
+        self._render_timer.setSingleShot(True)
+        self._render_timer.setInterval(RENDER_INTERVAL_MS)
+        self._render_timer.timeout.connect(self._render_pending)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
@@ -216,7 +226,9 @@ class PredictWidget(QWidget):
         self.outputs = {}
         self._model_name = model.name
         self._n_samples_done = 0
+        self._n_per_frame = n_samples
         self._seed = None
+        self._pending_update, self._pending_kept = None, None
         self._set_running(True)
         self.progress.setRange(0, n_samples)
         self.progress.setValue(0)
@@ -237,20 +249,18 @@ class PredictWidget(QWidget):
         if geometry is None:
             return
         if isinstance(event, PredictionUpdate):
-            self._n_samples_done = min(event.done, self.n_samples.value())
-            self._show("mmse", event.mmse, geometry)
-            self._show("variance", event.variance, geometry)
-            if event.kept_samples is not None and len(event.kept_samples):
-                self._show("samples", event.kept_samples, geometry.with_leading_axis("sample"))
-            if self.progress.maximum() != event.total:
-                self.progress.setRange(0, event.total)
-            self.progress.setValue(event.done)
-            frames = event.total // max(1, self.n_samples.value())
-            per = f" ({frames} frames x {self.n_samples.value()})" if frames > 1 else ""
-            self.status.setText(f"{event.done} of {event.total} samples{per}")
+            # Shown at most every RENDER_INTERVAL_MS: when the viewer is slower than the sampler, the
+            # queued updates only replace the pending one instead of each redrawing the layers.
+            if event.kept_samples is not None:
+                self._pending_kept = event.kept_samples
+            self._pending_update = event
+            if not self._render_timer.isActive():
+                self._render_timer.start()
         elif isinstance(event, Progress):
+            self._render_pending()
             self.status.setText(event.message or f"{event.done} of {event.total}")
         elif isinstance(event, PredictionDone):
+            self._render_pending()
             result = event.result
             self._n_samples_done = result.n_samples or self._n_samples_done
             self._seed = result.seed
@@ -260,6 +270,26 @@ class PredictWidget(QWidget):
                 self._show("samples", self.outputs["samples"], geometry.with_leading_axis("sample"))
             if result.map is not None:
                 self._show("map", result.map, geometry)
+
+    def _render_pending(self) -> None:
+        """Show the latest streamed update (if one is waiting)."""
+        self._render_timer.stop()
+        event, kept = self._pending_update, self._pending_kept
+        self._pending_update, self._pending_kept = None, None
+        geometry = self._geometry
+        if event is None or geometry is None:
+            return
+        self._n_samples_done = min(event.done, self._n_per_frame)
+        self._show("mmse", event.mmse, geometry)
+        self._show("variance", event.variance, geometry)
+        if kept is not None and len(kept):
+            self._show("samples", kept, geometry.with_leading_axis("sample"))
+        if self.progress.maximum() != event.total:
+            self.progress.setRange(0, event.total)
+        self.progress.setValue(event.done)
+        frames = event.total // max(1, self._n_per_frame)
+        per = f" ({frames} frames x {self._n_per_frame})" if frames > 1 else ""
+        self.status.setText(f"{event.done} of {event.total} samples{per}")
 
     def _show(self, kind: str, data: np.ndarray, geometry: Geometry) -> None:
         """Show one result in its layer (marked with its kind and provenance) and keep it for export."""
@@ -272,6 +302,7 @@ class PredictWidget(QWidget):
 
     def _on_done(self, stopped: bool) -> None:
         try:
+            self._render_pending()
             self._set_running(False)
             if self.runner.failed:
                 self.status.setText("Prediction failed; see the notification.")
