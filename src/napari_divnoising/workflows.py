@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,13 +107,15 @@ def bootstrap_iter(
     images = [np.asarray(image) for image in images]
     if first_model is None:
         yield BootstrapPhase(1, "Bootstrap 1/3: training with a co-learned noise model")
-        for event in train_iter(images, COLEARN, first_config or config):
-            if isinstance(event, TrainingStarted):
-                first_model = event.model
-            if isinstance(event, TrainingDone):
-                first_model = event.model
-                continue
-            yield event
+        # closing(): when this generator is closed, the running training is closed at once (its clean-up runs).
+        with closing(train_iter(images, COLEARN, first_config or config)) as first_training:
+            for event in first_training:
+                if isinstance(event, TrainingStarted):
+                    first_model = event.model
+                if isinstance(event, TrainingDone):
+                    first_model = event.model
+                    continue
+                yield event
         if first_model is None:
             raise DivNoisingError("Bootstrapping: the first training produced no model.")
 
@@ -121,11 +124,12 @@ def bootstrap_iter(
     frames = [frame for image in images for frame in (image if image.ndim == 3 else image[None])]
     pseudo: list[np.ndarray] = []
     for i, frame in enumerate(frames):
-        for event in predict_iter(first_model, frame, n_samples, keep_samples=0, seed=seed + i):
-            if isinstance(event, SampleBatch):
-                yield Progress(i * n_samples + event.done, len(frames) * n_samples, "Denoising the training images")
-            elif isinstance(event, PredictionDone):
-                pseudo.append(np.asarray(event.result.mmse, dtype=np.float32))
+        with closing(predict_iter(first_model, frame, n_samples, keep_samples=0, seed=seed + i)) as sampling:
+            for event in sampling:
+                if isinstance(event, SampleBatch):
+                    yield Progress(i * n_samples + event.done, len(frames) * n_samples, "Denoising the training images")
+                elif isinstance(event, PredictionDone):
+                    pseudo.append(np.asarray(event.result.mmse, dtype=np.float32))
     pairs = bootstrap_pairs(frames, pseudo)
     gmm = None
     try:
