@@ -42,7 +42,7 @@ def layer_data_copy(layer: Any) -> np.ndarray:
     """A private numpy copy of an image layer's data (full resolution), safe to use in a worker."""
     if layer is None:
         raise DivNoisingError("No image layer is selected; add or open an image first.")
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    data = layer.data[0] if layer.multiscale else layer.data
     return np.array(data, copy=True)
 
 

@@ -22,8 +22,8 @@ class Geometry:
 
     @classmethod
     def of(cls, layer: Any) -> Geometry:
-        units = tuple(str(u) for u in getattr(layer, "units", ("pixel",) * layer.ndim))
-        labels = tuple(str(a) for a in getattr(layer, "axis_labels", ()))
+        units = tuple(str(u) for u in layer.units)
+        labels = tuple(str(a) for a in layer.axis_labels)
         if len(labels) != layer.ndim:
             labels = tuple(f"axis -{layer.ndim - i}" for i in range(layer.ndim))
         return cls(layer.name, tuple(layer.scale), tuple(layer.translate), units, labels)
