@@ -159,3 +159,20 @@ def test_plugin_docks_share_one_session(make_napari_viewer):
     assert train.noise_label.text() == "GMM for the test"
     noise.choice.setCurrentIndex(1)
     assert train.noise_choice.currentIndex() == 1
+
+
+def test_closing_the_dock_stops_the_run(make_napari_viewer, qtbot, wait_for, monkeypatch):
+    """The dock's close button only unparents the panel in napari; the run must stop anyway."""
+    model, events = scripted_training(100_000, delay=0.005)
+    monkeypatch.setattr(core, "training_events", events)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((32, 32)).astype(np.float32), name="img")
+    dock, w = viewer.window.add_plugin_dock_widget("napari-divnoising", "Train")
+    w.images.set_checked(["img"])
+    get_session(viewer).set_noise_choice(NOISE_COLEARN)
+    w.train_button.click()
+    qtbot.waitUntil(lambda: len(w.loss_plot.train_steps) > 2, timeout=10_000)
+    dock.title.close_button.click()
+    wait_for(w.runner, timeout=10_000)
+    assert "Stopped" in w.status.text()
+    assert get_session(viewer).trained_model is model

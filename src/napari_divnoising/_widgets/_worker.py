@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import QApplication
 
 from ._notify import report_exception
@@ -114,3 +114,22 @@ class WorkerRunner:
         if not self.running and self.worker is not None:
             self._close_generator(self.worker)
         return not self.running
+
+
+class StopWhenRemoved(QObject):
+    """Stops ``runners`` when ``widget`` is taken out of its dock (its parent becomes None).
+
+    napari's dock close button (and ``viewer.window.remove_dock_widget``) only unparents the panel:
+    it is neither closed nor destroyed, so ``closeEvent``/``destroyed`` alone would let its run go on.
+    """
+
+    def __init__(self, widget: Any, *runners: WorkerRunner) -> None:
+        super().__init__(widget)
+        self._runners = runners
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 (Qt name)
+        if event.type() == QEvent.Type.ParentChange and obj.parent() is None:
+            for runner in self._runners:
+                runner.stop()
+        return False

@@ -35,7 +35,7 @@ from ._layers import LayerPicker, layer_data_copy, warn_if_unusable
 from ._notify import report_exception, show_info
 from ._plots import PlotCanvas, _style
 from ._session import NOISE_CHOICE_LABELS, NOISE_FITTED, bind, get_session
-from ._worker import WorkerRunner
+from ._worker import StopWhenRemoved, WorkerRunner
 
 SOURCE_CALIBRATION_LAYER = "Calibration stack (layer)"
 SOURCE_CALIBRATION_FILE = "Calibration stack (TIFF file)"
@@ -174,6 +174,7 @@ class NoiseModelWidget(QWidget):
         bind(self, self.session.noise_choice_changed, self._on_choice_changed)
         bind(self, self.session.noise_model_changed, self._on_noise_model_changed)
         bind(self, napari_viewer.layers.events.inserted, self._on_layer_inserted)
+        self._stop_when_removed = StopWhenRemoved(self, self.runner)
         self.destroyed.connect(lambda *_: self.runner.stop_and_wait())
 
     # ------------------------------------------------------------------ inputs

@@ -32,7 +32,7 @@ from ._layers import LayerPicker, layer_data_copy, warn_if_unusable
 from ._notify import report_exception, show_info
 from ._outputs import Geometry, robust_limits, set_output_layer
 from ._session import bind, get_session
-from ._worker import WorkerRunner
+from ._worker import StopWhenRemoved, WorkerRunner
 
 #: Streamed results are drawn at most this often (milliseconds).
 RENDER_INTERVAL_MS = 100
@@ -154,6 +154,7 @@ class PredictWidget(QWidget):
         bind(self, napari_viewer.layers.events.inserted,
             lambda e: warn_if_unusable(e.value, self.session.warned_rgb_layers)
         )
+        self._stop_when_removed = StopWhenRemoved(self, self.runner, self.prior_runner)
         self.destroyed.connect(lambda *_: (self.runner.stop_and_wait(), self.prior_runner.stop_and_wait()))
         self._update_model_label()
 

@@ -41,7 +41,7 @@ from ._notify import report_exception, show_info, show_warning
 from ._plots import LossPlot
 from ._session import NOISE_BOOTSTRAP, NOISE_CHOICE_LABELS, NOISE_COLEARN, NOISE_FITTED, bind, get_session
 from ._settings import ConfigForm
-from ._worker import WorkerRunner
+from ._worker import StopWhenRemoved, WorkerRunner
 
 BUDGET_MINUTES = "minutes"
 BUDGET_STEPS = "steps"
@@ -163,6 +163,7 @@ class TrainWidget(QWidget):
         bind(self, napari_viewer.layers.events.inserted,
             lambda e: warn_if_unusable(e.value, self.session.warned_rgb_layers)
         )
+        self._stop_when_removed = StopWhenRemoved(self, self.runner)
         self.destroyed.connect(lambda *_: self.runner.stop_and_wait())
         self._update_noise_label()
 
