@@ -81,7 +81,7 @@ class NoiseModelWidget(QWidget):
         page = QWidget()
         f = QFormLayout(page)
         f.setContentsMargins(0, 0, 0, 0)
-        self.calibration_layer = LayerPicker(napari_viewer)
+        self.calibration_layer = LayerPicker(napari_viewer, prefer=self._plausible_calibration)
         f.addRow("Calibration layer", self.calibration_layer)
         pages_layout.addWidget(page)
         # page 1: calibration file
@@ -174,6 +174,7 @@ class NoiseModelWidget(QWidget):
         bind(self, self.session.noise_choice_changed, self._on_choice_changed)
         bind(self, self.session.noise_model_changed, self._on_noise_model_changed)
         bind(self, napari_viewer.layers.events.inserted, self._on_layer_inserted)
+        bind(self, self.session.training_layers_changed, lambda *_: self.calibration_layer.reconsider_default())
         self._stop_when_removed = StopWhenRemoved(self, self.runner)
         self.destroyed.connect(lambda *_: self.runner.stop_and_wait())
 
@@ -184,6 +185,10 @@ class NoiseModelWidget(QWidget):
         layout = self.source_pages.layout()
         for i in range(layout.count()):
             layout.itemAt(i).widget().setVisible(i == index)
+
+    def _plausible_calibration(self, layer: Any) -> bool:
+        """A default calibration layer: a 3-D stack that is not ticked for training."""
+        return layer.ndim == 3 and layer.name not in self.session.training_layer_names
 
     def _on_layer_inserted(self, event: Any) -> None:
         warn_if_unusable(event.value, self.session.warned_rgb_layers)

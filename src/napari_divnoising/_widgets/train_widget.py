@@ -75,6 +75,7 @@ class TrainWidget(QWidget):
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addWidget(QLabel("Training images (2-D images or stacks; tick one or more):"))
         self.images = LayerChecklist(napari_viewer)
+        self.images.checked_changed.connect(lambda: self.session.set_training_layers(self.images.checked_names()))
         layout.addWidget(self.images)
 
         form = QFormLayout()
