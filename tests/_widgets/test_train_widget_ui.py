@@ -7,6 +7,7 @@ The core's generator is replaced by a scripted one here; the end-to-end test wit
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -176,3 +177,58 @@ def test_closing_the_dock_stops_the_run(make_napari_viewer, qtbot, wait_for, mon
     wait_for(w.runner, timeout=10_000)
     assert "Stopped" in w.status.text()
     assert get_session(viewer).trained_model is model
+
+
+def _run(n_steps: int, val_loss, steps_per_s: float = 50.0):
+    model = SimpleNamespace(name="m", history={})
+
+    def events(images, noise_model, config, resume=None, bootstrap=False):
+        yield TrainingStarted(model=model, device="cpu", n_parameters=1, start_step=0, max_steps=n_steps,
+                              max_minutes=None, n_train_pixels=1024, validation_split="frames",
+                              config={"batch_size": 8, "patch_size": 32})
+        for step in range(1, n_steps + 1):
+            yield TrainStep(step=step, max_steps=n_steps, loss=1.0, reconstruction=1.0, kl=0.0, kl_weight=1.0,
+                            lr=1e-3, elapsed_s=0.0, eta_s=0.0, fraction=step / n_steps, steps_per_s=steps_per_s)
+        yield TrainingDone(model=model, reason="max_steps", steps=n_steps, best_val_loss=None, best_step=None,
+                           history={"val_loss": list(val_loss)})
+
+    return events
+
+
+def test_undertrained_model_is_called_so_and_a_good_one_is_not(widget, wait_for, monkeypatch):
+    viewer, w = widget
+    monkeypatch.setattr(core, "training_events", _run(51, [4.0, 3.0, 2.0, 1.0]))
+    w.train_button.click()
+    wait_for(w.runner)
+    assert not w.advice.isHidden()
+    assert "undertrained" in w.advice.text() and "only 51 steps" in w.advice.text()
+    assert "still falling" in w.advice.text() and "Continue training" in w.advice.text()
+    assert "51 steps, step budget reached" in w.status.text()
+
+    monkeypatch.setattr(core, "training_events", _run(1200, [5.0, 1.1, 1.05, 1.02, 1.0]))
+    w.train_button.click()
+    wait_for(w.runner)
+    assert w.advice.text() == "" and w.advice.isHidden()
+    # the loss plot received every step though the GUI got them in groups
+    assert w.loss_plot.train_steps == list(range(1, 1201))
+
+
+def test_budget_estimate_uses_the_rate_measured_in_the_session(widget, wait_for, monkeypatch):
+    viewer, w = widget
+    assert "not measured yet" in w.estimate_label.text()
+    monkeypatch.setattr(core, "training_events", _run(20, [], steps_per_s=50.0))
+    w.train_button.click()
+    wait_for(w.runner)
+    w.budget_unit.setCurrentText("minutes")
+    w.budget_value.setValue(2.0)
+    assert "about 6000 steps at 50.0 steps/s measured on cpu" in w.estimate_label.text()
+
+
+def test_loaded_model_shows_its_loss_history(widget, monkeypatch):
+    import napari_divnoising.model_io as model_io
+
+    viewer, w = widget
+    history = {"train_steps": [1, 2, 3], "train_loss": [3.0, 2.0, 1.0], "val_steps": [3], "val_loss": [1.5]}
+    monkeypatch.setattr(model_io, "load_model", lambda path: SimpleNamespace(name="m", history=history))
+    assert w.load_model("model.pt")
+    assert w.loss_plot.train_steps == [1, 2, 3] and w.loss_plot.val_loss == [1.5]

@@ -7,6 +7,7 @@ this module only turns widget settings into their arguments.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 from .._writer import _unit_name
 from ..export import write_tiff
 from ..model import DivNoisingModel
-from ..training import COLEARN, TrainingConfig, train_iter
+from ..training import COLEARN, TrainingConfig, TrainStep, train_iter
 from ..workflows import bootstrap_iter, split_budget
 from ._outputs import Geometry
 
@@ -55,6 +56,47 @@ def training_events(
         half = split_budget(config)
         return bootstrap_iter(images, half, first_config=half)
     return train_iter(images, COLEARN if noise_model is None else noise_model, config)
+
+
+#: Training steps reach the GUI thread in groups at most this often (seconds).
+STEP_GROUP_INTERVAL_S = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSteps:
+    """Consecutive :class:`~napari_divnoising.training.TrainStep` events, handed to the GUI thread at once."""
+
+    steps: tuple[TrainStep, ...]
+
+
+def group_steps(events: Iterator[Any], interval_s: float = STEP_GROUP_INTERVAL_S) -> Iterator[Any]:
+    """Pass ``events`` on, with the per-step events grouped into :class:`TrainSteps` at most every ``interval_s``.
+
+    A training step takes milliseconds on a GPU; one cross-thread signal and GUI update per step would
+    cost the event loop (and the GIL) more than the step itself. No step is dropped: every group is
+    handed on before any other event, and at the end. Closing this generator closes ``events``.
+    """
+    pending: list[TrainStep] = []
+    last = -float("inf")
+    try:
+        for event in events:
+            if isinstance(event, TrainStep):
+                pending.append(event)
+                now = time.monotonic()
+                if now - last >= interval_s:
+                    yield TrainSteps(tuple(pending))
+                    pending, last = [], now
+                continue
+            if pending:
+                yield TrainSteps(tuple(pending))
+                pending = []
+            yield event
+        if pending:
+            yield TrainSteps(tuple(pending))
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
 
 
 def write_output_tiff(path: Path, data: np.ndarray, facts: dict[str, Any], geometry: Geometry) -> Path:

@@ -36,6 +36,8 @@ from ..training import (
     field_metadata,
 )
 from ..workflows import BootstrapPhase
+from . import _guidance
+from ._core import TrainSteps
 from ._layers import LayerChecklist, layer_data_copy, warn_if_unusable
 from ._notify import report_exception, show_info, show_warning
 from ._plots import LossPlot
@@ -70,6 +72,8 @@ class TrainWidget(QWidget):
         self.model: Any = None  # the live model of the current/last run (kept if stopped or crashed)
         self._last_step = 0
         self._phase = ""
+        self._run_info: dict[str, Any] = {}
+        self._done_event: TrainingDone | None = None
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
@@ -106,6 +110,9 @@ class TrainWidget(QWidget):
         budget_row.addWidget(self.budget_value, 1)
         budget_row.addWidget(self.budget_unit)
         form.addRow("Budget", budget_row)
+        self.estimate_label = QLabel()
+        self.estimate_label.setWordWrap(True)
+        form.addRow("", self.estimate_label)
         layout.addLayout(form)
 
         # Every other TrainingConfig field, generated from its metadata (range, default, help).
@@ -144,6 +151,11 @@ class TrainWidget(QWidget):
         self.status = QLabel("Tick the training images, choose a noise model and press Train.")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
+        self.advice = QLabel()
+        self.advice.setWordWrap(True)
+        self.advice.setStyleSheet("color: orange;")
+        self.advice.setVisible(False)
+        layout.addWidget(self.advice)
         self.loss_plot = LossPlot(190)
         layout.addWidget(self.loss_plot)
 
@@ -167,8 +179,55 @@ class TrainWidget(QWidget):
         self._stop_when_removed = StopWhenRemoved(self, self.runner)
         self.destroyed.connect(lambda *_: self.runner.stop_and_wait())
         self._update_noise_label()
+        for signal in (self.budget_value.valueChanged, self.budget_unit.currentTextChanged,
+                       self.images.checked_changed, self.batch_size.valueChanged, self.patch_size.valueChanged,
+                       self.device.currentTextChanged):
+            signal.connect(lambda *_: self.update_estimate())
+        self.update_estimate()
 
     # ------------------------------------------------------------------ settings
+
+    def _device_type(self) -> str:
+        from ..device import resolve_device
+
+        try:
+            return resolve_device(self.device.currentText()).type
+        except Exception:  # an unknown or unavailable device: said when training starts
+            return self.device.currentText().strip() or "auto"
+
+    def _min_steps(self, n_pixels: int, batch: int | None, patch: int | None, device: str) -> int:
+        from ..training.config import device_defaults
+
+        try:
+            defaults = device_defaults(device)
+        except (RuntimeError, ValueError):
+            defaults = device_defaults("cpu")
+        return _guidance.suggested_min_steps(n_pixels, batch or defaults["batch_size"],
+                                             patch or defaults["patch_size"])
+
+    def update_estimate(self) -> None:
+        """Say what the budget buys at the step rate measured in this session (before training)."""
+        device = self._device_type()
+        n_pixels = sum(int(layer.data.size) for layer in self.images.checked_layers())
+        min_steps = self._min_steps(n_pixels, self.batch_size.value() or None, self.patch_size.value() or None,
+                                    device)
+        minutes = self.budget_value.value() if self.budget_unit.currentText() == BUDGET_MINUTES else None
+        steps = int(self.budget_value.value()) if minutes is None else None
+        self.estimate_label.setText(_guidance.budget_estimate(
+            minutes, steps, self.session.last_steps_per_s.get(device), device, min_steps))
+
+    def _show_advice(self, history: dict, steps: int) -> None:
+        """After a run: say plainly when the model looks undertrained, and what to do."""
+        info = self._run_info
+        min_steps = self._min_steps(info.get("n_pixels", 0), info.get("batch"), info.get("patch"),
+                                    info.get("device", "cpu"))
+        reasons = _guidance.undertrained_reasons(history.get("val_loss", []), steps, min_steps)
+        text = ""
+        if reasons:
+            text = ("The model is probably undertrained: " + "; ".join(reasons)
+                    + ". Press Continue training before relying on its results.")
+        self.advice.setText(text)
+        self.advice.setVisible(bool(text))
 
     def _budget_unit_changed(self, unit: str) -> None:
         name = "max_minutes" if unit == BUDGET_MINUTES else "max_steps"
@@ -234,7 +293,7 @@ class TrainWidget(QWidget):
 
     def start_training(self, resume: bool = False) -> None:
         """Start (or continue) training in a thread worker."""
-        from ._core import training_events
+        from ._core import group_steps, training_events
 
         if self.runner.running:
             return
@@ -257,13 +316,16 @@ class TrainWidget(QWidget):
             self.loss_plot.reset()
             self._last_step = 0
         self._phase = ""
+        self._done_event: TrainingDone | None = None
+        self.advice.setVisible(False)
         self._set_running(True)
         self.progress.setValue(0)
         self.progress.setFormat("starting...")
         self.status.setText("Preparing the training data...")
         bootstrap = choice == NOISE_BOOTSTRAP and not resume
         self.runner.start(
-            lambda: training_events(images, noise_model, config, resume=resume_model, bootstrap=bootstrap),
+            lambda: group_steps(training_events(images, noise_model, config, resume=resume_model,
+                                                bootstrap=bootstrap)),
             self._on_event,
             self._on_done,
         )
@@ -276,12 +338,17 @@ class TrainWidget(QWidget):
                 self.session.set_noise_model(event.noise_model, event.message)
         elif isinstance(event, TrainingStarted):
             self.model = event.model
+            self._run_info = {"n_pixels": event.n_train_pixels, "batch": event.config.get("batch_size"),
+                              "patch": event.config.get("patch_size"), "device": event.device.split(":")[0]}
             self.device_label.setText(f"Device: {event.device}")
             self.save_button.setEnabled(True)
+        elif isinstance(event, TrainSteps):
+            for step in event.steps:
+                self.loss_plot.add_train(step.step, step.loss)
+            self._on_step(event.steps[-1])
         elif isinstance(event, TrainStep):
-            self._last_step = event.step  # counts all steps of the model, across continued runs
             self.loss_plot.add_train(event.step, event.loss)
-            self._update_progress(event)
+            self._on_step(event)
         elif isinstance(event, Validation):
             self.loss_plot.add_validation(event.step, event.val_loss)
         elif isinstance(event, TrainingWarning):
@@ -290,8 +357,15 @@ class TrainWidget(QWidget):
             self.status.setText(f"{self._phase}: {event.message} ({event.done} of {event.total})")
         elif isinstance(event, TrainingDone):
             self.model = event.model
+            self._done_event = event
         elif isinstance(event, CheckpointSaved):
             pass
+
+    def _on_step(self, event: TrainStep) -> None:
+        self._last_step = event.step  # counts all steps of the model, across continued runs
+        if event.steps_per_s > 0 and self._run_info.get("device"):
+            self.session.last_steps_per_s[self._run_info["device"]] = event.steps_per_s
+        self._update_progress(event)
 
     def _update_progress(self, event: TrainStep) -> None:
         fraction = min(max(event.fraction, 0.0), 1.0)
@@ -302,6 +376,8 @@ class TrainWidget(QWidget):
         self.progress.setFormat(text)
         prefix = f"{self._phase}: " if self._phase else ""
         text = f"{prefix}step {event.step}, loss {event.loss:.4f}"
+        if event.steps_per_s > 0:
+            text += f", {event.steps_per_s:.1f} steps/s"
         if event.noise_a is not None and event.noise_b is not None:
             text += f"; co-learned noise variance = {event.noise_a:.3g} x signal + {event.noise_b:.3g}"
         self.status.setText(text)
@@ -311,6 +387,12 @@ class TrainWidget(QWidget):
             self._set_running(False)
             if self.model is not None:
                 self.session.set_trained_model(self.model, "trained in this session")
+            done = self._done_event
+            if done is not None and not self.runner.failed:
+                self._show_advice(done.history or {}, done.steps)
+            elif stopped and self.model is not None and not self.runner.failed:
+                self._show_advice(getattr(self.model, "history", None) or {}, self._last_step)
+            self.update_estimate()
             if self.runner.failed:
                 kept = " The last good model is kept (Save model...)." if self.model is not None else ""
                 self.status.setText("Training failed; see the notification." + kept)
@@ -323,7 +405,10 @@ class TrainWidget(QWidget):
             else:
                 self.progress.setValue(1000)
                 self.progress.setFormat("done")
-                self.status.setText(f"Training done ({self._last_step} steps). Save the model or go to Predict.")
+                reason = f", {done.reason_text}" if done is not None else ""
+                self.status.setText(
+                    f"Training done ({self._last_step} steps{reason}). Save the model or go to Predict."
+                )
         except RuntimeError:  # widget already deleted
             pass
 
@@ -381,6 +466,7 @@ class TrainWidget(QWidget):
             return False
         self.model = model
         self.session.set_trained_model(model, f"loaded from {Path(path).name}")
+        self.loss_plot.set_history(model.history or {})
         self._set_running(False)
         self.status.setText(f"Model loaded from {Path(path).name}.")
         return True
