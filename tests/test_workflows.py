@@ -59,6 +59,18 @@ def test_stream_prediction_assembles_the_stack_and_ends_with_the_core_result():
     np.testing.assert_allclose(kept, result.samples, rtol=1e-6)
 
 
+def test_stream_prediction_throttled_reads_only_each_frames_last_batch_and_keeps_every_kept_sample():
+    model, stack = make_model(), noisy_images(3, 24)
+    events = list(stream_prediction(model, stack, 6, keep_samples=4, seed=7, batch_size=2, min_interval_s=1e6))
+    updates = [e for e in events if isinstance(e, PredictionUpdate)]
+    result = events[-1].result
+    # the first batch (nothing shown yet) and every frame's last batch; batches in between are skipped
+    assert [u.done for u in updates] == [2, 6, 12, 18]
+    np.testing.assert_allclose(updates[-1].mmse, result.mmse, rtol=1e-6)
+    kept = [u.kept_samples for u in updates if u.kept_samples is not None][-1]
+    np.testing.assert_allclose(kept, result.samples, rtol=1e-6)
+
+
 def test_bootstrap_fits_a_gmm_to_the_first_models_denoising_and_trains_with_it():
     images, first = noisy_images(), make_model()
     events = list(bootstrap_iter(images, tiny_config(), first_model=first, n_samples=3, seed=500))

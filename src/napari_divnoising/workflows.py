@@ -169,15 +169,20 @@ class PredictionUpdate:
 
 
 def stream_prediction(
-    model: DivNoisingModel, image: np.ndarray, n_samples: int, *, keep_samples: int = 20, **predict_kwargs: Any,
+    model: DivNoisingModel, image: np.ndarray, n_samples: int, *, keep_samples: int = 20,
+    min_interval_s: float = 0.0, **predict_kwargs: Any,
 ) -> Iterator[Any]:
     """:func:`~napari_divnoising.prediction.predict_iter` with whole-image running results.
 
-    Yields a :class:`PredictionUpdate` after every sample batch, the core's
+    Yields a :class:`PredictionUpdate` after every sample batch (with ``min_interval_s`` > 0: at
+    most that often, and always after a frame's last batch; the running mean and variance are only
+    read, a device-to-host copy on a GPU, for the updates yielded), the core's
     :class:`~napari_divnoising.events.Progress` events (encoding, tiles, MAP) unchanged,
     and last the core's ``PredictionDone`` (its ``result`` is the ``PredictionResult``).
     Other keyword arguments (``compute_map``, ``seed``, ``device``...) go to ``predict_iter``.
     """
+    import time
+
     from .prediction import PredictionDone, SampleBatch, predict_iter
 
     image = np.asarray(image)
@@ -186,23 +191,32 @@ def stream_prediction(
     mmse = np.full(image.shape, np.nan, dtype=np.float32)
     variance = np.full(image.shape, np.nan, dtype=np.float32)
     kept = np.full((keep, *image.shape), np.nan, dtype=np.float32)
+    frame_done = {}  # samples drawn so far per frame
+    kept_changed = False
+    last_update = -float("inf")
     for event in predict_iter(model, image, int(n_samples), keep_samples=keep, **predict_kwargs):
         if isinstance(event, SampleBatch):
             index = (event.frame,) if is_stack else ()
-            mmse[index] = event.mean
-            variance[index] = event.variance
-            first = event.done - len(event.samples)
-            changed = first < keep
-            if changed:
+            first = frame_done.get(event.frame, 0)
+            frame_done[event.frame] = event.done
+            if first < keep:
                 take = event.samples[: keep - first]
                 kept[(slice(first, first + len(take)), *index)] = take
+                kept_changed = True
+            now = time.monotonic()
+            if event.done < event.total and now - last_update < min_interval_s:
+                continue
+            last_update = now
+            mmse[index] = event.mean
+            variance[index] = event.variance
             shown = kept if is_stack else kept[: min(event.done, keep)]
             yield PredictionUpdate(
                 done=event.frame * event.total + event.done,
                 total=event.n_frames * event.total,
                 mmse=mmse.copy(),
                 variance=variance.copy(),
-                kept_samples=shown.copy() if changed else None,
+                kept_samples=shown.copy() if kept_changed else None,
             )
+            kept_changed = False
         elif isinstance(event, (Progress, PredictionDone)):
             yield event

@@ -23,7 +23,11 @@ from napari_divnoising.workflows import PredictionUpdate
 def scripted_prediction(delay: float = 0.0, batch: int = 4):
     """Samples = image + k (k = 1, 2, ...): MMSE and variance are known exactly."""
 
-    def events(model, image, n_samples, keep_samples=20, compute_map=False):
+    def events(model, image, n_samples, keep_samples=20, compute_map=False, **kwargs):
+        calls.append(kwargs)
+        if image.ndim == 3:  # a stack: frame after frame, as stream_prediction reports it
+            yield from stack_events(image, n_samples, keep_samples)
+            return
         done, total = 0, 0.0
         sq = 0.0
         kept = np.zeros((0, *image.shape), np.float32)
@@ -42,6 +46,24 @@ def scripted_prediction(delay: float = 0.0, batch: int = 4):
         yield PredictionDone(PredictionResult(mmse=mmse, variance=var, map=mmse.copy() if compute_map else None,
                                               samples=kept, n_samples=n_samples, seed=3))
 
+    def stack_events(stack, n_samples, keep):
+        frames = len(stack)
+        mmse = np.full(stack.shape, np.nan, np.float32)
+        var = np.full(stack.shape, np.nan, np.float32)
+        kept = np.full((min(keep, n_samples), *stack.shape), np.nan, np.float32)
+        for f in range(frames):
+            for done in range(1, n_samples + 1):
+                time.sleep(delay)
+                mmse[f] = stack[f] + (done + 1) / 2
+                var[f] = 1.0
+                if done <= len(kept):
+                    kept[done - 1, f] = stack[f] + done
+                yield PredictionUpdate(f * n_samples + done, frames * n_samples, mmse.copy(), var.copy(), kept.copy())
+        yield PredictionDone(PredictionResult(mmse=mmse, variance=var, map=None, samples=kept,
+                                              n_samples=n_samples, seed=3))
+
+    calls: list = []
+    events.calls = calls
     return events
 
 
@@ -79,8 +101,11 @@ def test_streams_samples_mmse_variance_with_input_geometry(widget, wait_for, mon
         assert tuple(layer.translate) == (10, 20)
         assert [str(u) for u in layer.units] == ["micrometer", "micrometer"]
     assert tuple(samples.scale)[1:] == (0.5, 0.25) and tuple(samples.translate)[1:] == (10, 20)
-    lo, hi = mmse.contrast_limits
-    assert lo >= 5.5 - 1e-3 and hi <= 6.5 + 1e-3  # limits follow the data, not the input's
+    # results compare side by side with the input: same contrast limits (the variance has its own)
+    input_limits = tuple(viewer.layers["cells"].contrast_limits)
+    for name in ("cells_mmse", "cells_map", "cells_samples"):
+        assert tuple(viewer.layers[name].contrast_limits) == pytest.approx(input_limits)
+    assert tuple(viewer.layers["cells_variance"].contrast_limits) != pytest.approx(input_limits)
 
 
 def test_rerun_updates_layers_instead_of_duplicating(widget, wait_for, monkeypatch):
@@ -206,3 +231,66 @@ def test_result_layers_carry_kind_and_provenance_and_user_layers_are_left_alone(
     facts = result_facts(result.metadata)
     assert facts == {"kind": "mmse", "source": "img", "model": "fake", "n_samples": 4, "seed": 3}
     assert result_facts(viewer.layers[w.output_layer_names["variance"]].metadata)["kind"] == "variance"
+
+
+def test_device_choice_reaches_the_core_and_status_shows_rates_and_counts(widget, wait_for, monkeypatch):
+    viewer, w = widget
+    events = scripted_prediction()
+    monkeypatch.setattr(predict_widget, "stream_prediction", events)
+    viewer.add_image(np.zeros((5, 8, 8), np.float32), name="stack")
+    w.device.setCurrentText("cpu")
+    w.n_samples.setValue(3)
+    w.predict_button.click()
+    wait_for(w.runner)
+    assert str(events.calls[-1]["device"]) == "cpu" and events.calls[-1]["min_interval_s"] > 0
+    assert w.device_label.text() == "Device: cpu"
+    assert "Done: 3 samples per frame, 5 frames" in w.status.text()
+    w._started -= 1.0  # a running update shows the rate
+    w._pending_update = PredictionUpdate(4, 15, np.zeros((5, 8, 8)), np.zeros((5, 8, 8)), None)
+    w._render_pending()
+    assert "Frame 2 of 5: 1 of 3 samples" in w.status.text() and "samples/s" in w.status.text()
+
+
+def test_predicting_a_stack_raises_no_warning_and_results_are_not_offered_as_inputs(widget, wait_for, monkeypatch):
+    import napari_divnoising._widgets._layers as layers
+    from napari_divnoising._widgets.train_widget import TrainWidget
+
+    viewer, w = widget
+    warnings = []
+    monkeypatch.setattr(layers, "show_warning", warnings.append)
+    monkeypatch.setattr(predict_widget, "stream_prediction", scripted_prediction())
+    train = TrainWidget(viewer)
+    viewer.add_image(np.zeros((3, 8, 8), np.float32), name="stack")
+    w.n_samples.setValue(2)
+    w.predict_button.click()
+    wait_for(w.runner)
+    assert viewer.layers["stack_samples"].ndim == 4
+    assert warnings == []
+    assert [train.images.item(i).text() for i in range(train.images.count())] == ["stack"]
+    assert [w.image_layer.itemText(i) for i in range(w.image_layer.count())] == ["stack"]
+    viewer.add_image(np.zeros((2, 3, 8, 8), np.float32), name="user_4d")  # the user's own 4-D layer is explained
+    assert len(warnings) == 1
+    train.close()
+
+
+def test_stopped_stack_exports_only_reached_frames_marked_partial(widget, qtbot, wait_for, monkeypatch, tmp_path):
+    viewer, w = widget
+    monkeypatch.setattr(predict_widget, "stream_prediction", scripted_prediction(delay=0.02))
+    viewer.add_image(np.zeros((50, 8, 8), np.float32), name="stack")
+    w.n_samples.setValue(4)
+    w.keep_samples.setValue(2)
+    w.predict_button.click()
+    qtbot.waitUntil(lambda: w.progress.value() >= 9, timeout=10_000)
+    w.stop_button.click()
+    wait_for(w.runner)
+    reached = w._reached_frames()
+    assert 2 <= reached < 50
+    assert "not reached" in w.status.text() and "_partial" in w.status.text()
+    w.export_folder.setText(str(tmp_path))
+    written = w.export()
+    assert sorted(p.name for p in written) == ["stack_partial_mmse.tif", "stack_partial_samples.tif",
+                                               "stack_partial_variance.tif"]
+    mmse = tifffile.imread(tmp_path / "stack_partial_mmse.tif")
+    assert mmse.shape == (reached, 8, 8) and np.isfinite(mmse).all()
+    samples = tifffile.imread(tmp_path / "stack_partial_samples.tif")
+    assert samples.shape == (reached, 2, 8, 8) and np.isfinite(samples).all()  # ImageJ order: frames first

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..device import DEVICE_CHOICES
 from ..errors import DivNoisingError
 from ..events import Progress
 from ..outputs import OUTPUT_KINDS, PREDICTION_KINDS, result_metadata
@@ -36,6 +39,10 @@ from ._worker import StopWhenRemoved, WorkerRunner
 
 #: Streamed results are drawn at most this often (milliseconds).
 RENDER_INTERVAL_MS = 100
+#: The running MMSE and variance are read from the device at most this often (seconds); each read is a copy.
+READ_INTERVAL_S = 0.25
+#: Result kinds shown with the input's contrast limits, so they compare side by side with it.
+MATCHED_CONTRAST = ("mmse", "map", "samples")
 MODEL_SESSION = "Trained in this session"
 MODEL_FILE = "From file"
 
@@ -57,6 +64,8 @@ class PredictWidget(QWidget):
         self._n_samples_done = 0
         self._n_per_frame = 0
         self._seed: int | None = None
+        self._input_limits: tuple[float, float] | None = None
+        self._started = 0.0
         self._pending_update: PredictionUpdate | None = None
         self._pending_kept: np.ndarray | None = None
         self._render_timer = QTimer(self)
@@ -97,6 +106,11 @@ class PredictWidget(QWidget):
         form.addRow("Samples shown", self.keep_samples)
         self.compute_map = QCheckBox("MAP estimate (mode of the samples, mean shift)")
         form.addRow("", self.compute_map)
+        self.device = QComboBox()
+        self.device.addItems(list(DEVICE_CHOICES))
+        self.device.setEditable(True)  # e.g. cuda:1
+        self.device.setToolTip("Where to predict: auto (a GPU when there is one), cpu, cuda, cuda:N or mps.")
+        form.addRow("Device", self.device)
         layout.addLayout(form)
 
         buttons = QHBoxLayout()
@@ -112,6 +126,8 @@ class PredictWidget(QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         layout.addWidget(self.progress)
+        self.device_label = QLabel("Device: -")
+        layout.addWidget(self.device_label)
         self.status = QLabel("Choose a model and an image, then Predict.")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -208,9 +224,12 @@ class PredictWidget(QWidget):
 
     def start_prediction(self) -> None:
         """Start streaming samples for the chosen image (Predict button)."""
+        from ..device import resolve_device
+
         if self.runner.running:
             return
         try:
+            device = resolve_device(self.device.currentText())
             model = self.current_model()
             if model is None:
                 raise DivNoisingError("No model: train one in the Train widget, or choose 'From file' and load one.")
@@ -219,6 +238,7 @@ class PredictWidget(QWidget):
                 raise DivNoisingError("Choose an image layer to denoise.")
             image = layer_data_copy(layer)
             self._geometry = Geometry.of(layer)
+            self._input_limits = tuple(float(v) for v in layer.contrast_limits)
         except DivNoisingError as exc:
             report_exception(exc, "Prediction")
             return
@@ -233,9 +253,12 @@ class PredictWidget(QWidget):
         self._set_running(True)
         self.progress.setRange(0, n_samples)
         self.progress.setValue(0)
-        self.status.setText(f"Sampling {n_samples} posterior samples of '{layer.name}'...")
+        self.device_label.setText(f"Device: {device}")
+        self.status.setText(f"Sampling {n_samples} posterior samples per frame of '{layer.name}'...")
+        self._started = time.monotonic()
         self.runner.start(
-            lambda: stream_prediction(model, image, n_samples, keep_samples=keep, compute_map=want_map),
+            lambda: stream_prediction(model, image, n_samples, keep_samples=keep, compute_map=want_map,
+                                      device=device, min_interval_s=READ_INTERVAL_S),
             self._on_event,
             self._on_done,
         )
@@ -288,15 +311,25 @@ class PredictWidget(QWidget):
         if self.progress.maximum() != event.total:
             self.progress.setRange(0, event.total)
         self.progress.setValue(event.done)
-        frames = event.total // max(1, self._n_per_frame)
-        per = f" ({frames} frames x {self._n_per_frame})" if frames > 1 else ""
-        self.status.setText(f"{event.done} of {event.total} samples{per}")
+        per_frame = max(1, self._n_per_frame)
+        frames = event.total // per_frame
+        elapsed = time.monotonic() - self._started
+        rate = f", {event.done / elapsed:.1f} samples/s" if elapsed > 0 else ""
+        if frames > 1:
+            frame = min(event.done // per_frame, frames - 1) if event.done < event.total else frames - 1
+            done_here = event.done - frame * per_frame
+            self.status.setText(f"Frame {frame + 1} of {frames}: {done_here} of {per_frame} samples{rate}")
+        else:
+            self.status.setText(f"{event.done} of {event.total} samples{rate}")
 
     def _show(self, kind: str, data: np.ndarray, geometry: Geometry) -> None:
         """Show one result in its layer (marked with its kind and provenance) and keep it for export."""
         self.outputs[kind] = data
-        shown = data[0] if OUTPUT_KINDS[kind].sample_axis else data
-        limits = robust_limits(shown, floor_zero=OUTPUT_KINDS[kind].floor_zero)
+        if kind in MATCHED_CONTRAST and self._input_limits is not None:
+            limits = self._input_limits
+        else:
+            shown = data[0] if OUTPUT_KINDS[kind].sample_axis else data
+            limits = robust_limits(shown, floor_zero=OUTPUT_KINDS[kind].floor_zero)
         layer = set_output_layer(self.viewer, OUTPUT_KINDS[kind].layer_name(geometry.name), data, geometry,
                                  self._metadata(kind), contrast_limits=limits)
         self.output_layer_names[kind] = layer.name
@@ -309,16 +342,33 @@ class PredictWidget(QWidget):
                 self.status.setText("Prediction failed; see the notification.")
             elif stopped:
                 note = ""
-                if self._geometry is not None and len(self._geometry.scale) == 3:
-                    note = " Frames not reached yet are empty (NaN)."
+                reached = self._reached_frames()
+                if reached is not None:
+                    total = self.outputs["mmse"].shape[0]
+                    note = (f" Frames {reached + 1}-{total} were not reached (empty); Export writes only frames "
+                            f"1-{reached} (as *_partial files).") if reached < total else ""
                 self.status.setText(
                     f"Stopped after {self.progress.value()} samples; the MMSE and variance so far are valid.{note}"
                 )
             elif "mmse" in self.outputs:
-                self.status.setText(f"Done: {self.progress.value()} samples. Export the results as TIFFs below.")
+                frames = self.outputs["mmse"].shape[0] if self._is_stack() else 1
+                counts = f"{self._n_samples_done} samples" + (
+                    f" per frame, {frames} frames" if frames > 1 else "")
+                self.status.setText(f"Done: {counts}. Export the results as TIFFs below.")
             self.export_button.setEnabled(bool(self.outputs))
         except RuntimeError:  # widget already deleted
             pass
+
+    def _is_stack(self) -> bool:
+        return self._geometry is not None and len(self._geometry.scale) == 3
+
+    def _reached_frames(self) -> int | None:
+        """For a stack: how many leading frames have results (None for a 2-D image or no result)."""
+        mmse = self.outputs.get("mmse")
+        if not self._is_stack() or mmse is None:
+            return None
+        reached = np.isfinite(mmse.reshape(mmse.shape[0], -1)).any(axis=1)
+        return len(reached) if reached.all() else int(np.argmin(reached))  # leading frames with results
 
     def _set_running(self, running: bool) -> None:
         self.predict_button.setEnabled(not running)
@@ -356,9 +406,19 @@ class PredictWidget(QWidget):
             if not folder_text:
                 return []
         folder = Path(folder_text)
+        geometry, outputs = self._geometry, dict(self.outputs)
+        reached = self._reached_frames()
+        if reached is not None and reached < outputs["mmse"].shape[0]:
+            # A stopped stack: frames never reached are left out (not written as NaN), and the files say so.
+            if reached == 0:
+                report_exception(DivNoisingError("No frame has results yet; nothing to export."), "Export")
+                return []
+            geometry = dataclasses.replace(geometry, name=f"{geometry.name}_partial")
+            outputs = {kind: (data[:, :reached] if OUTPUT_KINDS[kind].sample_axis else data[:reached])
+                       for kind, data in outputs.items()}
         targets = {
-            kind: folder / OUTPUT_KINDS[kind].file_name(self._geometry.name)
-            for kind in PREDICTION_KINDS if kind in self.outputs
+            kind: folder / OUTPUT_KINDS[kind].file_name(geometry.name)
+            for kind in PREDICTION_KINDS if kind in outputs
         }
         existing = [p for p in targets.values() if p.exists()]
         if existing and not self._confirm_overwrite(existing):
@@ -368,7 +428,7 @@ class PredictWidget(QWidget):
         try:
             for kind, path in targets.items():
                 facts = self._metadata(kind)["divnoising"]
-                written.append(write_output_tiff(path, self.outputs[kind], facts, self._geometry))
+                written.append(write_output_tiff(path, outputs[kind], facts, geometry))
         except (DivNoisingError, OSError) as exc:
             report_exception(exc, "Export")
         if written:
