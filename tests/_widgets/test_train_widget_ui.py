@@ -232,3 +232,16 @@ def test_loaded_model_shows_its_loss_history(widget, monkeypatch):
     monkeypatch.setattr(model_io, "load_model", lambda path: SimpleNamespace(name="m", history=history))
     assert w.load_model("model.pt")
     assert w.loss_plot.train_steps == [1, 2, 3] and w.loss_plot.val_loss == [1.5]
+
+
+def test_three_panels_fit_a_1080p_screen(make_napari_viewer):
+    from napari_divnoising._widgets._layout import MIN_PANEL_HEIGHT, content_height
+
+    viewer = make_napari_viewer()
+    panels = [viewer.window.add_plugin_dock_widget("napari-divnoising", name)[1]
+              for name in ("Noise model", "Train", "Predict")]
+    for panel in panels:
+        assert panel.minimumSizeHint().height() <= MIN_PANEL_HEIGHT + 20
+    assert content_height(panels[1]) > MIN_PANEL_HEIGHT  # the Train panel's contents scroll
+    assert not panels[1].advanced.isExpanded() and not panels[0].advanced.isExpanded()
+    assert viewer.window._qt_window.minimumSizeHint().height() <= 1080 - 100  # title bar and taskbar

@@ -32,6 +32,7 @@ from ..noise_model_fitting import (
     fitting_pairs,
 )
 from ._layers import LayerPicker, layer_data_copy, warn_if_unusable
+from ._layout import scrollable_layout
 from ._notify import report_exception, show_info
 from ._plots import PlotCanvas, _style
 from ._session import NOISE_CHOICE_LABELS, NOISE_FITTED, bind, get_session
@@ -61,8 +62,7 @@ class NoiseModelWidget(QWidget):
         self.statistics: Any = None
         self._pending_description = ""
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(6, 6, 6, 6)
+        layout = scrollable_layout(self)
 
         form = QFormLayout()
         self.source = QComboBox()

@@ -21,7 +21,6 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -32,6 +31,7 @@ from ..outputs import OUTPUT_KINDS, PREDICTION_KINDS, result_metadata
 from ..prediction import PredictionDone, PriorBatch, PriorDone, generate_prior_iter
 from ..workflows import PredictionUpdate, stream_prediction
 from ._layers import LayerPicker, layer_data_copy, warn_if_unusable
+from ._layout import scrollable_layout
 from ._notify import report_exception, show_info
 from ._outputs import Geometry, robust_limits, set_output_layer
 from ._session import bind, get_session
@@ -73,8 +73,7 @@ class PredictWidget(QWidget):
         self._render_timer.setInterval(RENDER_INTERVAL_MS)
         self._render_timer.timeout.connect(self._render_pending)
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(6, 6, 6, 6)
+        layout = scrollable_layout(self)
         form = QFormLayout()
         self.model_source = QComboBox()
         self.model_source.addItems([MODEL_SESSION, MODEL_FILE])

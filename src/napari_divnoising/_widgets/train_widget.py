@@ -17,7 +17,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 from superqt import QCollapsible
@@ -39,6 +38,7 @@ from ..workflows import BootstrapPhase
 from . import _guidance
 from ._core import TrainSteps
 from ._layers import LayerChecklist, layer_data_copy, warn_if_unusable
+from ._layout import scrollable_layout
 from ._notify import report_exception, show_info, show_warning
 from ._plots import LossPlot
 from ._session import NOISE_BOOTSTRAP, NOISE_CHOICE_LABELS, NOISE_COLEARN, NOISE_FITTED, bind, get_session
@@ -75,8 +75,7 @@ class TrainWidget(QWidget):
         self._run_info: dict[str, Any] = {}
         self._done_event: TrainingDone | None = None
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(6, 6, 6, 6)
+        layout = scrollable_layout(self)
         layout.addWidget(QLabel("Training images (2-D images or stacks; tick one or more):"))
         self.images = LayerChecklist(napari_viewer)
         self.images.checked_changed.connect(lambda: self.session.set_training_layers(self.images.checked_names()))
