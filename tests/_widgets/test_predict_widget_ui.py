@@ -243,7 +243,7 @@ def test_device_choice_reaches_the_core_and_status_shows_rates_and_counts(widget
     w.predict_button.click()
     wait_for(w.runner)
     assert str(events.calls[-1]["device"]) == "cpu" and events.calls[-1]["min_interval_s"] > 0
-    assert w.device_label.text() == "Device: cpu"
+    assert w.device_label.text() == "Device: cpu" and not w.activity.active
     assert "Done: 3 samples per frame, 5 frames" in w.status.text()
     w._started -= 1.0  # a running update shows the rate
     w._pending_update = PredictionUpdate(4, 15, np.zeros((5, 8, 8)), np.zeros((5, 8, 8)), None)

@@ -245,3 +245,18 @@ def test_three_panels_fit_a_1080p_screen(make_napari_viewer):
     assert content_height(panels[1]) > MIN_PANEL_HEIGHT  # the Train panel's contents scroll
     assert not panels[1].advanced.isExpanded() and not panels[0].advanced.isExpanded()
     assert viewer.window._qt_window.minimumSizeHint().height() <= 1080 - 100  # title bar and taskbar
+
+
+def test_training_progress_shows_in_the_activity_dock(widget, qtbot, wait_for, monkeypatch):
+    from napari.utils import progress
+
+    viewer, w = widget
+    _, events = scripted_training(100_000, delay=0.005)
+    monkeypatch.setattr(core, "training_events", events)
+    w.train_button.click()
+    qtbot.waitUntil(lambda: w.activity.value > 0, timeout=10_000)
+    assert any(bar.desc == "DivNoising training" for bar in progress._all_instances)
+    w.stop_button.click()
+    wait_for(w.runner, timeout=10_000)
+    assert not w.activity.active
+    assert not any(bar.desc == "DivNoising training" for bar in progress._all_instances)

@@ -133,3 +133,42 @@ class StopWhenRemoved(QObject):
             for runner in self._runners:
                 runner.stop()
         return False
+
+
+class ActivityProgress:
+    """A progress bar in napari's activity dock (bottom right) mirroring a panel's progress bar."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._value = 0
+
+    def start(self, description: str, total: int) -> None:
+        from napari.utils import progress
+
+        self.close()
+        self._bar = progress(total=max(1, int(total)), desc=description)
+        self._value = 0
+
+    def set(self, value: int, total: int | None = None) -> None:
+        bar = self._bar
+        if bar is None:
+            return
+        if total is not None and total != bar.total:
+            bar.total = max(1, int(total))
+        value = int(value)
+        if value != self._value:
+            bar.update(value - self._value)
+            self._value = value
+
+    @property
+    def value(self) -> int:
+        return self._value
+
+    @property
+    def active(self) -> bool:
+        return self._bar is not None
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

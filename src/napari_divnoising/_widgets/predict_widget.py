@@ -35,7 +35,7 @@ from ._layout import scrollable_layout
 from ._notify import report_exception, show_info
 from ._outputs import Geometry, robust_limits, set_output_layer
 from ._session import bind, get_session
-from ._worker import StopWhenRemoved, WorkerRunner
+from ._worker import ActivityProgress, StopWhenRemoved, WorkerRunner
 
 #: Streamed results are drawn at most this often (milliseconds).
 RENDER_INTERVAL_MS = 100
@@ -56,6 +56,7 @@ class PredictWidget(QWidget):
         self.session = get_session(napari_viewer)
         self.runner = WorkerRunner("Prediction")
         self.prior_runner = WorkerRunner("Generating prior samples")
+        self.activity = ActivityProgress()
         self.file_model: Any = None
         self.outputs: dict[str, np.ndarray] = {}
         self.output_layer_names: dict[str, str] = {}
@@ -255,6 +256,7 @@ class PredictWidget(QWidget):
         self.device_label.setText(f"Device: {device}")
         self.status.setText(f"Sampling {n_samples} posterior samples per frame of '{layer.name}'...")
         self._started = time.monotonic()
+        self.activity.start(f"DivNoising prediction of {layer.name}", n_samples)
         self.runner.start(
             lambda: stream_prediction(model, image, n_samples, keep_samples=keep, compute_map=want_map,
                                       device=device, min_interval_s=READ_INTERVAL_S),
@@ -310,6 +312,7 @@ class PredictWidget(QWidget):
         if self.progress.maximum() != event.total:
             self.progress.setRange(0, event.total)
         self.progress.setValue(event.done)
+        self.activity.set(event.done, event.total)
         per_frame = max(1, self._n_per_frame)
         frames = event.total // per_frame
         elapsed = time.monotonic() - self._started
@@ -336,6 +339,7 @@ class PredictWidget(QWidget):
     def _on_done(self, stopped: bool) -> None:
         try:
             self._render_pending()
+            self.activity.close()
             self._set_running(False)
             if self.runner.failed:
                 self.status.setText("Prediction failed; see the notification.")

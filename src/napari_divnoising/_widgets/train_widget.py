@@ -43,7 +43,7 @@ from ._notify import report_exception, show_info, show_warning
 from ._plots import LossPlot
 from ._session import NOISE_BOOTSTRAP, NOISE_CHOICE_LABELS, NOISE_COLEARN, NOISE_FITTED, bind, get_session
 from ._settings import ConfigForm
-from ._worker import StopWhenRemoved, WorkerRunner
+from ._worker import ActivityProgress, StopWhenRemoved, WorkerRunner
 
 BUDGET_MINUTES = "minutes"
 BUDGET_STEPS = "steps"
@@ -69,6 +69,7 @@ class TrainWidget(QWidget):
         self.viewer = napari_viewer
         self.session = get_session(napari_viewer)
         self.runner = WorkerRunner("Training")
+        self.activity = ActivityProgress()
         self.model: Any = None  # the live model of the current/last run (kept if stopped or crashed)
         self._last_step = 0
         self._phase = ""
@@ -321,6 +322,7 @@ class TrainWidget(QWidget):
         self.progress.setValue(0)
         self.progress.setFormat("starting...")
         self.status.setText("Preparing the training data...")
+        self.activity.start("DivNoising training", 1000)
         bootstrap = choice == NOISE_BOOTSTRAP and not resume
         self.runner.start(
             lambda: group_steps(training_events(images, noise_model, config, resume=resume_model,
@@ -369,6 +371,7 @@ class TrainWidget(QWidget):
     def _update_progress(self, event: TrainStep) -> None:
         fraction = min(max(event.fraction, 0.0), 1.0)
         self.progress.setValue(int(1000 * fraction))
+        self.activity.set(int(1000 * fraction))
         text = f"{100 * fraction:.0f}%"
         if math.isfinite(event.eta_s):
             text += f" - {_format_seconds(event.eta_s)} left"
@@ -382,6 +385,7 @@ class TrainWidget(QWidget):
         self.status.setText(text)
 
     def _on_done(self, stopped: bool) -> None:
+        self.activity.close()
         try:
             self._set_running(False)
             if self.model is not None:
