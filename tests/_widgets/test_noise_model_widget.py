@@ -88,6 +88,8 @@ def test_single_image_as_calibration_gives_a_hint(widget, qtbot, wait_for, monke
     viewer, w = widget
     errors = _errors(monkeypatch)
     viewer.add_image(np.random.default_rng(0).random((32, 32)), name="single")
+    assert w.calibration_layer.current_layer() is None  # not offered by default
+    w.calibration_layer.set_layer("single")  # the user picks it anyway
     w.fit_button.click()
     assert errors and "many frames" in errors[0]
     assert not w.runner.running and w.fit_button.isEnabled()

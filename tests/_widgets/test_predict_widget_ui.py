@@ -285,7 +285,7 @@ def test_stopped_stack_exports_only_reached_frames_marked_partial(widget, qtbot,
     wait_for(w.runner)
     reached = w._reached_frames()
     assert 2 <= reached < 50
-    assert "not reached" in w.status.text() and "_partial" in w.status.text()
+    assert "not finished" in w.status.text() and "_partial" in w.status.text()
     w.export_folder.setText(str(tmp_path))
     written = w.export()
     assert sorted(p.name for p in written) == ["stack_partial_mmse.tif", "stack_partial_samples.tif",
@@ -294,3 +294,20 @@ def test_stopped_stack_exports_only_reached_frames_marked_partial(widget, qtbot,
     assert mmse.shape == (reached, 8, 8) and np.isfinite(mmse).all()
     samples = tifffile.imread(tmp_path / "stack_partial_samples.tif")
     assert samples.shape == (reached, 2, 8, 8) and np.isfinite(samples).all()  # ImageJ order: frames first
+
+
+def test_unavailable_device_is_one_clear_line(widget, monkeypatch):
+    import torch
+
+    import napari_divnoising._widgets._notify as notify
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    viewer, w = widget
+    errors = []
+    monkeypatch.setattr(notify, "show_error", errors.append)
+    viewer.add_image(np.zeros((16, 16), np.float32), name="img")
+    w.device.setCurrentText("cuda")
+    w.predict_button.click()
+    assert errors and "CUDA" in errors[-1] and "\n" not in errors[-1]
+    assert not w.runner.running

@@ -67,6 +67,7 @@ class PredictWidget(QWidget):
         self._seed: int | None = None
         self._input_limits: tuple[float, float] | None = None
         self._started = 0.0
+        self._last_done = 0
         self._pending_update: PredictionUpdate | None = None
         self._pending_kept: np.ndarray | None = None
         self._render_timer = QTimer(self)
@@ -247,6 +248,7 @@ class PredictWidget(QWidget):
         self.outputs = {}
         self._model_name = model.name
         self._n_samples_done = 0
+        self._last_done = 0
         self._n_per_frame = n_samples
         self._seed = None
         self._pending_update, self._pending_kept = None, None
@@ -305,6 +307,7 @@ class PredictWidget(QWidget):
         if event is None or geometry is None:
             return
         self._n_samples_done = min(event.done, self._n_per_frame)
+        self._last_done = event.done
         self._show("mmse", event.mmse, geometry)
         self._show("variance", event.variance, geometry)
         if kept is not None and len(kept):
@@ -348,8 +351,8 @@ class PredictWidget(QWidget):
                 reached = self._reached_frames()
                 if reached is not None:
                     total = self.outputs["mmse"].shape[0]
-                    note = (f" Frames {reached + 1}-{total} were not reached (empty); Export writes only frames "
-                            f"1-{reached} (as *_partial files).") if reached < total else ""
+                    note = (f" Frames {reached + 1}-{total} were not finished; Export writes only the {reached} "
+                            "finished frames (as *_partial files).") if reached < total else ""
                 self.status.setText(
                     f"Stopped after {self.progress.value()} samples; the MMSE and variance so far are valid.{note}"
                 )
@@ -366,12 +369,11 @@ class PredictWidget(QWidget):
         return self._geometry is not None and len(self._geometry.scale) == 3
 
     def _reached_frames(self) -> int | None:
-        """For a stack: how many leading frames have results (None for a 2-D image or no result)."""
+        """For a stack: how many leading frames got all their samples (None for a 2-D image or no result)."""
         mmse = self.outputs.get("mmse")
         if not self._is_stack() or mmse is None:
             return None
-        reached = np.isfinite(mmse.reshape(mmse.shape[0], -1)).any(axis=1)
-        return len(reached) if reached.all() else int(np.argmin(reached))  # leading frames with results
+        return min(mmse.shape[0], self._last_done // max(1, self._n_per_frame))
 
     def _set_running(self, running: bool) -> None:
         self.predict_button.setEnabled(not running)
@@ -414,7 +416,7 @@ class PredictWidget(QWidget):
         if reached is not None and reached < outputs["mmse"].shape[0]:
             # A stopped stack: frames never reached are left out (not written as NaN), and the files say so.
             if reached == 0:
-                report_exception(DivNoisingError("No frame has results yet; nothing to export."), "Export")
+                report_exception(DivNoisingError("No frame was finished; nothing to export."), "Export")
                 return []
             geometry = dataclasses.replace(geometry, name=f"{geometry.name}_partial")
             outputs = {kind: (data[:, :reached] if OUTPUT_KINDS[kind].sample_axis else data[:reached])
