@@ -175,12 +175,6 @@ def load_bench_module(name: str, directory: Path = BENCH_DIR) -> ModuleType | No
     return module
 
 
-def psnr(reference: np.ndarray, estimate: np.ndarray, data_range: float) -> float:
-    """PSNR in dB for a fixed data range."""
-    mse = float(np.mean((np.asarray(reference, np.float64) - np.asarray(estimate, np.float64)) ** 2))
-    return float(20 * np.log10(data_range) - 10 * np.log10(mse)) if mse > 0 else float("inf")
-
-
 def fmt(value: Any, digits: int = 3) -> str:
     """A table cell: numbers with ``digits`` significant digits, None as an en dash."""
     if value is None:

@@ -31,7 +31,7 @@ from napari_divnoising.network import DivNoisingVAE
 from napari_divnoising.noise_models import GMMNoiseModel
 from napari_divnoising.training import loss_terms
 
-REFERENCE_STEP_S = 1.9  # the reference code on the 2-core development CPU (METHOD.md 5)
+REFERENCE_STEP_S = 1.9  # the reference code, measured on a 2-core CPU
 
 
 def conv_macs(network: DivNoisingVAE, height: int, width: int) -> int:

@@ -31,20 +31,25 @@ from typing import Any
 
 import numpy as np
 
+# The package's tested PSNR (napari_divnoising.metrics needs only numpy, so this also works in a
+# baseline's own environment where the package is not installed).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from napari_divnoising.metrics import psnr
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from _common import (
     BENCH_DIR,
     RESULTS_DIR,
     fmt,
     machine_info,
     machine_markdown,
     markdown_table,
-    psnr,
     write_results,
 )
 
-FMD_DIR = Path("/work/shared/data/fmd_bpae_b")
-DEFAULT_N2V_PYTHON = Path(os.environ.get("DIVNOISING_N2V_PYTHON", "/work/venvs/careamics/bin/python"))
+#: The FMD BPAE folder (the four TIFFs); set DIVNOISING_FMD_DIR or pass --data.
+FMD_DIR = Path(os.environ.get("DIVNOISING_FMD_DIR", "data/fmd_bpae_b"))
+DEFAULT_N2V_PYTHON = Path(os.environ.get("DIVNOISING_N2V_PYTHON", ".venv-careamics/bin/python"))
 PARTS = ("calibration", "colearn", "bootstrap", "bm3d", "n2v", "samples")
 VARIANT_LABELS = {
     "calibration": "DivNoising, GMM from calibration (a)",
@@ -71,13 +76,14 @@ def load_data(data_dir: Path, max_frames: int | None = None) -> dict[str, np.nda
     return data
 
 
-def _train(images: np.ndarray, noise_model: Any, config: Any, log) -> tuple[Any, dict[str, Any]]:
-    """Train with the user's code path (``training.train_iter``); return the model and a summary."""
+def _train(images: np.ndarray, noise_model: Any, config: Any, log, events: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Train with the user's code path (``training.train_iter``, or the given training ``events``, e.g. of
+    ``workflows.bootstrap_iter``); return the model and a summary."""
     from napari_divnoising.training import TrainingDone, TrainingWarning, TrainStep, train_iter
 
     done, warnings, last_step = None, [], None
     t0 = time.perf_counter()
-    for event in train_iter(images, noise_model, config):
+    for event in events if events is not None else train_iter(images, noise_model, config):
         if isinstance(event, TrainStep):
             last_step = event
             if event.step % 100 == 0:
@@ -105,12 +111,12 @@ def evaluate_model(model: Any, val_noisy: np.ndarray, val_gt: np.ndarray, n_samp
         t0 = time.perf_counter()
         result = predict(model, frame, n_samples, keep_samples=n_samples if with_map else 0, seed=i)
         predict_s.append(time.perf_counter() - t0)
-        mmse_psnr.append(psnr(val_gt, np.clip(result.mmse, 0, data_range), data_range))
+        mmse_psnr.append(psnr(np.clip(result.mmse, 0, data_range), val_gt, data_range))
         if with_map:
             t0 = time.perf_counter()
             map_image = map_estimate(result.samples)
             map_s.append(time.perf_counter() - t0)
-            map_psnr.append(psnr(val_gt, np.clip(map_image, 0, data_range), data_range))
+            map_psnr.append(psnr(np.clip(map_image, 0, data_range), val_gt, data_range))
     out = {"n_samples": n_samples, "psnr": mmse_psnr, "psnr_mean": float(np.mean(mmse_psnr)),
            "psnr_std": float(np.std(mmse_psnr)), "predict_seconds_per_image": float(np.median(predict_s)),
            "predict_seconds_all": predict_s}
@@ -147,11 +153,11 @@ def samples_sweep(model: Any, val_noisy: np.ndarray, val_gt: np.ndarray, counts:
             for sample in event.samples:  # exact running mean at every count, whatever the batch size
                 running_sum += sample
                 done += 1
-                single.append(psnr(val_gt, np.clip(sample, 0, data_range), data_range))
+                single.append(psnr(np.clip(sample, 0, data_range), val_gt, data_range))
                 if with_map:
                     kept.append(sample)  # SampleBatch.samples is a fresh array per batch
                 if done in per_count:
-                    per_count[done].append(psnr(val_gt, np.clip(running_sum / done, 0, data_range), data_range))
+                    per_count[done].append(psnr(np.clip(running_sum / done, 0, data_range), val_gt, data_range))
                     seconds[done].append(time.perf_counter() - t0)
         if with_map:
             for c in map_per_count:
@@ -159,7 +165,7 @@ def samples_sweep(model: Any, val_noisy: np.ndarray, val_gt: np.ndarray, counts:
                     t1 = time.perf_counter()
                     estimate = map_estimate(np.stack(kept[:c]))
                     map_seconds[c].append(time.perf_counter() - t1)
-                    map_per_count[c].append(psnr(val_gt, np.clip(estimate, 0, data_range), data_range))
+                    map_per_count[c].append(psnr(np.clip(estimate, 0, data_range), val_gt, data_range))
         del kept
     out: dict[str, Any] = {}
     for c in counts:
@@ -220,9 +226,9 @@ def run(quick: bool = False, budget_minutes: float | None = None, data_dir: Path
     ``quick`` shrinks budgets (0.2 min), samples (10), the sweep (1, 10) and the frames (2) for a smoke run.
     """
     from napari_divnoising.errors import DivNoisingError
-    from napari_divnoising.noise_model_fitting import bootstrap_gmm, fit_gmm_from_calibration
-    from napari_divnoising.prediction import predict
+    from napari_divnoising.noise_model_fitting import fit_gmm_from_calibration
     from napari_divnoising.training import COLEARN, TrainingConfig
+    from napari_divnoising.workflows import BootstrapPhase, bootstrap_iter
 
     def log(message: str) -> None:
         if verbose:
@@ -240,7 +246,7 @@ def run(quick: bool = False, budget_minutes: float | None = None, data_dir: Path
     val_noisy, val_gt = data["val_noisy"], data["val_gt"]
 
     results: dict[str, Any] = {
-        "machine": machine_info(), "data": str(data_dir), "data_range": data_range,
+        "machine": machine_info(), "data": Path(data_dir).name, "data_range": data_range,
         "budget_minutes": budget, "max_steps": max_steps, "n_samples": n_samples, "n_frames": len(val_noisy),
         "quick": quick, "skipped": sorted(skip), "training_config": {"patch_size": config.patch_size,
                                                                      "batch_size": config.batch_size,
@@ -248,7 +254,7 @@ def run(quick: bool = False, budget_minutes: float | None = None, data_dir: Path
         "methods": {},
     }
     methods = results["methods"]
-    noisy_scores = [psnr(val_gt, f, data_range) for f in val_noisy]
+    noisy_scores = [psnr(f, val_gt, data_range) for f in val_noisy]
     methods["noisy"] = {"label": "Noisy input", "psnr": noisy_scores, "psnr_mean": float(np.mean(noisy_scores)),
                         "psnr_std": float(np.std(noisy_scores))}
     log(f"noisy input: {methods['noisy']['psnr_mean']:.2f} dB")
@@ -273,18 +279,25 @@ def run(quick: bool = False, budget_minutes: float | None = None, data_dir: Path
     if "bootstrap" not in skip:
         log(f"(c) bootstrapped GMM from (noisy, MMSE of (b)) + {budget:g} min training")
         t0 = time.perf_counter()
-        pseudo = np.stack([predict(models["colearn"], frame, bootstrap_samples, keep_samples=0, seed=500 + i).mmse
-                           for i, frame in enumerate(data["train"])])
+        fit_seconds: list[float] = []
+
+        def timed(events: Any) -> Any:
+            for event in events:
+                if isinstance(event, BootstrapPhase) and event.stage == 3:
+                    fit_seconds.append(time.perf_counter() - t0)
+                yield event
+
+        # The same workflow as the Train panel's and `divnoising train --bootstrap`, from model (b).
+        events = bootstrap_iter(data["train"], config, first_model=models["colearn"], n_samples=bootstrap_samples,
+                                clip=(0.5, 99.5), seed=500)
         try:
-            gmm = bootstrap_gmm(data["train"], pseudo.astype(np.float32), clip=(0.5, 99.5))
+            models["bootstrap"], summary = _train(data["train"], None, config, log, events=timed(events))
         except DivNoisingError as exc:  # e.g. model (b) too weak to give a usable pseudo-clean signal
-            gmm = None
             methods["bootstrap"] = {"label": VARIANT_LABELS["bootstrap"], "error": f"bootstrap fit refused: {exc}"}
             log(f"    {methods['bootstrap']['error']}")
-        if gmm is not None:
-            fit_s = time.perf_counter() - t0
-            models["bootstrap"], summary = _train(data["train"], gmm, config, log)
-            summary["bootstrap_seconds"] = fit_s
+        else:
+            summary["train_seconds"] -= fit_seconds[0]
+            summary["bootstrap_seconds"] = fit_seconds[0]
             summary["bootstrap_samples"] = bootstrap_samples
             methods["bootstrap"] = {"label": VARIANT_LABELS["bootstrap"], **summary,
                                     **evaluate_model(models["bootstrap"], val_noisy, val_gt, n_samples, data_range)}
@@ -366,7 +379,7 @@ def to_markdown(results: dict[str, Any]) -> str:
         if single:
             lines += ["", f"A single posterior sample scores {single['psnr_mean']:.2f} ± {single['psnr_std']:.2f} dB "
                           f"(mean ± std over {single['n']} samples of all frames); the spread is the diversity "
-                          "(standard-deviation PSNR, METHOD.md 6)."]
+                          "(standard-deviation PSNR, docs/method.md 7)."]
     lines += ["", "PSNR: mean ± std over the validation frames. Train and predict times are wall-clock on the "
                   "machine above; BM3D needs no training."]
     return "\n".join(lines)

@@ -14,7 +14,7 @@ def n_params(net: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize(("depth", "expected"), [(2, 261_000), (3, 880_000)])
 def test_parameter_counts_match_the_reference(depth, expected):
-    # METHOD.md 2: depth 2 about 261k parameters, depth 3 about 880k.
+    # docs/method.md 2: depth 2 about 261k parameters, depth 3 about 880k.
     assert abs(n_params(DivNoisingVAE(depth=depth)) - expected) / expected < 0.02
 
 

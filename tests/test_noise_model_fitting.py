@@ -120,23 +120,23 @@ def test_fit_from_calibration_wrapper_and_seed_reproducible(calibration_stack):
     assert torch.equal(a.weight, b.weight)
 
 
-def test_explicit_min_sigma_floors_component_variances(calibration_stack):
-    model = fit_gmm_from_calibration(calibration_stack, min_sigma=150.0, max_pairs=20_000)
-    assert float(model.min_sigma) == 150.0
+def test_explicit_min_variance_floors_component_variances(calibration_stack):
+    model = fit_gmm_from_calibration(calibration_stack, min_variance=150.0, max_pairs=20_000)
+    assert float(model.min_variance) == 150.0
     with torch.no_grad():
         _, variances, _ = model.parameters_at(torch.linspace(100, 500, 50))
     assert float(variances.min()) >= 150.0 - 1e-3
 
 
-def test_default_min_sigma_is_data_range_aware():
+def test_default_min_variance_is_data_range_aware():
     """16-bit-like data gets a much larger floor than 8-bit-like data with small noise."""
     bright = fit_gmm_from_calibration(poisson_gaussian(clean_image(32) * 20, 8, seed=1), max_pairs=10_000)
     rng = np.random.default_rng(2)
     dim_clean = 5 + 40 * (clean_image(32) - OFFSET) / 400
     dim = np.clip(np.round(rng.poisson(dim_clean, size=(8, 32, 32))), 0, 255).astype(np.uint8)
     dark = fit_gmm_from_calibration(dim, max_pairs=10_000)
-    assert float(bright.min_sigma) > 20.0
-    assert 1.0 / 12.0 <= float(dark.min_sigma) < 5.0
+    assert float(bright.min_variance) > 20.0
+    assert 1.0 / 12.0 <= float(dark.min_variance) < 5.0
 
 
 def test_clip_percentiles_set_signal_range(calibration_stack):
@@ -227,7 +227,7 @@ def test_mismatched_pairs_are_refused():
     [
         ({"n_gaussians": 0}, "n_gaussians"),
         ({"n_coeffs": 0}, "n_coeffs"),
-        ({"min_sigma": -1.0}, "min_sigma"),
+        ({"min_variance": -1.0}, "min_variance"),
         ({"clip_percentiles": (90, 10)}, "percentiles"),
         ({"clip_percentiles": (-1, 99)}, "percentiles"),
     ],

@@ -13,7 +13,7 @@ from napari_divnoising.noise_models import GaussianNoiseModel, GMMNoiseModel
 
 def _random_model(seed: int = 0, n_gaussians: int = 3, n_coeffs: int = 2) -> GMMNoiseModel:
     gen = torch.Generator().manual_seed(seed)
-    return GMMNoiseModel.initial(100.0, 900.0, n_gaussians, n_coeffs, min_sigma=7.5, generator=gen)
+    return GMMNoiseModel.initial(100.0, 900.0, n_gaussians, n_coeffs, min_variance=7.5, generator=gen)
 
 
 def _pairs(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,7 +31,7 @@ def test_round_trip_gives_identical_log_likelihoods(tmp_path):
     with torch.no_grad():
         assert torch.equal(model.log_likelihood(x, s), loaded.log_likelihood(x, s))
     assert loaded.n_gaussians == 4 and loaded.n_coeffs == 3
-    assert float(loaded.min_sigma) == pytest.approx(7.5)
+    assert float(loaded.min_variance) == pytest.approx(7.5)
     assert read_description(path) == "test model"
 
 
@@ -61,7 +61,7 @@ def test_reference_written_file_loads(tmp_path):
         max_signal=np.array([900.0], dtype=np.float32), min_sigma=50,
     )
     model = load_gmm_npz(path)
-    assert float(model.min_sigma) == 50.0
+    assert float(model.min_variance) == 50.0
     np.testing.assert_array_equal(model.weight.detach().numpy(), weight)
     # Independent numpy evaluation of the reference formula at one point.
     s, x = 400.0, 430.0
@@ -131,7 +131,7 @@ def test_missing_keys(tmp_path):
         ({"trained_weight": np.zeros(9, np.float32)}, "trained_weight"),
         ({"min_signal": np.array([0.0, 1.0], np.float32)}, "min_signal must be a single number"),
         ({"max_signal": np.array([-5.0], np.float32)}, "must exceed min_signal"),
-        ({"min_sigma": np.array(0.0)}, "min_sigma must be positive"),
+        ({"min_sigma": np.array(0.0)}, r"min_sigma \(the variance floor\) must be positive"),
         ({"trained_weight": np.full((9, 2), np.nan, np.float32)}, "NaN"),
     ],
 )

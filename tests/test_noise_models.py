@@ -37,7 +37,7 @@ def gmm_setup():
 
 def test_gmm_matches_numpy_reference(gmm_setup):
     weight, s, x = gmm_setup
-    model = GMMNoiseModel(weight, 100.0, 1100.0, min_sigma=25.0)
+    model = GMMNoiseModel(weight, 100.0, 1100.0, min_variance=25.0)
     w32 = model.weight.detach().double().numpy()  # the model stores float32 like the reference files
     expected, means, variances, alpha = reference_gmm_log_likelihood(w32, 100.0, 1100.0, 25.0, x, s)
     with torch.no_grad():
@@ -51,7 +51,7 @@ def test_gmm_matches_numpy_reference(gmm_setup):
 
 def test_gmm_mixture_mean_is_signal_and_variance_is_mixture_variance(gmm_setup):
     weight, s, _ = gmm_setup
-    model = GMMNoiseModel(weight, 100.0, 1100.0, min_sigma=25.0)
+    model = GMMNoiseModel(weight, 100.0, 1100.0, min_variance=25.0)
     st = torch.as_tensor(s)
     with torch.no_grad():
         np.testing.assert_allclose(model.mean(st).numpy(), s, rtol=1e-9)
@@ -65,7 +65,7 @@ def test_gmm_mixture_mean_is_signal_and_variance_is_mixture_variance(gmm_setup):
 
 def test_gmm_log_likelihood_stays_finite_for_outliers():
     """The reference adds 1e-10 in probability space (log p >= -23); ours keeps the true tail."""
-    model = GMMNoiseModel.initial(0.0, 255.0, min_sigma=1.0, generator=torch.Generator().manual_seed(1))
+    model = GMMNoiseModel.initial(0.0, 255.0, min_variance=1.0, generator=torch.Generator().manual_seed(1))
     s = torch.tensor([10.0, 10.0], dtype=torch.float64)
     x = torch.tensor([10.0, 10_000.0], dtype=torch.float64)
     ll = model.log_likelihood(x, s)
@@ -95,7 +95,7 @@ def test_initial_follows_reference():
 
 
 @pytest.mark.parametrize("model", [
-    GMMNoiseModel.initial(5.0, 300.0, 2, 3, min_sigma=2.0, generator=torch.Generator().manual_seed(2)),
+    GMMNoiseModel.initial(5.0, 300.0, 2, 3, min_variance=2.0, generator=torch.Generator().manual_seed(2)),
     GaussianNoiseModel(a=1.5, b=7.0, sigma_min=0.5, offset=100.0, scale=50.0, trainable=False),
 ])
 def test_config_round_trip(model):
@@ -125,7 +125,9 @@ def test_gaussian_co_learned_recovers_linear_variance():
     s = rng.uniform(100, 500, 20_000)
     x = s + rng.normal(0, np.sqrt(2.0 * (s - 100) + 9.0))
     st, xt = torch.as_tensor(s, dtype=torch.float32), torch.as_tensor(x, dtype=torch.float32)
-    model = GaussianNoiseModel(a=0.0, b=float(np.var(x - s)), sigma_min=1.0, offset=float(s.mean()), scale=float(s.std()))
+    model = GaussianNoiseModel(
+        a=0.0, b=float(np.var(x - s)), sigma_min=1.0, offset=float(s.mean()), scale=float(s.std())
+    )
     assert {name for name, p in model.named_parameters() if p.requires_grad} == {"alpha", "beta"}
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     for _ in range(400):
@@ -140,3 +142,26 @@ def test_gaussian_co_learned_recovers_linear_variance():
 def test_gaussian_not_trainable_when_fixed():
     model = GaussianNoiseModel(a=0.0, b=4.0, trainable=False)
     assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_gmm_state_and_config_written_before_the_min_variance_rename_still_load():
+    model = GMMNoiseModel.initial(5.0, 300.0, 2, 3, min_variance=2.0, generator=torch.Generator().manual_seed(3))
+    state = {("min_sigma" if k == "min_variance" else k): v for k, v in model.state_dict().items()}
+    config = {("min_sigma" if k == "min_variance" else k): v for k, v in model.to_config().items()}
+    rebuilt = noise_model_from_config(config, state)
+    assert float(rebuilt.min_variance) == 2.0
+    torch.testing.assert_close(rebuilt.weight, model.weight)
+
+
+def test_every_registered_noise_model_follows_the_protocol():
+    from napari_divnoising.noise_models import NOISE_MODEL_TYPES, NoiseModelProtocol
+
+    examples = {
+        "gmm": GMMNoiseModel.initial(5.0, 300.0, 2, 3, generator=torch.Generator().manual_seed(2)),
+        "gaussian": GaussianNoiseModel(a=1.5, b=7.0, sigma_min=0.5, offset=100.0, scale=50.0),
+    }
+    assert set(NOISE_MODEL_TYPES) == set(examples)
+    for kind, cls in NOISE_MODEL_TYPES.items():
+        assert cls.kind == kind
+        model = cls.from_config(examples[kind].to_config())
+        assert isinstance(model, NoiseModelProtocol)

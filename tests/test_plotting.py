@@ -18,7 +18,7 @@ def _linear_gmm(slope: float = 2.0, intercept: float = 9.0, lo: float = 100.0, h
     """A one-component GMM whose variance is exactly slope * s + intercept on [lo, hi]."""
     var_lo = slope * lo + intercept
     weight = torch.tensor([[0.0, 0.0], [np.log(var_lo), np.log(slope * (hi - lo))], [0.0, 0.0]])
-    return GMMNoiseModel(weight, lo, hi, min_sigma=1.0)
+    return GMMNoiseModel(weight, lo, hi, min_variance=1.0)
 
 
 def _calibration(seed: int = 0):

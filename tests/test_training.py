@@ -62,7 +62,7 @@ def constant_gmm(sigma: float) -> GMMNoiseModel:
     w = torch.zeros(9, 2)
     w[3:6, 0] = math.log(sigma**2)
     w[3:6, 1] = -30.0  # exp(-30) ~ 0: no signal dependence
-    return GMMNoiseModel(w, 0.0, 255.0, min_sigma=0.1)
+    return GMMNoiseModel(w, 0.0, 255.0, min_variance=0.1)
 
 
 def test_kl_per_pixel_matches_formula():

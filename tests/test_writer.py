@@ -6,6 +6,7 @@ import tifffile
 
 from napari_divnoising import DivNoisingError
 from napari_divnoising._writer import write_image_tiff, write_single_image
+from napari_divnoising.outputs import result_metadata
 
 
 def test_writes_2d_image_with_pixel_size_and_unit(tmp_path):
@@ -43,9 +44,38 @@ def test_result_layers_are_written_by_the_core_exporter(tmp_path):
     from napari_divnoising.export import read_tiff_metadata
 
     data = np.random.default_rng(1).random((5, 12, 12)).astype(np.float32)
-    meta = {"name": "cells_samples", "scale": [1.0, 0.4, 0.4], "units": ["pixel", "micrometer", "micrometer"]}
+    meta = {"name": "whatever", "scale": [1.0, 0.4, 0.4], "units": ["pixel", "micrometer", "micrometer"],
+            "metadata": result_metadata("samples", source="cells", model_name="m1", n_samples=5, seed=7)}
     (path,) = write_single_image(str(tmp_path / "s.tif"), data, meta)
     info = read_tiff_metadata(path)
     np.testing.assert_allclose(tifffile.imread(path), data)
     assert info["pixel_size"] == pytest.approx((0.4, 0.4)) and info["unit"] == "um"
-    assert "samples" in (info["info"] + str(info["properties"])).lower()
+    props = info["properties"]
+    assert props["divnoising_kind"] == "samples" and props["divnoising_model"] == "m1"
+    assert props["divnoising_n_samples"] == "5" and props["divnoising_seed"] == "7"
+    assert props["divnoising_source"] == "cells"
+
+
+def test_a_user_layer_named_like_a_result_is_written_as_a_plain_image(tmp_path):
+    from napari_divnoising.export import read_tiff_metadata
+
+    data = np.random.default_rng(2).random((12, 12)).astype(np.float32)
+    (path,) = write_single_image(str(tmp_path / "cells_map.tif"), data, {"name": "cells_map", "metadata": {}})
+    info = read_tiff_metadata(path)
+    assert "divnoising_kind" not in info["properties"]
+    assert "MAP" not in info["info"]
+    np.testing.assert_allclose(tifffile.imread(path), data)
+
+
+@pytest.mark.parametrize("dtype, expected", [
+    (np.uint8, np.uint8), (np.uint16, np.uint16), (np.float32, np.float32), (np.int16, np.uint16),
+    (np.int32, np.uint16), (np.float64, np.float32),
+])
+def test_writer_and_exporter_share_one_dtype_rule(tmp_path, dtype, expected):
+    from napari_divnoising.export import write_tiff
+
+    data = np.arange(64, dtype=dtype).reshape(8, 8)
+    plain = write_image_tiff(tmp_path / "plain.tif", data)
+    result = write_tiff(tmp_path / "result.tif", data, kind="mmse", dtype=dtype)
+    assert tifffile.imread(plain).dtype == expected
+    assert tifffile.imread(result).dtype == expected

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -30,7 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-FMD_DIR = Path("/work/shared/data/fmd_bpae_b")
+# The package's tested PSNR (napari_divnoising.metrics needs only numpy, so this also works in a
+# baseline's own environment where the package is not installed).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+from napari_divnoising.metrics import psnr
+
+FMD_DIR = Path(os.environ.get("DIVNOISING_FMD_DIR", "data/fmd_bpae_b"))
 
 
 @dataclass(frozen=True)
@@ -141,12 +147,6 @@ def denoise(
     return result.astype(np.float32)
 
 
-def psnr(reference: np.ndarray, estimate: np.ndarray, data_range: float = 255.0) -> float:
-    """PSNR in dB of ``estimate`` against ``reference`` for a fixed data range."""
-    mse = float(np.mean((np.asarray(reference, np.float64) - np.asarray(estimate, np.float64)) ** 2))
-    return float(20 * np.log10(data_range) - 10 * np.log10(mse))
-
-
 def evaluate(
     noisy_frames: np.ndarray,
     ground_truth: np.ndarray,
@@ -169,8 +169,8 @@ def evaluate(
         t0 = time.perf_counter()
         result = denoise(frame, params, sigma_multiplier, profile, clip=(0.0, data_range))
         seconds.append(time.perf_counter() - t0)
-        noisy_psnr.append(psnr(ground_truth, frame, data_range))
-        bm3d_psnr.append(psnr(ground_truth, result, data_range))
+        noisy_psnr.append(psnr(frame, ground_truth, data_range))
+        bm3d_psnr.append(psnr(result, ground_truth, data_range))
     return {
         "method": "BM3D + generalized Anscombe VST (closed-form unbiased inverse)",
         "noise_params": asdict(params),

@@ -2,14 +2,15 @@
 
 Runs in CAREamics' OWN virtual environment (see ``benchmarks/README.md`` and
 ``benchmarks/baselines/requirements-n2v.txt``), never in the plugin's environment: this file imports
-only numpy, tifffile, torch, lightning and careamics, not ``napari_divnoising``.
+only numpy, tifffile, torch, lightning and careamics, and from ``napari_divnoising`` only the numpy-only
+``metrics`` module (from the source tree, for the package's PSNR).
 
 Usage (the quality harness ``benchmarks/run_quality.py`` calls it like this)::
 
-    /work/venvs/careamics/bin/python benchmarks/baselines/n2v_careamics.py \\
-        --train /work/shared/data/fmd_bpae_b/train_noisy.tif \\
-        --val-noisy /work/shared/data/fmd_bpae_b/val_noisy.tif \\
-        --val-gt /work/shared/data/fmd_bpae_b/val_gt.tif \\
+    .venv-careamics/bin/python benchmarks/baselines/n2v_careamics.py \\
+        --train data/fmd_bpae_b/train_noisy.tif \\
+        --val-noisy data/fmd_bpae_b/val_noisy.tif \\
+        --val-gt data/fmd_bpae_b/val_gt.tif \\
         --budget-minutes 10 --json n2v.json
 
 Settings (N2V as published, sized for a CPU): UNet depth 2 with 32 first-level filters (CAREamics'
@@ -32,11 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-
-def psnr(reference: np.ndarray, estimate: np.ndarray, data_range: float = 255.0) -> float:
-    """PSNR in dB of ``estimate`` against ``reference`` for a fixed data range."""
-    mse = float(np.mean((np.asarray(reference, np.float64) - np.asarray(estimate, np.float64)) ** 2))
-    return float(20 * np.log10(data_range) - 10 * np.log10(mse))
+# The package's tested PSNR (napari_divnoising.metrics needs only numpy, so this also works in a
+# baseline's own environment where the package is not installed).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+from napari_divnoising.metrics import psnr
 
 
 def _time_budget_callback(seconds: float):
@@ -113,7 +113,7 @@ def train_and_evaluate(
         if isinstance(prediction, list):
             prediction = prediction[0]
         predictions.append(np.clip(np.squeeze(np.asarray(prediction)), 0.0, data_range))
-    scores = [psnr(val_gt, p, data_range) for p in predictions]
+    scores = [psnr(p, val_gt, data_range) for p in predictions]
     return {
         "method": "Noise2Void (CAREamics)",
         "careamics_version": _version("careamics"),

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DivNoisingError
+from .outputs import imagej_dtype, output_kind, result_facts
 
 TIFF_EXTENSIONS = (".tif", ".tiff")
 
@@ -26,15 +27,6 @@ def _unit_name(units: Any) -> str | None:
     if not text or text in ("pixel", "pixels", "px", "dimensionless", ""):
         return None
     return {"micrometer": "um", "micron": "um", "nanometer": "nm", "millimeter": "mm"}.get(text, text)
-
-
-def _imagej_dtype(data: np.ndarray) -> np.ndarray:
-    """Cast to a dtype ImageJ can hold (uint8, uint16 or float32) without losing values."""
-    if data.dtype in (np.uint8, np.uint16, np.float32):
-        return data
-    if np.issubdtype(data.dtype, np.integer) and data.size and data.min() >= 0 and data.max() <= 65535:
-        return data.astype(np.uint16)
-    return data.astype(np.float32)
 
 
 def write_image_tiff(path: str | Path, data: Any, meta: dict | None = None) -> Path:
@@ -62,7 +54,7 @@ def write_image_tiff(path: str | Path, data: Any, meta: dict | None = None) -> P
         raise DivNoisingError(
             f"Only 2-D images and 3-D stacks can be saved as TIFF here; this layer has shape {array.shape}."
         )
-    array = _imagej_dtype(array)
+    array = imagej_dtype(array)
     scale = [float(v) for v in (meta.get("scale") if meta.get("scale") is not None else [1.0] * array.ndim)]
     metadata: dict[str, Any] = {"axes": "YX" if array.ndim == 2 else "ZYX"}
     unit = _unit_name(meta.get("units"))
@@ -77,39 +69,31 @@ def write_image_tiff(path: str | Path, data: Any, meta: dict | None = None) -> P
     return path
 
 
-RESULT_KINDS = ("mmse", "variance", "samples", "map")
-
-
-def _result_kind(name: str) -> str | None:
-    """``"mmse"`` etc. for the Predict widget's output layers (``<image>_mmse``...), else None."""
-    if name == "prior_samples":
-        return "prior"
-    for kind in RESULT_KINDS:
-        if name.endswith(f"_{kind}"):
-            return kind
-    return None
-
-
 def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
     """npe2 single-layer writer for image layers; returns the paths written.
 
-    DivNoising result layers are written by the core's :func:`~napari_divnoising.export.write_tiff`
-    (the same files as the Export button and the command line); other image layers by
-    :func:`write_image_tiff`.
+    Layers the Predict widget made (marked in ``layer.metadata``, see
+    :func:`~napari_divnoising.outputs.result_metadata`) are written by the core's
+    :func:`~napari_divnoising.export.write_tiff` with their kind and provenance (the same files
+    as the Export button and the command line); any other image layer, whatever its name,
+    by :func:`write_image_tiff`.
     """
-    kind = _result_kind(str(meta.get("name", "")))
+    facts = result_facts(meta.get("metadata"))
     array = np.asarray(data)
-    if kind is None or meta.get("rgb") or Path(path).suffix.lower() not in TIFF_EXTENSIONS:
+    if not facts or meta.get("rgb") or Path(path).suffix.lower() not in TIFF_EXTENSIONS:
         return [str(write_image_tiff(path, array, meta))]
     from .export import write_tiff
 
+    kind = output_kind(facts["kind"])
     scale = [float(v) for v in (meta.get("scale") if meta.get("scale") is not None else [1.0] * array.ndim)]
-    input_ndim = array.ndim - 1 if kind in ("samples", "prior") else array.ndim
+    input_ndim = array.ndim - 1 if kind.sample_axis else array.ndim
     if input_ndim not in (2, 3):
         return [str(write_image_tiff(path, array, meta))]
     written = write_tiff(
-        path, array, kind=kind, input_axes="YX" if input_ndim == 2 else "TYX",
+        path, array, kind=kind.name, input_axes="YX" if input_ndim == 2 else "TYX",
         pixel_size=(scale[-2], scale[-1]), unit=_unit_name(meta.get("units")),
-        spacing=scale[-3] if input_ndim == 3 else None, source=str(meta.get("name")),
+        spacing=scale[-3] if input_ndim == 3 else None, n_samples=facts.get("n_samples"),
+        model_name=facts.get("model"), source=facts.get("source") or str(meta.get("name")),
+        extra={"seed": facts["seed"]} if facts.get("seed") is not None else None,
     )
     return [str(written)]

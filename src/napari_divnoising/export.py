@@ -31,14 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DivNoisingError
-
-KIND_TEXT = {
-    "mmse": "MMSE estimate (mean of the posterior samples)",
-    "variance": "per-pixel variance of the posterior samples (uncertainty, squared intensity units)",
-    "samples": "posterior samples (diverse plausible clean images)",
-    "map": "MAP estimate (mode of the posterior samples by mean shift)",
-    "prior": "prior samples (synthetic images decoded from z ~ N(0, I))",
-}
+from .outputs import imagej_dtype, output_kind
 
 #: Resolution units of the TIFF tag in micrometres (2 = inch, 3 = centimetre).
 _RESOLUTION_UNIT_UM = {2: 25400.0, 3: 10000.0}
@@ -59,12 +52,10 @@ def stack_axes(axes: str | None, ndim: int) -> str:
 
 def output_axes(input_axes: str, kind: str) -> tuple[str, str | None]:
     """ImageJ axes of an output of ``kind`` for an input with ``input_axes``, and the samples axis (or None)."""
-    if kind not in KIND_TEXT:
-        raise DivNoisingError(f"Unknown output kind {kind!r}; one of {', '.join(KIND_TEXT)}.")
+    if not output_kind(kind).sample_axis:
+        return input_axes, None
     if kind == "prior":
         return "TYX", "T"
-    if kind != "samples":
-        return input_axes, None
     return {"YX": ("TYX", "T"), "ZYX": ("TZYX", "T"), "TYX": ("TZYX", "Z")}[input_axes]
 
 
@@ -82,14 +73,6 @@ def cast_output(data: np.ndarray, dtype: Any = "float32", clip_min: float | None
     if np.issubdtype(target, np.floating):
         return arr.astype(target)
     raise DivNoisingError(f"Cannot write outputs as {target}; use float32 or the input's integer type.")
-
-
-def _imagej_dtype(arr: np.ndarray) -> np.ndarray:
-    if arr.dtype in (np.uint8, np.uint16, np.float32):
-        return arr
-    if arr.dtype == np.int16 and (arr.size == 0 or arr.min() >= 0):
-        return arr.astype(np.uint16)
-    return arr.astype(np.float32)  # ImageJ has no int8/int16/int32/float64 pages
 
 
 def write_tiff(
@@ -118,7 +101,8 @@ def write_tiff(
     data
         The result: input shape for mmse/map/variance; (K, *input shape) for samples; (count, h, w) for prior.
     kind
-        ``"mmse"``, ``"variance"``, ``"samples"``, ``"map"`` or ``"prior"``.
+        A kind of :data:`~napari_divnoising.outputs.OUTPUT_KINDS`: ``"mmse"``, ``"variance"``, ``"samples"``,
+        ``"map"`` or ``"prior"``.
     input_axes
         'YX', 'ZYX' or 'TYX' (see :func:`stack_axes`); default from the data's shape ('TYX' for stacks).
     pixel_size, unit
@@ -129,9 +113,10 @@ def write_tiff(
         Number of posterior samples, the model's name, the input file: recorded in the description.
     dtype
         ``"float32"`` or a numpy integer dtype (e.g. the input's) to cast to with rounding and clipping.
-        Variance is always float32 (squared units do not fit the input's type).
+        Kinds marked ``float_only`` in :mod:`~napari_divnoising.outputs` (the variance: squared units
+        do not fit the input's type) are always float32.
     clip_min
-        Clip values below this (e.g. 0 for unsigned data); not applied to variance.
+        Clip values below this (e.g. 0 for unsigned data); not applied to ``float_only`` kinds.
     extra
         More key/value pairs for the description and properties.
     """
@@ -143,20 +128,21 @@ def write_tiff(
     if path.suffix.lower() not in (".tif", ".tiff"):
         raise DivNoisingError(f"TIFF files end in .tif or .tiff; got {path.name}.")
     arr = np.asarray(data)
-    per_image_ndim = arr.ndim - 1 if kind in ("samples", "prior") else arr.ndim
+    info = output_kind(kind)
+    per_image_ndim = arr.ndim - 1 if info.sample_axis else arr.ndim
     in_axes = input_axes or stack_axes(None, per_image_ndim)
     if kind == "prior" and arr.ndim != 3:
         raise DivNoisingError(f"Prior samples must have shape (count, Y, X); got {arr.shape}.")
     if kind != "prior" and len(in_axes) != per_image_ndim:
         raise DivNoisingError(f"A {kind} output of shape {arr.shape} does not fit input axes {in_axes}.")
     axes, samples_axis = output_axes(in_axes, kind)
-    if kind == "variance":
+    if info.float_only:
         arr = cast_output(arr, "float32")
     else:
         arr = cast_output(arr, dtype, clip_min)
     if kind == "samples" and in_axes == "TYX":
         arr = np.ascontiguousarray(np.moveaxis(arr, 0, 1))  # (K, T, Y, X) -> (T, K, Y, X): samples on Z
-    arr = _imagej_dtype(arr)
+    arr = imagej_dtype(arr)
 
     facts: dict[str, str] = {"divnoising_kind": kind, "divnoising_version": __version__}
     if n_samples is not None:
@@ -169,7 +155,7 @@ def write_tiff(
         facts["divnoising_samples_axis"] = samples_axis
     for key, value in (extra or {}).items():
         facts[f"divnoising_{key}"] = str(value)
-    lines = [f"napari-divnoising {__version__}: {KIND_TEXT[kind]}"]
+    lines = [f"napari-divnoising {__version__}: {info.description}"]
     if n_samples is not None:
         lines.append(f"{int(n_samples)} posterior samples per image" if kind != "prior" else f"{int(n_samples)} images")
     if model_name:

@@ -1,4 +1,4 @@
-"""Quality and diversity metrics against a known ground truth (METHOD.md 6-7, appendix A.7)."""
+"""Quality and diversity metrics against a known ground truth (docs/method.md 7, paper appendix A.7)."""
 
 from __future__ import annotations
 

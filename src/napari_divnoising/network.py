@@ -1,4 +1,4 @@
-"""The DivNoising variational autoencoder (METHOD.md section 2).
+"""The DivNoising variational autoencoder (docs/method.md section 2).
 
 The network owns its geometry: :meth:`DivNoisingVAE.receptive_radius` (how far
 an output pixel sees, which tiled prediction relies on) and

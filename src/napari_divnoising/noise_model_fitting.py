@@ -1,4 +1,4 @@
-"""Fitting the GMM noise model p(x | s) to (signal, observation) pairs (METHOD.md 4a).
+"""Fitting the GMM noise model p(x | s) to (signal, observation) pairs (docs/method.md 4a).
 
 Three sources of pairs:
 
@@ -36,8 +36,9 @@ import numpy as np
 import torch
 
 from .errors import DivNoisingError
+from .events import Done, run_to_end
 from .io import as_image_stack
-from .noise_models import GMMNoiseModel
+from .noise_models import GMMNoiseModel, gmm_log_likelihood
 
 DEFAULT_MAX_PAIRS = 200_000
 DEFAULT_HELDOUT_PAIRS = 200_000
@@ -61,8 +62,8 @@ class NoiseFitProgress:
 
 
 @dataclass(frozen=True)
-class NoiseFitResult:
-    """The fitted model and how well it fits.
+class NoiseFitResult(Done):
+    """Last event of :func:`fit_gmm_iter`: the fitted model (:attr:`result`) and how well it fits.
 
     ``heldout_nll`` is the mean negative log-likelihood (nats per pixel) of
     pairs not used for fitting (``nan`` when none were held out).
@@ -75,6 +76,10 @@ class NoiseFitResult:
     n_pairs: int
     seconds: float
     converged: bool
+
+    @property
+    def result(self) -> GMMNoiseModel:
+        return self.model
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,54 @@ def paired_images(noisy: np.ndarray, clean: np.ndarray) -> tuple[np.ndarray, np.
             f"noisy and clean images must have the same shape; got {noisy_arr.shape} and {clean_arr.shape}."
         )
     return as_image_stack(clean_arr, name="clean image"), as_image_stack(noisy_arr, name="noisy image")
+
+
+@dataclass(frozen=True)
+class FitPairs:
+    """(signal, observation) pairs to fit a noise model to, and what they are.
+
+    ``signal`` and ``observation`` broadcast against each other (a calibration stack's
+    (1, Y, X) mean image against its (frames, Y, X) frames). ``integer_data`` says whether
+    the raw observations were whole numbers (see :func:`fit_gmm_iter`).
+    """
+
+    signal: np.ndarray
+    observation: np.ndarray
+    integer_data: bool
+    description: str
+
+
+def fitting_pairs(
+    *, calibration: np.ndarray | None = None, noisy: np.ndarray | None = None, clean: np.ndarray | None = None,
+    name: str = "calibration stack",
+) -> FitPairs:
+    """The pairs of a calibration stack, or of noisy images and their clean counterparts.
+
+    Give either ``calibration`` (frames of a static sample: the signal is the per-pixel mean)
+    or ``noisy`` with ``clean`` (same shape). ``name`` names the data in messages.
+    """
+    if calibration is not None:
+        if noisy is not None or clean is not None:
+            raise DivNoisingError("Give either a calibration stack or noisy and clean images, not both.")
+        integer = is_integer_valued(calibration)
+        signal, observation = calibration_pairs(calibration, name=name)
+        return FitPairs(signal, observation, integer, f"calibration stack {name} ({observation.shape[0]} frames)")
+    if noisy is None or clean is None:
+        raise DivNoisingError("Give a calibration stack, or both noisy and clean images.")
+    signal, observation = paired_images(noisy, clean)
+    return FitPairs(signal, observation, is_integer_valued(noisy), f"noisy / clean pairs {name}")
+
+
+def bootstrap_pairs(noisy: list[np.ndarray], pseudo_clean: list[np.ndarray]) -> FitPairs:
+    """Pairs of noisy images and a first denoising of them, frames of any size, as one (1, N) row each."""
+    if len(noisy) != len(pseudo_clean) or not noisy:
+        raise DivNoisingError("Bootstrapping needs one denoised image per noisy image.")
+    for n, p in zip(noisy, pseudo_clean):
+        if np.shape(n) != np.shape(p):
+            raise DivNoisingError(f"noisy and denoised images differ in shape: {np.shape(n)} and {np.shape(p)}.")
+    observation = np.concatenate([np.asarray(n, dtype=np.float32).ravel() for n in noisy])[None]
+    signal = np.concatenate([np.asarray(p, dtype=np.float32).ravel() for p in pseudo_clean])[None]
+    return FitPairs(signal, observation, is_integer_valued(observation), "noisy images and their first denoising")
 
 
 def _flat_sample(
@@ -208,7 +261,7 @@ def calibration_statistics(stack: np.ndarray, *, n_bins: int = 50, min_count: in
     return empirical_noise_statistics(signal, obs, n_bins=n_bins, min_count=min_count)
 
 
-def default_min_sigma(stats: BinnedNoiseStatistics, integer_data: bool) -> float:
+def default_min_variance(stats: BinnedNoiseStatistics, integer_data: bool) -> float:
     """Data-range-aware variance floor: half the smallest empirical noise variance.
 
     Gives a floor of order 50 for 16-bit camera data with a dark level of
@@ -237,14 +290,14 @@ def _linear_variance_fit(stats: BinnedNoiseStatistics) -> tuple[float, float]:
 
 def _initial_weight(
     stats: BinnedNoiseStatistics, min_signal: float, max_signal: float, n_gaussians: int, n_coeffs: int,
-    min_sigma: float,
+    min_variance: float,
 ) -> torch.Tensor:
     """Start from the empirical linear variance: all components share it, spread in width and offset."""
     slope, intercept = _linear_variance_fit(stats)
     span = max_signal - min_signal
     typical_var = float(np.average(stats.variance, weights=stats.count)) if stats.count.size else 1.0
-    tiny = 1e-4 * max(typical_var, min_sigma)
-    var_at_min = max(slope * min_signal + intercept, min_sigma, tiny)
+    tiny = 1e-4 * max(typical_var, min_variance)
+    var_at_min = max(slope * min_signal + intercept, min_variance, tiny)
     var_slope_u = max(slope * span, tiny)
     w = torch.zeros(3 * n_gaussians, n_coeffs, dtype=torch.float64)
     widths = np.linspace(0.6, 1.4, n_gaussians) if n_gaussians > 1 else np.ones(1)
@@ -283,7 +336,7 @@ def fit_gmm_iter(
     *,
     n_gaussians: int = 3,
     n_coeffs: int = 2,
-    min_sigma: float | None = None,
+    min_variance: float | None = None,
     clip_percentiles: tuple[float, float] | None = None,
     max_pairs: int = DEFAULT_MAX_PAIRS,
     heldout_pairs: int = DEFAULT_HELDOUT_PAIRS,
@@ -305,9 +358,9 @@ def fit_gmm_iter(
         image and (frames, Y, X) stack work without copying.
     n_gaussians, n_coeffs
         Mixture components K and polynomial coefficients (2 = linear in s).
-    min_sigma
+    min_variance
         Floor on each component's variance (raw units squared); ``None``
-        derives it from the data (see :func:`default_min_sigma`).
+        derives it from the data (see :func:`default_min_variance`).
     clip_percentiles
         (low, high) percentiles of the signal; pairs outside are ignored and
         the model's signal range is set to them (0.5, 99.5 for bootstrapping).
@@ -371,11 +424,11 @@ def fit_gmm_iter(
         )
     if integer_data is None:
         integer_data = is_integer_valued(obs_arr)
-    if min_sigma is None:
-        min_sigma = default_min_sigma(stats, integer_data)
-    elif not float(min_sigma) > 0:
-        raise DivNoisingError(f"min_sigma (the variance floor) must be positive; got {min_sigma}.")
-    min_sigma = float(min_sigma)
+    if min_variance is None:
+        min_variance = default_min_variance(stats, integer_data)
+    elif not float(min_variance) > 0:
+        raise DivNoisingError(f"min_variance (the variance floor) must be positive; got {min_variance}.")
+    min_variance = float(min_variance)
 
     # Subsample fitting and held-out pairs, disjoint, among pairs inside the clip range.
     rng = np.random.default_rng(seed)
@@ -388,25 +441,27 @@ def fit_gmm_iter(
     sig_s, obs_s = _flat_sample(sig_arr, obs_arr, index, shape)
     keep = (sig_s >= min_signal) & (sig_s <= max_signal)
     sig_s, obs_s = sig_s[keep], obs_s[keep]
-    n_fit = min(int(max_pairs), sig_s.size if heldout_pairs <= 0 else max(sig_s.size // 2, sig_s.size - heldout_pairs))
+    n_held = max(int(heldout_pairs), 0)
+    n_fit = min(int(max_pairs), sig_s.size if n_held == 0 else max(sig_s.size // 2, sig_s.size - n_held))
     fit_s, fit_x = sig_s[:n_fit], obs_s[:n_fit]
-    hold_s, hold_x = sig_s[n_fit : n_fit + max(int(heldout_pairs), 0)], obs_s[n_fit : n_fit + max(int(heldout_pairs), 0)]
+    hold_s, hold_x = sig_s[n_fit : n_fit + n_held], obs_s[n_fit : n_fit + n_held]
 
     dev = torch.device(device)
     polish_dtype = torch.float32 if dev.type == "mps" else torch.float64
     model = GMMNoiseModel(
-        _initial_weight(stats, min_signal, max_signal, n_gaussians, n_coeffs, min_sigma),
-        min_signal, max_signal, min_sigma,
+        _initial_weight(stats, min_signal, max_signal, n_gaussians, n_coeffs, min_variance),
+        min_signal, max_signal, min_variance,
     ).to(dev)
     total = int(explore_iterations) + int(polish_iterations)
 
     def nll_of(w: torch.Tensor, s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return -_gmm_log_likelihood(w, model, x, s).mean()
+        return -gmm_log_likelihood(w, model.min_signal, model.max_signal, min_variance, x, s).mean()
 
     def check_finite(value: float) -> None:
         if not math.isfinite(value):
             raise DivNoisingError(
-                "The noise-model fit diverged (non-finite likelihood); try a larger min_sigma or a percentile clip."
+                "The noise-model fit diverged (non-finite likelihood); try a larger variance floor or a percentile "
+                "clip."
             )
 
     # Stage 1: explore with full-batch Adam on a small subsample (the fitting pairs are already shuffled).
@@ -477,37 +532,11 @@ def fit_gmm_iter(
     )
 
 
-def _gmm_log_likelihood(
-    weight: torch.Tensor, template: GMMNoiseModel, observation: torch.Tensor, signal: torch.Tensor
-) -> torch.Tensor:
-    """Log-likelihood of ``template``'s formula with free ``weight`` (so it can be optimised in float64)."""
-    k = template.n_gaussians
-    lo = template.min_signal.to(signal.dtype)
-    hi = template.max_signal.to(signal.dtype)
-    u = (signal - lo) / (hi - lo)
-    powers = torch.stack([u**j for j in range(weight.shape[1])], dim=0)  # (n_coeff, N)
-    means = weight[:k] @ powers
-    variances = torch.clamp(torch.exp(weight[k : 2 * k]) @ powers, min=float(template.min_sigma))
-    log_w = torch.log_softmax(weight[2 * k :] @ powers, dim=0)
-    means = means - (log_w.exp() * means).sum(0) + signal
-    log_normal = -0.5 * ((observation - means) ** 2 / variances + torch.log(variances) + math.log(2 * math.pi))
-    return torch.logsumexp(log_w + log_normal, dim=0)
-
-
-def _run(events: Iterator[NoiseFitProgress | NoiseFitResult]) -> NoiseFitResult:
-    result = None
-    for event in events:
-        if isinstance(event, NoiseFitResult):
-            result = event
-    assert result is not None
-    return result
-
-
 def fit_gmm_from_calibration(
     stack: np.ndarray,
     n_gaussians: int = 3,
     n_coeffs: int = 2,
-    min_sigma: float | None = None,
+    min_variance: float | None = None,
     clip_percentiles: tuple[float, float] | None = None,
     **kwargs,
 ) -> GMMNoiseModel:
@@ -516,12 +545,12 @@ def fit_gmm_from_calibration(
     The signal is the per-pixel mean over frames and every frame pixel is one
     observation. Other keyword arguments go to :func:`fit_gmm_iter`.
     """
-    signal, obs = calibration_pairs(stack)
-    kwargs.setdefault("integer_data", is_integer_valued(stack))
-    return _run(fit_gmm_iter(
-        signal, obs, n_gaussians=n_gaussians, n_coeffs=n_coeffs, min_sigma=min_sigma,
+    pairs = fitting_pairs(calibration=stack)
+    kwargs.setdefault("integer_data", pairs.integer_data)
+    return run_to_end(fit_gmm_iter(
+        pairs.signal, pairs.observation, n_gaussians=n_gaussians, n_coeffs=n_coeffs, min_variance=min_variance,
         clip_percentiles=clip_percentiles, **kwargs,
-    )).model
+    ))
 
 
 def fit_gmm_from_pairs(
@@ -529,16 +558,16 @@ def fit_gmm_from_pairs(
     clean: np.ndarray,
     n_gaussians: int = 3,
     n_coeffs: int = 2,
-    min_sigma: float | None = None,
+    min_variance: float | None = None,
     clip_percentiles: tuple[float, float] | None = None,
     **kwargs,
 ) -> GMMNoiseModel:
     """Fit a GMM noise model to noisy images and their clean counterparts (same shape, 2-D or stacks)."""
-    signal, obs = paired_images(noisy, clean)
-    return _run(fit_gmm_iter(
-        signal, obs, n_gaussians=n_gaussians, n_coeffs=n_coeffs, min_sigma=min_sigma,
+    pairs = fitting_pairs(noisy=noisy, clean=clean)
+    return run_to_end(fit_gmm_iter(
+        pairs.signal, pairs.observation, n_gaussians=n_gaussians, n_coeffs=n_coeffs, min_variance=min_variance,
         clip_percentiles=clip_percentiles, **kwargs,
-    )).model
+    ))
 
 
 def bootstrap_gmm(
@@ -547,10 +576,10 @@ def bootstrap_gmm(
     clip: tuple[float, float] = (0.5, 99.5),
     n_gaussians: int = 3,
     n_coeffs: int = 2,
-    min_sigma: float | None = None,
+    min_variance: float | None = None,
     **kwargs,
 ) -> GMMNoiseModel:
-    """Bootstrap a GMM noise model from noisy images and a first denoising of them (METHOD.md 4a).
+    """Bootstrap a GMM noise model from noisy images and a first denoising of them (docs/method.md 4a).
 
     The pseudo-clean images (e.g. the MMSE of a DivNoising model trained with
     the co-learned Gaussian noise model, or any good denoiser) play the role of
@@ -558,7 +587,7 @@ def bootstrap_gmm(
     paper, because a denoiser's extremes are unreliable.
     """
     return fit_gmm_from_pairs(
-        noisy, pseudo_clean, n_gaussians=n_gaussians, n_coeffs=n_coeffs, min_sigma=min_sigma,
+        noisy, pseudo_clean, n_gaussians=n_gaussians, n_coeffs=n_coeffs, min_variance=min_variance,
         clip_percentiles=clip, **kwargs,
     )
 

@@ -43,7 +43,7 @@ def save_gmm_npz(model: GMMNoiseModel, path: str | Path, description: str = "") 
         "trained_weight": model.weight.detach().cpu().numpy().astype(np.float32),
         "min_signal": np.array([float(model.min_signal)], dtype=np.float32),
         "max_signal": np.array([float(model.max_signal)], dtype=np.float32),
-        "min_sigma": np.array(float(model.min_sigma), dtype=np.float64),
+        "min_sigma": np.array(float(model.min_variance), dtype=np.float64),  # the reference key name
         "description": np.array(str(description)),
     }
     if path.is_dir():
@@ -125,7 +125,7 @@ def load_gmm_npz(path: str | Path) -> GMMNoiseModel:
             f"{path}: max_signal ({values['max_signal']:g}) must exceed min_signal ({values['min_signal']:g})."
         )
     if not values["min_sigma"] > 0:
-        raise DivNoisingError(f"{path}: min_sigma must be positive; got {values['min_sigma']:g}.")
+        raise DivNoisingError(f"{path}: min_sigma (the variance floor) must be positive; got {values['min_sigma']:g}.")
     return GMMNoiseModel(
         torch.as_tensor(weight.astype(np.float32)), values["min_signal"], values["max_signal"], values["min_sigma"]
     )

@@ -1,18 +1,24 @@
-"""Pixel-wise noise models p(x | s) in raw intensity units (METHOD.md section 4).
+"""Pixel-wise noise models p(x | s) in raw intensity units (docs/method.md section 4).
 
-Both models are ``torch.nn.Module`` objects with the same interface:
+Every noise model follows :class:`NoiseModelProtocol` (a ``torch.nn.Module``):
 
+- ``kind``: the name it is stored under (``"gmm"``, ``"gaussian"``);
 - ``log_likelihood(observation, signal)`` returns log p(x_i | s_i) per pixel
   (same shape as the inputs), computed stably in log space;
-- ``variance(signal)`` returns the model's noise variance at each signal value;
+- ``mean(signal)`` / ``variance(signal)``: the noise distribution's mean and
+  variance at each signal value;
 - ``to_config()`` returns a JSON-serialisable dict; with ``state_dict()`` it
   rebuilds the model through :func:`noise_model_from_config`.
+
+A new noise model is one class here with those members and a ``from_config``
+classmethod, registered in :data:`NOISE_MODEL_TYPES`; training, prediction,
+model files and the plots use only the protocol.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -20,14 +26,63 @@ from torch import nn
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+@runtime_checkable
+class NoiseModelProtocol(Protocol):
+    """What training, prediction, model files and plots need of a noise model."""
+
+    kind: str
+
+    def log_likelihood(self, observation: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
+        """log p(observation | signal) per pixel."""
+        ...
+
+    def mean(self, signal: torch.Tensor) -> torch.Tensor:
+        """Mean of the observation at ``signal``."""
+        ...
+
+    def variance(self, signal: torch.Tensor) -> torch.Tensor:
+        """Variance of the observation at ``signal``."""
+        ...
+
+    def to_config(self) -> dict:
+        """JSON-serialisable settings; with the state dict they rebuild the model."""
+        ...
+
+
 def _poly(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """sum_j weights[..., j] * u**j for each row of ``weights``; returns (rows, *u.shape)."""
-    out = torch.zeros((weights.shape[0],) + tuple(u.shape), dtype=u.dtype, device=u.device)
-    power = torch.ones_like(u)
-    for j in range(weights.shape[1]):
-        out = out + weights[:, j].reshape((-1,) + (1,) * u.ndim) * power
-        power = power * u
-    return out
+    powers = torch.stack([u**j for j in range(weights.shape[1])], dim=0)  # (n_coeff, *u.shape)
+    return torch.tensordot(weights.to(u.dtype), powers, dims=1)
+
+
+def gmm_parameters(
+    weight: torch.Tensor, min_signal: Any, max_signal: Any, min_variance: float, signal: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Means, variances and log mixture weights, each (K, *signal.shape), of the GMM with ``weight``.
+
+    ``weight`` is (3K, n_coeff) as in :class:`GMMNoiseModel`; it may be a free tensor being
+    optimised (the fit calls this with float64 weights), so this is the one place the formula lives.
+    """
+    k = weight.shape[0] // 3
+    lo = torch.as_tensor(min_signal, dtype=signal.dtype, device=signal.device)
+    hi = torch.as_tensor(max_signal, dtype=signal.dtype, device=signal.device)
+    u = (signal - lo) / (hi - lo)
+    means = _poly(weight[:k], u)
+    variances = torch.clamp(_poly(torch.exp(weight[k : 2 * k]), u), min=float(min_variance))
+    log_weights = torch.log_softmax(_poly(weight[2 * k :], u), dim=0)
+    # Shift the components so the mixture mean is the signal itself.
+    means = means - (log_weights.exp() * means).sum(0) + signal
+    return means, variances, log_weights
+
+
+def gmm_log_likelihood(
+    weight: torch.Tensor, min_signal: Any, max_signal: Any, min_variance: float,
+    observation: torch.Tensor, signal: torch.Tensor,
+) -> torch.Tensor:
+    """log p(observation | signal) per pixel of the GMM with ``weight``, via logsumexp over components."""
+    means, variances, log_weights = gmm_parameters(weight, min_signal, max_signal, min_variance, signal)
+    log_normal = -0.5 * ((observation - means) ** 2 / variances + torch.log(variances) + LOG_2PI)
+    return torch.logsumexp(log_weights + log_normal, dim=0)
 
 
 class GMMNoiseModel(nn.Module):
@@ -41,13 +96,14 @@ class GMMNoiseModel(nn.Module):
         the mixture logits. Polynomials are in u = (s - min) / (max - min).
     min_signal, max_signal
         Signal range used to normalise u.
-    min_sigma
-        Floor on the *variance* of each component (the reference's name).
+    min_variance
+        Floor on the *variance* of each component, in grey values squared
+        (stored as ``min_sigma`` in the reference ``.npz`` files).
     """
 
     kind = "gmm"
 
-    def __init__(self, weight: Any, min_signal: float, max_signal: float, min_sigma: float = 1.0):
+    def __init__(self, weight: Any, min_signal: float, max_signal: float, min_variance: float = 1.0):
         super().__init__()
         w = torch.as_tensor(weight, dtype=torch.float32)
         if w.ndim != 2 or w.shape[0] % 3 != 0 or w.shape[0] == 0:
@@ -57,18 +113,32 @@ class GMMNoiseModel(nn.Module):
         self.weight = nn.Parameter(w.clone())
         self.register_buffer("min_signal", torch.tensor(float(min_signal), dtype=torch.float32))
         self.register_buffer("max_signal", torch.tensor(float(max_signal), dtype=torch.float32))
-        self.register_buffer("min_sigma", torch.tensor(float(min_sigma), dtype=torch.float32))
+        self.register_buffer("min_variance", torch.tensor(float(min_variance), dtype=torch.float32))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        # Model files written before the rename call the variance floor "min_sigma".
+        old = prefix + "min_sigma"
+        if old in state_dict and prefix + "min_variance" not in state_dict:
+            state_dict[prefix + "min_variance"] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @classmethod
     def initial(
         cls, min_signal: float, max_signal: float, n_gaussians: int = 3, n_coeffs: int = 2,
-        min_sigma: float = 1.0, generator: torch.Generator | None = None,
-    ) -> "GMMNoiseModel":
+        min_variance: float = 1.0, generator: torch.Generator | None = None,
+    ) -> GMMNoiseModel:
         """The reference initialisation: W ~ N(0, 1), variance rows' linear term log(max - min)."""
         w = torch.randn(3 * n_gaussians, n_coeffs, generator=generator)
         if n_coeffs > 1:
             w[n_gaussians : 2 * n_gaussians, 1] = math.log(float(max_signal) - float(min_signal))
-        return cls(w, min_signal, max_signal, min_sigma)
+        return cls(w, min_signal, max_signal, min_variance)
+
+    @classmethod
+    def from_config(cls, config: dict) -> GMMNoiseModel:
+        """An untrained model of the shape :meth:`to_config` describes (load the state dict next)."""
+        k, n = int(config["n_gaussians"]), int(config["n_coeffs"])
+        floor = config["min_variance"] if "min_variance" in config else config["min_sigma"]
+        return cls(torch.zeros(3 * k, n), config["min_signal"], config["max_signal"], floor)
 
     @property
     def n_gaussians(self) -> int:
@@ -80,21 +150,13 @@ class GMMNoiseModel(nn.Module):
 
     def parameters_at(self, signal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(means, variances, log_weights)``, each (K, *signal.shape), at raw ``signal``."""
-        k = self.n_gaussians
-        w = self.weight.to(signal.dtype)
-        u = (signal - self.min_signal) / (self.max_signal - self.min_signal)
-        means = _poly(w[:k], u)
-        variances = torch.clamp(_poly(torch.exp(w[k : 2 * k]), u), min=float(self.min_sigma))
-        log_weights = torch.log_softmax(_poly(w[2 * k :], u), dim=0)
-        mixture_mean = (log_weights.exp() * means).sum(0)
-        means = means - mixture_mean + signal
-        return means, variances, log_weights
+        return gmm_parameters(self.weight, self.min_signal, self.max_signal, float(self.min_variance), signal)
 
     def log_likelihood(self, observation: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
         """log p(observation | signal) per pixel, via logsumexp over the components."""
-        means, variances, log_weights = self.parameters_at(signal)
-        log_normal = -0.5 * ((observation - means) ** 2 / variances + torch.log(variances) + LOG_2PI)
-        return torch.logsumexp(log_weights + log_normal, dim=0)
+        return gmm_log_likelihood(
+            self.weight, self.min_signal, self.max_signal, float(self.min_variance), observation, signal
+        )
 
     def mean(self, signal: torch.Tensor) -> torch.Tensor:
         """Mixture mean at ``signal`` (equals ``signal`` by construction)."""
@@ -115,14 +177,14 @@ class GMMNoiseModel(nn.Module):
             "n_coeffs": self.n_coeffs,
             "min_signal": float(self.min_signal),
             "max_signal": float(self.max_signal),
-            "min_sigma": float(self.min_sigma),
+            "min_variance": float(self.min_variance),
         }
 
 
 class GaussianNoiseModel(nn.Module):
     """Gaussian noise with variance linear in the signal: N(x; s, max(a*s + b, sigma_min**2)).
 
-    Used as the co-learned noise model (METHOD.md 4b, ``trainable=True``) or
+    Used as the co-learned noise model (docs/method.md 4b, ``trainable=True``) or
     as a fixed Gaussian of known sigma (``a=0, b=sigma**2``). Internally
     a and b are kept as O(1) numbers relative to the data scale so that Adam
     moves them at a useful speed whatever the intensity range:
@@ -166,6 +228,14 @@ class GaussianNoiseModel(nn.Module):
     def mean(self, signal: torch.Tensor) -> torch.Tensor:
         return signal
 
+    @classmethod
+    def from_config(cls, config: dict) -> GaussianNoiseModel:
+        """The model :meth:`to_config` describes (load the state dict next for the trained values)."""
+        return cls(
+            a=config["a"], b=config["b"], sigma_min=config["sigma_min"], offset=config["offset"],
+            scale=config["scale"], trainable=config.get("trainable", True),
+        )
+
     def to_config(self) -> dict:
         return {
             "kind": self.kind,
@@ -178,24 +248,16 @@ class GaussianNoiseModel(nn.Module):
         }
 
 
-NoiseModel = GMMNoiseModel | GaussianNoiseModel
+#: The noise model classes by their ``kind``; a new noise model registers itself here.
+NOISE_MODEL_TYPES: dict[str, type[nn.Module]] = {"gmm": GMMNoiseModel, "gaussian": GaussianNoiseModel}
 
 
 def noise_model_from_config(config: dict, state_dict: dict | None = None) -> nn.Module:
     """Rebuild a noise model from :meth:`to_config` output and (optionally) its ``state_dict``."""
     kind = config.get("kind")
-    if kind == "gmm":
-        k, n = int(config["n_gaussians"]), int(config["n_coeffs"])
-        model: nn.Module = GMMNoiseModel(
-            torch.zeros(3 * k, n), config["min_signal"], config["max_signal"], config["min_sigma"]
-        )
-    elif kind == "gaussian":
-        model = GaussianNoiseModel(
-            a=config["a"], b=config["b"], sigma_min=config["sigma_min"], offset=config["offset"],
-            scale=config["scale"], trainable=config.get("trainable", True),
-        )
-    else:
+    if kind not in NOISE_MODEL_TYPES:
         raise ValueError(f"unknown noise model kind {kind!r}")
+    model = NOISE_MODEL_TYPES[kind].from_config(config)
     if state_dict is not None:
         model.load_state_dict(state_dict)
     return model

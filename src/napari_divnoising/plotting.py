@@ -1,4 +1,4 @@
-"""Diagnostic plots of noise models (METHOD.md 4a "show it"; the paper's Figure 3).
+"""Diagnostic plots of noise models (docs/method.md 4a; the paper's Figure 3).
 
 Drawing is separate from saving: :func:`plot_noise_model` and
 :func:`plot_noise_histograms` draw on a matplotlib ``Axes`` that the caller

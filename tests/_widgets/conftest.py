@@ -39,7 +39,7 @@ def wait_for(qtbot):
     """``wait_for(runner)``: wait until a widget's WorkerRunner has finished and its GUI callbacks ran."""
 
     def wait(runner, timeout: int = 180_000) -> None:
-        qtbot.waitUntil(lambda: not runner.running, timeout=timeout)
+        qtbot.waitUntil(lambda: not runner.running and runner.settled, timeout=timeout)
         qtbot.wait(50)
 
     return wait

@@ -88,6 +88,8 @@ def test_single_image_as_calibration_gives_a_hint(widget, qtbot, wait_for, monke
     viewer, w = widget
     errors = _errors(monkeypatch)
     viewer.add_image(np.random.default_rng(0).random((32, 32)), name="single")
+    assert w.calibration_layer.current_layer() is None  # not offered by default
+    w.calibration_layer.set_layer("single")  # the user picks it anyway
     w.fit_button.click()
     assert errors and "many frames" in errors[0]
     assert not w.runner.running and w.fit_button.isEnabled()
@@ -151,3 +153,33 @@ def test_deleted_widget_no_longer_listens(make_napari_viewer, qtbot):
     session.set_noise_choice(NOISE_COLEARN)
     viewer.add_image(np.zeros((3, 8, 8)), name="late")  # layer pickers of the deleted widget stay quiet
     assert session.noise_model_description == "after deletion" and session.noise_choice == NOISE_COLEARN
+
+
+def test_calibration_default_is_a_stack_not_ticked_for_training(make_napari_viewer, qtbot, monkeypatch):
+    """Never the last layer by default: a 2-D image or a training stack is not silently fitted."""
+    from napari_divnoising._widgets.train_widget import TrainWidget
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.random((4, 16, 16)).astype(np.float32), name="val_noisy")
+    viewer.add_image(rng.random((16, 16)).astype(np.float32), name="noisy")
+    train = TrainWidget(viewer)
+    noise = NoiseModelWidget(viewer)
+    qtbot.addWidget(train)
+    qtbot.addWidget(noise)
+    assert noise.calibration_layer.currentText() == "val_noisy"  # the only stack, not the last layer
+    train.images.set_checked(["val_noisy"])
+    assert noise.calibration_layer.current_layer() is None  # now a training image: no default
+    errors = _errors(monkeypatch)
+    noise.fit_button.click()
+    assert "Choose a calibration stack layer" in errors[-1]
+    assert not noise.runner.running
+    viewer.add_image(rng.random((6, 16, 16)).astype(np.float32), name="calib")
+    assert noise.calibration_layer.currentText() == "calib"
+
+
+def test_no_default_calibration_layer_when_only_2d_images(widget):
+    viewer, w = widget
+    viewer.add_image(np.zeros((16, 16), np.float32), name="noisy")
+    assert w.calibration_layer.current_layer() is None
+    assert w.noisy_layer.currentText() == "noisy"

@@ -7,34 +7,15 @@ The core's generator is replaced by a scripted one here; the end-to-end test wit
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import napari_divnoising._widgets._core as core
-from napari_divnoising import DivNoisingError
 from napari_divnoising._widgets._session import NOISE_COLEARN, get_session
 from napari_divnoising._widgets.train_widget import TrainWidget
-
-
-@dataclass(frozen=True)
-class TrainingStarted:
-    model: Any
-    device: str = "cpu"
-
-
-@dataclass(frozen=True)
-class TrainStep:
-    step: int
-    loss: float
-
-
-@dataclass(frozen=True)
-class Validation:
-    step: int
-    loss: float
+from napari_divnoising.training import TrainingConfig, TrainingDone, TrainingStarted, TrainStep, Validation
 
 
 def scripted_training(n_steps: int, fail_at: int | None = None, delay: float = 0.01):
@@ -42,21 +23,27 @@ def scripted_training(n_steps: int, fail_at: int | None = None, delay: float = 0
 
     def events(images, noise_model, config, resume=None, bootstrap=False):
         assert all(isinstance(i, np.ndarray) for i in images)
-        yield TrainingStarted(model=model)
+        assert isinstance(config, TrainingConfig)
+        yield TrainingStarted(model=model, device="cpu", n_parameters=1, start_step=0, max_steps=n_steps,
+                              max_minutes=None, n_train_pixels=1024, validation_split="frames")
         for step in range(1, n_steps + 1):
             time.sleep(delay)
             if step == fail_at:
                 raise RuntimeError("simulated crash")
-            yield TrainStep(step=step, loss=1.0 / step)
+            yield TrainStep(step=step, max_steps=n_steps, loss=1.0 / step, reconstruction=1.0 / step, kl=0.0,
+                            kl_weight=1.0, lr=1e-3, elapsed_s=step * delay, eta_s=(n_steps - step) * delay,
+                            fraction=step / n_steps)
             if step % 5 == 0:
-                yield Validation(step=step, loss=1.2 / step)
+                yield Validation(step=step, val_loss=1.2 / step, best_val_loss=1.2 / step, is_best=True,
+                                 reconstruction=1.2 / step, kl=0.0)
+        yield TrainingDone(model=model, reason="max_steps", steps=n_steps, best_val_loss=None, best_step=None,
+                           history={})
 
     return model, events
 
 
 @pytest.fixture
 def widget(make_napari_viewer, qtbot, monkeypatch):
-    monkeypatch.setattr(core, "make_training_config", lambda **settings: settings)
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(0).random((32, 32)).astype(np.float32), name="img")
     w = TrainWidget(viewer)
@@ -162,7 +149,6 @@ def test_closing_the_widget_stops_the_worker(widget, qtbot, monkeypatch):
 
 
 def test_closing_the_viewer_stops_the_worker(make_napari_viewer, qtbot, monkeypatch):
-    monkeypatch.setattr(core, "make_training_config", lambda **settings: settings)
     _, events = scripted_training(100_000, delay=0.005)
     monkeypatch.setattr(core, "training_events", events)
     viewer = make_napari_viewer()
@@ -189,3 +175,103 @@ def test_plugin_docks_share_one_session(make_napari_viewer):
     assert train.noise_label.text() == "GMM for the test"
     noise.choice.setCurrentIndex(1)
     assert train.noise_choice.currentIndex() == 1
+
+
+def test_closing_the_dock_stops_the_run(make_napari_viewer, qtbot, wait_for, monkeypatch):
+    """The dock's close button only unparents the panel in napari; the run must stop anyway."""
+    model, events = scripted_training(100_000, delay=0.005)
+    monkeypatch.setattr(core, "training_events", events)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((32, 32)).astype(np.float32), name="img")
+    dock, w = viewer.window.add_plugin_dock_widget("napari-divnoising", "Train")
+    w.images.set_checked(["img"])
+    get_session(viewer).set_noise_choice(NOISE_COLEARN)
+    w.train_button.click()
+    qtbot.waitUntil(lambda: len(w.loss_plot.train_steps) > 2, timeout=10_000)
+    dock.title.close_button.click()
+    wait_for(w.runner, timeout=10_000)
+    assert "Stopped" in w.status.text()
+    assert get_session(viewer).trained_model is model
+
+
+def _run(n_steps: int, val_loss, steps_per_s: float = 50.0):
+    model = SimpleNamespace(name="m", history={})
+
+    def events(images, noise_model, config, resume=None, bootstrap=False):
+        yield TrainingStarted(model=model, device="cpu", n_parameters=1, start_step=0, max_steps=n_steps,
+                              max_minutes=None, n_train_pixels=1024, validation_split="frames",
+                              config={"batch_size": 8, "patch_size": 32})
+        for step in range(1, n_steps + 1):
+            yield TrainStep(step=step, max_steps=n_steps, loss=1.0, reconstruction=1.0, kl=0.0, kl_weight=1.0,
+                            lr=1e-3, elapsed_s=0.0, eta_s=0.0, fraction=step / n_steps, steps_per_s=steps_per_s)
+        yield TrainingDone(model=model, reason="max_steps", steps=n_steps, best_val_loss=None, best_step=None,
+                           history={"val_loss": list(val_loss)})
+
+    return events
+
+
+def test_undertrained_model_is_called_so_and_a_good_one_is_not(widget, wait_for, monkeypatch):
+    viewer, w = widget
+    monkeypatch.setattr(core, "training_events", _run(51, [4.0, 3.0, 2.0, 1.0]))
+    w.train_button.click()
+    wait_for(w.runner)
+    assert not w.advice.isHidden()
+    assert "undertrained" in w.advice.text() and "only 51 steps" in w.advice.text()
+    assert "still falling" in w.advice.text() and "Continue training" in w.advice.text()
+    assert "51 steps, step budget reached" in w.status.text()
+
+    monkeypatch.setattr(core, "training_events", _run(1200, [5.0, 1.1, 1.05, 1.02, 1.0]))
+    w.train_button.click()
+    wait_for(w.runner)
+    assert w.advice.text() == "" and w.advice.isHidden()
+    # the loss plot received every step though the GUI got them in groups
+    assert w.loss_plot.train_steps == list(range(1, 1201))
+
+
+def test_budget_estimate_uses_the_rate_measured_in_the_session(widget, wait_for, monkeypatch):
+    viewer, w = widget
+    assert "not measured yet" in w.estimate_label.text()
+    monkeypatch.setattr(core, "training_events", _run(20, [], steps_per_s=50.0))
+    w.train_button.click()
+    wait_for(w.runner)
+    w.budget_unit.setCurrentText("minutes")
+    w.budget_value.setValue(2.0)
+    assert "about 6000 steps at 50.0 steps/s measured on cpu" in w.estimate_label.text()
+
+
+def test_loaded_model_shows_its_loss_history(widget, monkeypatch):
+    import napari_divnoising.model_io as model_io
+
+    viewer, w = widget
+    history = {"train_steps": [1, 2, 3], "train_loss": [3.0, 2.0, 1.0], "val_steps": [3], "val_loss": [1.5]}
+    monkeypatch.setattr(model_io, "load_model", lambda path: SimpleNamespace(name="m", history=history))
+    assert w.load_model("model.pt")
+    assert w.loss_plot.train_steps == [1, 2, 3] and w.loss_plot.val_loss == [1.5]
+
+
+def test_three_panels_fit_a_1080p_screen(make_napari_viewer):
+    from napari_divnoising._widgets._layout import MIN_PANEL_HEIGHT, content_height
+
+    viewer = make_napari_viewer()
+    panels = [viewer.window.add_plugin_dock_widget("napari-divnoising", name)[1]
+              for name in ("Noise model", "Train", "Predict")]
+    for panel in panels:
+        assert panel.minimumSizeHint().height() <= MIN_PANEL_HEIGHT + 20
+    assert content_height(panels[1]) > MIN_PANEL_HEIGHT  # the Train panel's contents scroll
+    assert not panels[1].advanced.isExpanded() and not panels[0].advanced.isExpanded()
+    assert viewer.window._qt_window.minimumSizeHint().height() <= 1080 - 100  # title bar and taskbar
+
+
+def test_training_progress_shows_in_the_activity_dock(widget, qtbot, wait_for, monkeypatch):
+    from napari.utils import progress
+
+    viewer, w = widget
+    _, events = scripted_training(100_000, delay=0.005)
+    monkeypatch.setattr(core, "training_events", events)
+    w.train_button.click()
+    qtbot.waitUntil(lambda: w.activity.value > 0, timeout=10_000)
+    assert any(bar.desc == "DivNoising training" for bar in progress._all_instances)
+    w.stop_button.click()
+    wait_for(w.runner, timeout=10_000)
+    assert not w.activity.active
+    assert not any(bar.desc == "DivNoising training" for bar in progress._all_instances)

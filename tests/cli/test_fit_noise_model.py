@@ -63,13 +63,13 @@ def test_pairs_fit_with_options(tmp_path, capsys):
     out = tmp_path / "pairs.npz"
     code = main(_fast(
         "fit-noise-model", "--noisy", str(tmp_path / "noisy.tif"), "--clean", str(tmp_path / "clean.tif"),
-        "--out", str(out), "--n-gaussians", "2", "--n-coeffs", "3", "--min-sigma", "4",
+        "--out", str(out), "--n-gaussians", "2", "--n-coeffs", "3", "--min-variance", "4",
         "--clip-percentiles", "1", "99",
     ))
     assert code == 0, capsys.readouterr().err
     model = load_gmm_npz(out)
     assert model.weight.shape == (6, 3)
-    assert float(model.min_sigma) == 4.0
+    assert float(model.min_variance) == 4.0
     assert float(model.min_signal) == pytest.approx(np.percentile(clean, 1), rel=1e-3)
 
 
@@ -138,6 +138,6 @@ def test_installed_script_help():
     exe = shutil.which("divnoising") or str(__import__("pathlib").Path(sys.executable).with_name("divnoising"))
     result = subprocess.run([exe, "fit-noise-model", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    for option in ("--calibration", "--noisy", "--clean", "--out", "--n-gaussians", "--n-coeffs", "--min-sigma",
+    for option in ("--calibration", "--noisy", "--clean", "--out", "--n-gaussians", "--n-coeffs", "--min-variance",
                    "--clip-percentiles", "--plot", "--force", "--seed"):
         assert option in result.stdout

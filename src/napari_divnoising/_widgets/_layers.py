@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -9,21 +10,27 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QComboBox, QListWidget, QListWidgetItem
 
 from ..errors import DivNoisingError
+from ..outputs import result_kind
 from ._notify import show_warning
 
 
+def is_result_layer(layer: Any) -> bool:
+    """Whether ``layer`` holds a DivNoising result (MMSE, samples...), marked in its metadata."""
+    return result_kind(layer.metadata) is not None
+
+
 def is_usable_image(layer: Any) -> bool:
-    """Whether ``layer`` is a single-channel 2-D image or 3-D stack Image layer."""
+    """Whether ``layer`` is a single-channel 2-D image or 3-D stack Image layer that is not a result."""
     from napari.layers import Image
 
-    return isinstance(layer, Image) and not layer.rgb and layer.ndim in (2, 3)
+    return isinstance(layer, Image) and not layer.rgb and layer.ndim in (2, 3) and not is_result_layer(layer)
 
 
 def warn_if_unusable(layer: Any, warned: set[int]) -> None:
     """Tell the user once why an RGB or >3-D image layer is not offered in the pickers."""
     from napari.layers import Image
 
-    if not isinstance(layer, Image) or is_usable_image(layer) or id(layer) in warned:
+    if not isinstance(layer, Image) or is_usable_image(layer) or is_result_layer(layer) or id(layer) in warned:
         return
     warned.add(id(layer))
     if layer.rgb:
@@ -42,7 +49,7 @@ def layer_data_copy(layer: Any) -> np.ndarray:
     """A private numpy copy of an image layer's data (full resolution), safe to use in a worker."""
     if layer is None:
         raise DivNoisingError("No image layer is selected; add or open an image first.")
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    data = layer.data[0] if layer.multiscale else layer.data
     return np.array(data, copy=True)
 
 
@@ -63,13 +70,19 @@ def _connect_viewer(viewer: Any, refresh: Any, widget: Any) -> None:
 
 
 class LayerPicker(QComboBox):
-    """Combo box of the viewer's usable image layers (by name)."""
+    """Combo box of the viewer's usable image layers (by name).
+
+    Without a selection yet, the picker shows the last usable layer, or, given ``prefer``, the last
+    layer for which ``prefer(layer)`` is true and else none (the user must choose).
+    """
 
     layer_changed = Signal()
 
-    def __init__(self, viewer: Any, parent: Any = None) -> None:
+    def __init__(self, viewer: Any, parent: Any = None, prefer: Callable[[Any], bool] | None = None) -> None:
         super().__init__(parent)
         self._viewer = viewer
+        self._prefer = prefer
+        self.setPlaceholderText("(choose a layer)")
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(12)
         _connect_viewer(viewer, self.refresh, self)
@@ -86,10 +99,23 @@ class LayerPicker(QComboBox):
         self.addItems(names)
         if current in names:
             self.setCurrentText(current)
-        elif names:
-            self.setCurrentIndex(len(names) - 1)
+        else:
+            self.setCurrentIndex(self._default_index(names))
         self.blockSignals(False)
         self.layer_changed.emit()
+
+    def _default_index(self, names: list[str]) -> int:
+        if self._prefer is None:
+            return len(names) - 1
+        preferred = [i for i, name in enumerate(names) if self._prefer(self._viewer.layers[name])]
+        return preferred[-1] if preferred else -1
+
+    def reconsider_default(self) -> None:
+        """Choose the default again if the current layer is no longer preferred (e.g. now ticked for training)."""
+        layer = self.current_layer()
+        if self._prefer is not None and layer is not None and not self._prefer(layer):
+            names = [self.itemText(i) for i in range(self.count())]
+            self.setCurrentIndex(self._default_index(names))
 
     def current_layer(self) -> Any:
         name = self.currentText()
@@ -105,11 +131,14 @@ class LayerPicker(QComboBox):
 class LayerChecklist(QListWidget):
     """Checkable list of the viewer's usable image layers (choose several)."""
 
+    checked_changed = Signal()
+
     def __init__(self, viewer: Any, parent: Any = None) -> None:
         super().__init__(parent)
         self._viewer = viewer
         self.setMaximumHeight(90)
         _connect_viewer(viewer, self.refresh, self)
+        self.itemChanged.connect(lambda _: self.checked_changed.emit())
         self.refresh()
 
     def refresh(self, *_: Any) -> None:

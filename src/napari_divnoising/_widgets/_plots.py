@@ -60,6 +60,14 @@ class LossPlot(PlotCanvas):
         self.val_loss.clear()
         self.request_redraw()
 
+    def set_history(self, history: dict) -> None:
+        """Show a model's saved loss history (e.g. after loading it)."""
+        self.train_steps[:] = [int(s) for s in history.get("train_steps", [])]
+        self.train_loss[:] = [float(v) for v in history.get("train_loss", [])]
+        self.val_steps[:] = [int(s) for s in history.get("val_steps", [])]
+        self.val_loss[:] = [float(v) for v in history.get("val_loss", [])]
+        self.request_redraw()
+
     def add_train(self, step: int, loss: float) -> None:
         self.train_steps.append(step)
         self.train_loss.append(loss)
@@ -90,6 +98,9 @@ class LossPlot(PlotCanvas):
             ax.set_xlabel("training step")
             ax.set_ylabel("loss (nats / pixel)")
             ax.grid(True, alpha=0.3)
+            limits = loss_limits(self.train_loss, self.val_loss)
+            if limits is not None:
+                ax.set_ylim(*limits)
             if self.train_steps or self.val_steps:
                 ax.legend(loc="upper right")
             else:
@@ -99,6 +110,20 @@ class LossPlot(PlotCanvas):
         self._dirty = False
         self._last_draw = time.monotonic()
         self.redraw_count += 1
+
+
+def loss_limits(train: list[float], val: list[float], skip: float = 0.1) -> tuple[float, float] | None:
+    """Y-limits that show convergence: the first ``skip`` of the training curve (its early spike) and
+    outliers above the 98th percentile are left out of the range; None for too few points."""
+    import numpy as np
+
+    later = np.asarray(train[int(len(train) * skip):] + val, dtype=float)
+    later = later[np.isfinite(later)]
+    if later.size < 5:
+        return None
+    lo, hi = float(later.min()), float(np.percentile(later, 98))
+    margin = 0.05 * (hi - lo) if hi > lo else max(abs(hi) * 0.05, 1e-3)
+    return lo - margin, hi + margin
 
 
 def _style() -> Any:

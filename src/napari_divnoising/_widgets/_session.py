@@ -35,11 +35,16 @@ class Session:
         One of ``NOISE_FITTED``, ``NOISE_COLEARN``, ``NOISE_BOOTSTRAP``.
     trained_model
         The latest trained or loaded :class:`~napari_divnoising.model.DivNoisingModel`.
+    training_layer_names
+        Names of the layers ticked in the Train widget.
+    last_steps_per_s
+        The last measured training rate (steps/s) per device, for the budget estimate.
     """
 
     noise_model_changed = Signal(object)
     noise_choice_changed = Signal(str)
     trained_model_changed = Signal(object)
+    training_layers_changed = Signal(object)
 
     def __init__(self) -> None:
         self.noise_model: Any = None
@@ -48,6 +53,8 @@ class Session:
         self.trained_model: Any = None
         self.trained_model_description = ""
         self.warned_rgb_layers: set[int] = set()
+        self.training_layer_names: frozenset[str] = frozenset()
+        self.last_steps_per_s: dict[str, float] = {}
 
     def set_noise_model(self, model: Any, description: str = "") -> None:
         self.noise_model = model
@@ -60,6 +67,13 @@ class Session:
         if choice != self.noise_choice:
             self.noise_choice = choice
             self.noise_choice_changed.emit(choice)
+
+    def set_training_layers(self, names: Any) -> None:
+        """The layers ticked for training (the calibration picker avoids them)."""
+        names = frozenset(names)
+        if names != self.training_layer_names:
+            self.training_layer_names = names
+            self.training_layers_changed.emit(names)
 
     def set_trained_model(self, model: Any, description: str = "") -> None:
         self.trained_model = model

@@ -7,13 +7,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, QObject, Qt, Slot
 from qtpy.QtWidgets import QApplication
 
 from ._notify import report_exception
 
 
-class WorkerFailure(Exception):
+class WorkerFailure(Exception):  # noqa: N818 (a carrier, not an error of its own)
     """Carries an exception out of a worker thread.
 
     superqt treats a ``RuntimeError`` escaping a worker as "the worker was
@@ -24,6 +24,22 @@ class WorkerFailure(Exception):
     def __init__(self, original: BaseException) -> None:
         super().__init__(str(original))
         self.original = original
+
+
+class _Relay(QObject):
+    """Calls ``fn`` in the GUI thread, queued behind the worker's ``yielded`` events.
+
+    A plain function or lambda connected to a worker signal may run in the worker thread, before the
+    GUI has handled the events yielded last; a slot of an object living in the GUI thread cannot.
+    """
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        super().__init__()
+        self._fn = fn
+
+    @Slot()
+    def fire(self) -> None:
+        self._fn()
 
 
 class WorkerRunner:
@@ -41,6 +57,8 @@ class WorkerRunner:
         self._done = threading.Event()
         self._done.set()
         self.failed = False
+        #: True once the last run's events and its ``on_done`` have been handled in the GUI thread.
+        self.settled = True
 
     @property
     def running(self) -> bool:
@@ -58,6 +76,7 @@ class WorkerRunner:
         if self.running:
             raise RuntimeError("a worker is already running")
         self.failed = False
+        self.settled = False
         done = threading.Event()
         self._done = done
 
@@ -78,10 +97,18 @@ class WorkerRunner:
         worker = create_worker(events, _start_thread=False, _connect={"yielded": on_event, "errored": errored})
         # Set from the worker thread itself, so close/quit can wait without an event loop round trip.
         worker.finished.connect(done.set, Qt.ConnectionType.DirectConnection)
-        worker.finished.connect(lambda: (self._close_generator(worker), on_done(worker.abort_requested)))
+        self._relay = _Relay(lambda: self._finish(worker, on_done))
+        worker.finished.connect(self._relay.fire)
         self.worker = worker
         worker.start()
         return worker
+
+    def _finish(self, worker: Any, on_done: Callable[[bool], None]) -> None:
+        try:
+            self._close_generator(worker)
+            on_done(worker.abort_requested)
+        finally:
+            self.settled = True
 
     @staticmethod
     def _close_generator(worker: Any) -> None:
@@ -114,3 +141,99 @@ class WorkerRunner:
         if not self.running and self.worker is not None:
             self._close_generator(self.worker)
         return not self.running
+
+
+class StopWhenRemoved(QObject):
+    """Stops ``runners`` when ``widget`` is taken out of its dock (its parent becomes None).
+
+    napari's dock close button (and ``viewer.window.remove_dock_widget``) only unparents the panel:
+    it is neither closed nor destroyed, so ``closeEvent``/``destroyed`` alone would let its run go on.
+    """
+
+    def __init__(self, widget: Any, *runners: WorkerRunner) -> None:
+        super().__init__(widget)
+        self._runners = runners
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 (Qt name)
+        if event.type() == QEvent.Type.ParentChange and obj.parent() is None:
+            for runner in self._runners:
+                runner.stop()
+        return False
+
+
+class ActivityProgress:
+    """A progress bar in napari's activity dock (bottom right) mirroring a panel's progress bar.
+
+    napari's progress bar runs ``QApplication.processEvents()`` whenever its value changes, which
+    would run queued worker events (even the end of the run) in the middle of a panel's event
+    handler. So the bar is only touched from its own zero-delay timer, outside any handler, and a
+    close requested while it updates waits until the update returns.
+    """
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._value = 0
+        self._target = 0
+        self._total: int | None = None
+        self._updating = False
+        self._close_requested = False
+        self._scheduled = False
+
+    def start(self, description: str, total: int) -> None:
+        from napari.utils import progress
+
+        self._close_now()
+        self._bar = progress(total=max(1, int(total)), desc=description)
+        self._value = self._target = 0
+        self._total = None
+        self._close_requested = False
+
+    def set(self, value: int, total: int | None = None) -> None:
+        """Ask for ``value`` (of ``total``) to be shown; applied once the current handler returned."""
+        self._target, self._total = int(value), total
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            from qtpy.QtCore import QTimer
+
+            self._scheduled = True
+            QTimer.singleShot(0, self._apply)
+
+    def _apply(self) -> None:
+        self._scheduled = False
+        bar = self._bar
+        if bar is None or self._updating:
+            return
+        self._updating = True
+        try:
+            if self._total is not None and self._total != bar.total:
+                bar.total = max(1, int(self._total))
+            if self._target != self._value:
+                delta, self._value = self._target - self._value, self._target
+                bar.update(delta)
+        finally:
+            self._updating = False
+        if self._close_requested:
+            self._close_now()
+
+    @property
+    def value(self) -> int:
+        return self._value
+
+    @property
+    def active(self) -> bool:
+        return self._bar is not None
+
+    def close(self) -> None:
+        if self._updating:
+            self._close_requested = True
+        else:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        self._close_requested = False
+        if self._bar is not None:
+            bar, self._bar = self._bar, None
+            bar.close()

@@ -24,11 +24,19 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from ..errors import DivNoisingError
+from ..noise_model_fitting import (
+    NoiseFitProgress,
+    NoiseFitResult,
+    empirical_noise_statistics,
+    fit_gmm_iter,
+    fitting_pairs,
+)
 from ._layers import LayerPicker, layer_data_copy, warn_if_unusable
+from ._layout import scrollable_layout
 from ._notify import report_exception, show_info
 from ._plots import PlotCanvas, _style
-from ._session import bind, NOISE_CHOICE_LABELS, NOISE_FITTED, get_session
-from ._worker import WorkerRunner
+from ._session import NOISE_CHOICE_LABELS, NOISE_FITTED, bind, get_session
+from ._worker import StopWhenRemoved, WorkerRunner
 
 SOURCE_CALIBRATION_LAYER = "Calibration stack (layer)"
 SOURCE_CALIBRATION_FILE = "Calibration stack (TIFF file)"
@@ -54,8 +62,7 @@ class NoiseModelWidget(QWidget):
         self.statistics: Any = None
         self._pending_description = ""
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(6, 6, 6, 6)
+        layout = scrollable_layout(self)
 
         form = QFormLayout()
         self.source = QComboBox()
@@ -74,7 +81,7 @@ class NoiseModelWidget(QWidget):
         page = QWidget()
         f = QFormLayout(page)
         f.setContentsMargins(0, 0, 0, 0)
-        self.calibration_layer = LayerPicker(napari_viewer)
+        self.calibration_layer = LayerPicker(napari_viewer, prefer=self._plausible_calibration)
         f.addRow("Calibration layer", self.calibration_layer)
         pages_layout.addWidget(page)
         # page 1: calibration file
@@ -112,14 +119,14 @@ class NoiseModelWidget(QWidget):
         self.n_coeffs.setRange(1, 4)
         self.n_coeffs.setValue(2)
         self.n_coeffs.setToolTip("Polynomial coefficients per parameter (2 = linear in the signal).")
-        self.min_sigma = QDoubleSpinBox()
-        self.min_sigma.setRange(0.0, 1e6)
-        self.min_sigma.setDecimals(3)
-        self.min_sigma.setSpecialValueText("auto")
-        self.min_sigma.setToolTip("Floor of each Gaussian's variance; 'auto' derives it from the data.")
+        self.min_variance = QDoubleSpinBox()
+        self.min_variance.setRange(0.0, 1e6)
+        self.min_variance.setDecimals(3)
+        self.min_variance.setSpecialValueText("auto")
+        self.min_variance.setToolTip("Floor of each Gaussian's variance; 'auto' derives it from the data.")
         f.addRow("Gaussians", self.n_gaussians)
         f.addRow("Coefficients", self.n_coeffs)
-        f.addRow("Variance floor", self.min_sigma)
+        f.addRow("Variance floor", self.min_variance)
         self.advanced.addWidget(adv)
         layout.addWidget(self.advanced)
 
@@ -167,6 +174,8 @@ class NoiseModelWidget(QWidget):
         bind(self, self.session.noise_choice_changed, self._on_choice_changed)
         bind(self, self.session.noise_model_changed, self._on_noise_model_changed)
         bind(self, napari_viewer.layers.events.inserted, self._on_layer_inserted)
+        bind(self, self.session.training_layers_changed, lambda *_: self.calibration_layer.reconsider_default())
+        self._stop_when_removed = StopWhenRemoved(self, self.runner)
         self.destroyed.connect(lambda *_: self.runner.stop_and_wait())
 
     # ------------------------------------------------------------------ inputs
@@ -176,6 +185,10 @@ class NoiseModelWidget(QWidget):
         layout = self.source_pages.layout()
         for i in range(layout.count()):
             layout.itemAt(i).widget().setVisible(i == index)
+
+    def _plausible_calibration(self, layer: Any) -> bool:
+        """A default calibration layer: a 3-D stack that is not ticked for training."""
+        return layer.ndim == 3 and layer.name not in self.session.training_layer_names
 
     def _on_layer_inserted(self, event: Any) -> None:
         warn_if_unusable(event.value, self.session.warned_rgb_layers)
@@ -229,26 +242,16 @@ class NoiseModelWidget(QWidget):
         settings = {
             "n_gaussians": self.n_gaussians.value(),
             "n_coeffs": self.n_coeffs.value(),
-            "min_sigma": self.min_sigma.value() or None,
+            "min_variance": self.min_variance.value() or None,
         }
 
         def events() -> Any:
-            from ..noise_model_fitting import (
-                calibration_pairs,
-                empirical_noise_statistics,
-                fit_gmm_iter,
-                is_integer_valued,
-                paired_images,
-            )
-
             if len(arrays) == 1:
-                signal, observation = calibration_pairs(arrays[0])
-                integer = is_integer_valued(arrays[0])
+                pairs = fitting_pairs(calibration=arrays[0], name=description)
             else:
-                signal, observation = paired_images(arrays[0], arrays[1])
-                integer = is_integer_valued(arrays[0])
-            yield _FitInputs(empirical_noise_statistics(signal, observation), description)
-            yield from fit_gmm_iter(signal, observation, integer_data=integer, **settings)
+                pairs = fitting_pairs(noisy=arrays[0], clean=arrays[1], name=description)
+            yield _FitInputs(empirical_noise_statistics(pairs.signal, pairs.observation), description)
+            yield from fit_gmm_iter(pairs.signal, pairs.observation, integer_data=pairs.integer_data, **settings)
 
         self._set_running(True)
         self.progress.setRange(0, 0)
@@ -256,8 +259,6 @@ class NoiseModelWidget(QWidget):
         self.runner.start(events, self._on_event, self._on_done)
 
     def _on_event(self, event: Any) -> None:
-        from ..noise_model_fitting import NoiseFitProgress, NoiseFitResult
-
         if isinstance(event, _FitInputs):
             self.statistics = event.statistics
             self._pending_description = event.description
@@ -272,7 +273,7 @@ class NoiseModelWidget(QWidget):
             self.progress.setValue(1)
             held = f", held-out NLL {event.heldout_nll:.4f}" if np.isfinite(event.heldout_nll) else ""
             description = f"GMM fitted to {self._pending_description}"
-            self.session.set_noise_model(event.model, description)
+            self.session.set_noise_model(event.result, description)
             self.status.setText(
                 f"{description}: {event.iterations} iterations in {event.seconds:.1f} s{held} nats/pixel."
             )

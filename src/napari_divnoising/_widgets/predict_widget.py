@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -18,20 +21,30 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
+from ..device import DEVICE_CHOICES
 from ..errors import DivNoisingError
+from ..events import Progress
+from ..outputs import OUTPUT_KINDS, PREDICTION_KINDS, result_metadata
+from ..prediction import PredictionDone, PriorBatch, PriorDone, generate_prior_iter
+from ..workflows import PredictionUpdate, stream_prediction
 from ._layers import LayerPicker, layer_data_copy, warn_if_unusable
+from ._layout import scrollable_layout
 from ._notify import report_exception, show_info
 from ._outputs import Geometry, robust_limits, set_output_layer
 from ._session import bind, get_session
-from ._worker import WorkerRunner
+from ._worker import ActivityProgress, StopWhenRemoved, WorkerRunner
 
+#: Streamed results are drawn at most this often (milliseconds).
+RENDER_INTERVAL_MS = 100
+#: The running MMSE and variance are read from the device at most this often (seconds); each read is a copy.
+READ_INTERVAL_S = 0.25
+#: Result kinds shown with the input's contrast limits, so they compare side by side with it.
+MATCHED_CONTRAST = ("mmse", "map", "samples")
 MODEL_SESSION = "Trained in this session"
 MODEL_FILE = "From file"
-OUTPUT_KINDS = ("mmse", "variance", "samples", "map")
 
 
 class PredictWidget(QWidget):
@@ -43,14 +56,26 @@ class PredictWidget(QWidget):
         self.session = get_session(napari_viewer)
         self.runner = WorkerRunner("Prediction")
         self.prior_runner = WorkerRunner("Generating prior samples")
+        self.activity = ActivityProgress()
         self.file_model: Any = None
         self.outputs: dict[str, np.ndarray] = {}
         self.output_layer_names: dict[str, str] = {}
         self._geometry: Geometry | None = None
+        self._model_name: str | None = None
         self._n_samples_done = 0
+        self._n_per_frame = 0
+        self._seed: int | None = None
+        self._input_limits: tuple[float, float] | None = None
+        self._started = 0.0
+        self._last_done = 0
+        self._pending_update: PredictionUpdate | None = None
+        self._pending_kept: np.ndarray | None = None
+        self._render_timer = QTimer(self)
+        self._render_timer.setSingleShot(True)
+        self._render_timer.setInterval(RENDER_INTERVAL_MS)
+        self._render_timer.timeout.connect(self._render_pending)
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(6, 6, 6, 6)
+        layout = scrollable_layout(self)
         form = QFormLayout()
         self.model_source = QComboBox()
         self.model_source.addItems([MODEL_SESSION, MODEL_FILE])
@@ -82,6 +107,11 @@ class PredictWidget(QWidget):
         form.addRow("Samples shown", self.keep_samples)
         self.compute_map = QCheckBox("MAP estimate (mode of the samples, mean shift)")
         form.addRow("", self.compute_map)
+        self.device = QComboBox()
+        self.device.addItems(list(DEVICE_CHOICES))
+        self.device.setEditable(True)  # e.g. cuda:1
+        self.device.setToolTip("Where to predict: auto (a GPU when there is one), cpu, cuda, cuda:N or mps.")
+        form.addRow("Device", self.device)
         layout.addLayout(form)
 
         buttons = QHBoxLayout()
@@ -97,6 +127,8 @@ class PredictWidget(QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         layout.addWidget(self.progress)
+        self.device_label = QLabel("Device: -")
+        layout.addWidget(self.device_label)
         self.status = QLabel("Choose a model and an image, then Predict.")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -139,6 +171,7 @@ class PredictWidget(QWidget):
         bind(self, napari_viewer.layers.events.inserted,
             lambda e: warn_if_unusable(e.value, self.session.warned_rgb_layers)
         )
+        self._stop_when_removed = StopWhenRemoved(self, self.runner, self.prior_runner)
         self.destroyed.connect(lambda *_: (self.runner.stop_and_wait(), self.prior_runner.stop_and_wait()))
         self._update_model_label()
 
@@ -184,19 +217,20 @@ class PredictWidget(QWidget):
             text = ("No model yet: train one in the Train widget or load a file."
                     if self.model_source.currentText() == MODEL_SESSION else "Choose a model file.")
         else:
-            steps = (getattr(model, "history", None) or {}).get("steps")
-            text = f"Model '{getattr(model, 'name', 'divnoising')}'" + (f", {steps} training steps" if steps else "")
+            steps = (model.history or {}).get("steps")
+            text = f"Model '{model.name}'" + (f", {steps} training steps" if steps else "")
         self.model_label.setText(text)
 
     # ------------------------------------------------------------------ prediction
 
     def start_prediction(self) -> None:
         """Start streaming samples for the chosen image (Predict button)."""
-        from ._core import prediction_events
+        from ..device import resolve_device
 
         if self.runner.running:
             return
         try:
+            device = resolve_device(self.device.currentText())
             model = self.current_model()
             if model is None:
                 raise DivNoisingError("No model: train one in the Train widget, or choose 'From file' and load one.")
@@ -205,88 +239,141 @@ class PredictWidget(QWidget):
                 raise DivNoisingError("Choose an image layer to denoise.")
             image = layer_data_copy(layer)
             self._geometry = Geometry.of(layer)
+            self._input_limits = tuple(float(v) for v in layer.contrast_limits)
         except DivNoisingError as exc:
             report_exception(exc, "Prediction")
             return
         n_samples, keep = self.n_samples.value(), self.keep_samples.value()
         want_map = self.compute_map.isChecked()
         self.outputs = {}
+        self._model_name = model.name
+        self._n_samples_done = 0
+        self._last_done = 0
+        self._n_per_frame = n_samples
+        self._seed = None
+        self._pending_update, self._pending_kept = None, None
         self._set_running(True)
         self.progress.setRange(0, n_samples)
         self.progress.setValue(0)
-        self.status.setText(f"Sampling {n_samples} posterior samples of '{layer.name}'...")
+        self.device_label.setText(f"Device: {device}")
+        self.status.setText(f"Sampling {n_samples} posterior samples per frame of '{layer.name}'...")
+        self._started = time.monotonic()
+        self.activity.start(f"DivNoising prediction of {layer.name}", n_samples)
         self.runner.start(
-            lambda: prediction_events(model, image, n_samples, keep_samples=keep, compute_map=want_map),
+            lambda: stream_prediction(model, image, n_samples, keep_samples=keep, compute_map=want_map,
+                                      device=device, min_interval_s=READ_INTERVAL_S),
             self._on_event,
             self._on_done,
         )
 
-    def _layer_name(self, kind: str) -> str:
+    def _metadata(self, kind: str) -> dict[str, Any]:
         assert self._geometry is not None
-        return f"{self._geometry.name}_{kind}"
+        return result_metadata(kind, source=self._geometry.name, model_name=self._model_name,
+                               n_samples=self._n_samples_done, seed=self._seed)
 
     def _on_event(self, event: Any) -> None:
-        from ._core import PredictionResult, PredictionUpdate
-
         geometry = self._geometry
         if geometry is None:
             return
         if isinstance(event, PredictionUpdate):
-            self.outputs["mmse"] = event.mmse
-            self.outputs["variance"] = event.variance
-            self._show("mmse", event.mmse, geometry)
-            self._show("variance", event.variance, geometry, colormap="magma", floor_zero=True)
-            if event.kept_samples is not None and len(event.kept_samples):
-                self._show_samples(event.kept_samples, geometry)
-            if self.progress.maximum() != event.total:
-                self.progress.setRange(0, event.total)
-            self.progress.setValue(event.done)
-            self._n_samples_done = min(event.done, self.n_samples.value())
-            frames = event.total // max(1, self.n_samples.value())
-            per = f" ({frames} frames x {self.n_samples.value()})" if frames > 1 else ""
-            self.status.setText(f"{event.done} of {event.total} samples{per}")
-        elif type(event).__name__ == "Progress":
+            # Shown at most every RENDER_INTERVAL_MS: when the viewer is slower than the sampler, the
+            # queued updates only replace the pending one instead of each redrawing the layers.
+            if event.kept_samples is not None:
+                self._pending_kept = event.kept_samples
+            self._pending_update = event
+            if not self._render_timer.isActive():
+                self._render_timer.start()
+        elif isinstance(event, Progress):
+            self._render_pending()
             self.status.setText(event.message or f"{event.done} of {event.total}")
-        elif isinstance(event, PredictionResult):
-            self.outputs["mmse"] = event.mmse
-            self.outputs["variance"] = event.variance
-            self._show("mmse", event.mmse, geometry)
-            self._show("variance", event.variance, geometry, colormap="magma", floor_zero=True)
-            if event.map is not None:
-                self.outputs["map"] = event.map
-                self._show("map", event.map, geometry)
+        elif isinstance(event, PredictionDone):
+            self._render_pending()
+            result = event.result
+            self._n_samples_done = result.n_samples or self._n_samples_done
+            self._seed = result.seed
+            self._show("mmse", result.mmse, geometry)
+            self._show("variance", result.variance, geometry)
+            if "samples" in self.outputs:
+                self._show("samples", self.outputs["samples"], geometry.with_leading_axis("sample"))
+            if result.map is not None:
+                self._show("map", result.map, geometry)
 
-    def _show(self, kind: str, data: np.ndarray, geometry: Geometry, colormap: str = "gray",
-              floor_zero: bool = False) -> None:
-        limits = robust_limits(data, floor_zero=floor_zero)
-        layer = set_output_layer(self.viewer, f"{geometry.name}_{kind}", data, geometry, colormap=colormap,
-                                 contrast_limits=limits)
+    def _render_pending(self) -> None:
+        """Show the latest streamed update (if one is waiting)."""
+        self._render_timer.stop()
+        event, kept = self._pending_update, self._pending_kept
+        self._pending_update, self._pending_kept = None, None
+        geometry = self._geometry
+        if event is None or geometry is None:
+            return
+        self._n_samples_done = min(event.done, self._n_per_frame)
+        self._last_done = event.done
+        self._show("mmse", event.mmse, geometry)
+        self._show("variance", event.variance, geometry)
+        if kept is not None and len(kept):
+            self._show("samples", kept, geometry.with_leading_axis("sample"))
+        if self.progress.maximum() != event.total:
+            self.progress.setRange(0, event.total)
+        self.progress.setValue(event.done)
+        self.activity.set(event.done, event.total)
+        per_frame = max(1, self._n_per_frame)
+        frames = event.total // per_frame
+        elapsed = time.monotonic() - self._started
+        rate = f", {event.done / elapsed:.1f} samples/s" if elapsed > 0 else ""
+        if frames > 1:
+            frame = min(event.done // per_frame, frames - 1) if event.done < event.total else frames - 1
+            done_here = event.done - frame * per_frame
+            self.status.setText(f"Frame {frame + 1} of {frames}: {done_here} of {per_frame} samples{rate}")
+        else:
+            self.status.setText(f"{event.done} of {event.total} samples{rate}")
+
+    def _show(self, kind: str, data: np.ndarray, geometry: Geometry) -> None:
+        """Show one result in its layer (marked with its kind and provenance) and keep it for export."""
+        self.outputs[kind] = data
+        if kind in MATCHED_CONTRAST and self._input_limits is not None:
+            limits = self._input_limits
+        else:
+            shown = data[0] if OUTPUT_KINDS[kind].sample_axis else data
+            limits = robust_limits(shown, floor_zero=OUTPUT_KINDS[kind].floor_zero)
+        layer = set_output_layer(self.viewer, OUTPUT_KINDS[kind].layer_name(geometry.name), data, geometry,
+                                 self._metadata(kind), contrast_limits=limits)
         self.output_layer_names[kind] = layer.name
-
-    def _show_samples(self, kept: np.ndarray, geometry: Geometry) -> None:
-        self.outputs["samples"] = kept
-        limits = robust_limits(kept[0])
-        layer = set_output_layer(self.viewer, f"{geometry.name}_samples", kept,
-                                 geometry.with_leading_axis("sample"), contrast_limits=limits)
-        self.output_layer_names["samples"] = layer.name
 
     def _on_done(self, stopped: bool) -> None:
         try:
+            self._render_pending()
+            self.activity.close()
             self._set_running(False)
             if self.runner.failed:
                 self.status.setText("Prediction failed; see the notification.")
             elif stopped:
                 note = ""
-                if self._geometry is not None and len(self._geometry.scale) == 3:
-                    note = " Frames not reached yet are empty (NaN)."
+                reached = self._reached_frames()
+                if reached is not None:
+                    total = self.outputs["mmse"].shape[0]
+                    note = (f" Frames {reached + 1}-{total} were not finished; Export writes only the {reached} "
+                            "finished frames (as *_partial files).") if reached < total else ""
                 self.status.setText(
                     f"Stopped after {self.progress.value()} samples; the MMSE and variance so far are valid.{note}"
                 )
             elif "mmse" in self.outputs:
-                self.status.setText(f"Done: {self.progress.value()} samples. Export the results as TIFFs below.")
+                frames = self.outputs["mmse"].shape[0] if self._is_stack() else 1
+                counts = f"{self._n_samples_done} samples" + (
+                    f" per frame, {frames} frames" if frames > 1 else "")
+                self.status.setText(f"Done: {counts}. Export the results as TIFFs below.")
             self.export_button.setEnabled(bool(self.outputs))
         except RuntimeError:  # widget already deleted
             pass
+
+    def _is_stack(self) -> bool:
+        return self._geometry is not None and len(self._geometry.scale) == 3
+
+    def _reached_frames(self) -> int | None:
+        """For a stack: how many leading frames got all their samples (None for a 2-D image or no result)."""
+        mmse = self.outputs.get("mmse")
+        if not self._is_stack() or mmse is None:
+            return None
+        return min(mmse.shape[0], self._last_done // max(1, self._n_per_frame))
 
     def _set_running(self, running: bool) -> None:
         self.predict_button.setEnabled(not running)
@@ -324,7 +411,20 @@ class PredictWidget(QWidget):
             if not folder_text:
                 return []
         folder = Path(folder_text)
-        targets = {kind: folder / f"{self._geometry.name}_{kind}.tif" for kind in OUTPUT_KINDS if kind in self.outputs}
+        geometry, outputs = self._geometry, dict(self.outputs)
+        reached = self._reached_frames()
+        if reached is not None and reached < outputs["mmse"].shape[0]:
+            # A stopped stack: frames never reached are left out (not written as NaN), and the files say so.
+            if reached == 0:
+                report_exception(DivNoisingError("No frame was finished; nothing to export."), "Export")
+                return []
+            geometry = dataclasses.replace(geometry, name=f"{geometry.name}_partial")
+            outputs = {kind: (data[:, :reached] if OUTPUT_KINDS[kind].sample_axis else data[:reached])
+                       for kind, data in outputs.items()}
+        targets = {
+            kind: folder / OUTPUT_KINDS[kind].file_name(geometry.name)
+            for kind in PREDICTION_KINDS if kind in outputs
+        }
         existing = [p for p in targets.values() if p.exists()]
         if existing and not self._confirm_overwrite(existing):
             self.status.setText("Export cancelled; no file was overwritten.")
@@ -332,9 +432,8 @@ class PredictWidget(QWidget):
         written = []
         try:
             for kind, path in targets.items():
-                written.append(write_output_tiff(
-                    path, self.outputs[kind], kind, self._geometry, self.current_model(), self._n_samples_done,
-                ))
+                facts = self._metadata(kind)["divnoising"]
+                written.append(write_output_tiff(path, outputs[kind], facts, geometry))
         except (DivNoisingError, OSError) as exc:
             report_exception(exc, "Export")
         if written:
@@ -346,8 +445,6 @@ class PredictWidget(QWidget):
 
     def generate(self) -> None:
         """Draw prior samples from the model into a `prior_samples` layer."""
-        from ._core import prior_events
-
         if self.prior_runner.running or self.runner.running:
             return
         model = self.current_model()
@@ -357,10 +454,14 @@ class PredictWidget(QWidget):
         count, size = self.prior_count.value(), self.prior_size.value()
         self.generate_button.setEnabled(False)
 
-        def on_event(images: Any) -> None:
-            name = "prior_samples"
-            geometry = Geometry(name, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), ("pixel",) * 3, ("sample", "y", "x"))
-            set_output_layer(self.viewer, name, np.asarray(images), geometry)
+        def on_event(event: Any) -> None:
+            if isinstance(event, PriorBatch):
+                self.status.setText(f"Prior samples: {event.done} of {event.total}")
+            elif isinstance(event, PriorDone):
+                name = "prior_samples"
+                geometry = Geometry(name, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), ("pixel",) * 3, ("sample", "y", "x"))
+                metadata = result_metadata("prior", model_name=model.name, n_samples=len(event.images))
+                set_output_layer(self.viewer, name, np.asarray(event.images), geometry, metadata)
 
         def on_done(_: bool) -> None:
             try:
@@ -368,7 +469,7 @@ class PredictWidget(QWidget):
             except RuntimeError:
                 pass
 
-        self.prior_runner.start(lambda: prior_events(model, count, size), on_event, on_done)
+        self.prior_runner.start(lambda: generate_prior_iter(model, count, size), on_event, on_done)
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
         self.runner.stop_and_wait()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-import time
+import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +17,41 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
-    QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 from superqt import QCollapsible
 
 from ..errors import DivNoisingError
+from ..events import Progress
+from ..training import (
+    CheckpointSaved,
+    TrainingConfig,
+    TrainingDone,
+    TrainingStarted,
+    TrainingWarning,
+    TrainStep,
+    Validation,
+    field_default,
+    field_metadata,
+)
+from ..workflows import BootstrapPhase
+from . import _guidance
+from ._core import TrainSteps
 from ._layers import LayerChecklist, layer_data_copy, warn_if_unusable
+from ._layout import scrollable_layout
 from ._notify import report_exception, show_info, show_warning
 from ._plots import LossPlot
-from ._session import bind, NOISE_BOOTSTRAP, NOISE_CHOICE_LABELS, NOISE_COLEARN, NOISE_FITTED, get_session
-from ._worker import WorkerRunner
+from ._session import NOISE_BOOTSTRAP, NOISE_CHOICE_LABELS, NOISE_COLEARN, NOISE_FITTED, bind, get_session
+from ._settings import ConfigForm
+from ._worker import ActivityProgress, StopWhenRemoved, WorkerRunner
 
 BUDGET_MINUTES = "minutes"
 BUDGET_STEPS = "steps"
+#: The step budget offered when the unit is switched to steps (the config has no step budget by default).
+STEP_BUDGET = 1000
+#: Settings shown in the panel's main form; the budget row edits max_minutes / max_steps; every other
+#: TrainingConfig field is generated under "Advanced settings" (fields marked advanced) or here.
+BUDGET_FIELDS = ("max_minutes", "max_steps")
 
 
 def _format_seconds(seconds: float) -> str:
@@ -48,16 +69,17 @@ class TrainWidget(QWidget):
         self.viewer = napari_viewer
         self.session = get_session(napari_viewer)
         self.runner = WorkerRunner("Training")
+        self.activity = ActivityProgress()
         self.model: Any = None  # the live model of the current/last run (kept if stopped or crashed)
-        self._start_time = 0.0
-        self._budget: tuple[str, float] = (BUDGET_MINUTES, 0.0)
         self._last_step = 0
         self._phase = ""
+        self._run_info: dict[str, Any] = {}
+        self._done_event: TrainingDone | None = None
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(6, 6, 6, 6)
+        layout = scrollable_layout(self)
         layout.addWidget(QLabel("Training images (2-D images or stacks; tick one or more):"))
         self.images = LayerChecklist(napari_viewer)
+        self.images.checked_changed.connect(lambda: self.session.set_training_layers(self.images.checked_names()))
         layout.addWidget(self.images)
 
         form = QFormLayout()
@@ -81,52 +103,29 @@ class TrainWidget(QWidget):
 
         budget_row = QHBoxLayout()
         self.budget_value = QDoubleSpinBox()
-        self.budget_value.setRange(0.1, 100000)
-        self.budget_value.setDecimals(1)
-        self.budget_value.setValue(5.0)
         self.budget_unit = QComboBox()
         self.budget_unit.addItems([BUDGET_MINUTES, BUDGET_STEPS])
         self.budget_unit.currentTextChanged.connect(self._budget_unit_changed)
+        self._budget_unit_changed(BUDGET_MINUTES)
         budget_row.addWidget(self.budget_value, 1)
         budget_row.addWidget(self.budget_unit)
         form.addRow("Budget", budget_row)
+        self.estimate_label = QLabel()
+        self.estimate_label.setWordWrap(True)
+        form.addRow("", self.estimate_label)
         layout.addLayout(form)
 
+        # Every other TrainingConfig field, generated from its metadata (range, default, help).
+        fields = [f.name for f in dataclasses.fields(TrainingConfig) if f.name not in BUDGET_FIELDS]
+        self.main_settings = ConfigForm(TrainingConfig, [n for n in fields if not field_metadata(n)["advanced"]])
+        layout.addWidget(self.main_settings.widget)
+        self.advanced_settings = ConfigForm(TrainingConfig, [n for n in fields if field_metadata(n)["advanced"]])
         self.advanced = QCollapsible("Advanced settings")
-        adv = QWidget()
-        f = QFormLayout(adv)
-        f.setContentsMargins(0, 0, 0, 0)
-        self.patch_size = QSpinBox()
-        self.patch_size.setRange(16, 1024)
-        self.patch_size.setSingleStep(16)
-        self.patch_size.setValue(64)
-        self.batch_size = QSpinBox()
-        self.batch_size.setRange(1, 512)
-        self.batch_size.setValue(8)
-        self.depth = QSpinBox()
-        self.depth.setRange(1, 5)
-        self.depth.setValue(2)
-        self.depth.setToolTip("Encoder/decoder levels: 2 for small structures, 3 for larger ones.")
-        self.beta = QDoubleSpinBox()
-        self.beta.setRange(0.01, 100.0)
-        self.beta.setValue(1.0)
-        self.beta.setToolTip("KL weight: 1 gives the best MMSE; >1 smoother and more diverse samples.")
-        self.learning_rate = QDoubleSpinBox()
-        self.learning_rate.setDecimals(5)
-        self.learning_rate.setRange(1e-5, 1.0)
-        self.learning_rate.setSingleStep(1e-4)
-        self.learning_rate.setValue(1e-3)
-        self.device = QComboBox()
-        self.device.addItems(["auto", "cpu", "cuda", "mps"])
-        f.addRow("Patch size", self.patch_size)
-        f.addRow("Batch size", self.batch_size)
-        f.addRow("Depth", self.depth)
-        f.addRow("Beta (KL weight)", self.beta)
-        f.addRow("Learning rate", self.learning_rate)
-        f.addRow("Device", self.device)
-        self.advanced.addWidget(adv)
+        self.advanced.addWidget(self.advanced_settings.widget)
         layout.addWidget(self.advanced)
-        self._apply_config_defaults()
+        for form_ in (self.main_settings, self.advanced_settings):
+            for name, editor in form_.editors.items():
+                setattr(self, name, editor.widget)  # e.g. self.patch_size, self.learning_rate
 
         buttons = QHBoxLayout()
         self.train_button = QPushButton("Train")
@@ -152,6 +151,11 @@ class TrainWidget(QWidget):
         self.status = QLabel("Tick the training images, choose a noise model and press Train.")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
+        self.advice = QLabel()
+        self.advice.setWordWrap(True)
+        self.advice.setStyleSheet("color: orange;")
+        self.advice.setVisible(False)
+        layout.addWidget(self.advice)
         self.loss_plot = LossPlot(190)
         layout.addWidget(self.loss_plot)
 
@@ -172,34 +176,66 @@ class TrainWidget(QWidget):
         bind(self, napari_viewer.layers.events.inserted,
             lambda e: warn_if_unusable(e.value, self.session.warned_rgb_layers)
         )
+        self._stop_when_removed = StopWhenRemoved(self, self.runner)
         self.destroyed.connect(lambda *_: self.runner.stop_and_wait())
         self._update_noise_label()
+        for signal in (self.budget_value.valueChanged, self.budget_unit.currentTextChanged,
+                       self.images.checked_changed, self.batch_size.valueChanged, self.patch_size.valueChanged,
+                       self.device.currentTextChanged):
+            signal.connect(lambda *_: self.update_estimate())
+        self.update_estimate()
 
     # ------------------------------------------------------------------ settings
 
-    def _apply_config_defaults(self) -> None:
-        """Take the advanced-setting defaults from the core's TrainingConfig, if it provides them."""
-        try:
-            from ..training import TrainingConfig
+    def _device_type(self) -> str:
+        from ..device import resolve_device
 
-            defaults = TrainingConfig()
-        except Exception:  # core not available or needs arguments: keep the widget's defaults
-            return
-        for attr, box in (
-            ("patch_size", self.patch_size), ("batch_size", self.batch_size), ("depth", self.depth),
-            ("beta", self.beta), ("learning_rate", self.learning_rate),
-        ):
-            value = getattr(defaults, attr, None)
-            if isinstance(value, (int, float)):
-                box.setValue(value)
+        try:
+            return resolve_device(self.device.currentText()).type
+        except Exception:  # an unknown or unavailable device: said when training starts
+            return self.device.currentText().strip() or "auto"
+
+    def _min_steps(self, n_pixels: int, batch: int | None, patch: int | None, device: str) -> int:
+        from ..training.config import device_defaults
+
+        try:
+            defaults = device_defaults(device)
+        except (RuntimeError, ValueError):
+            defaults = device_defaults("cpu")
+        return _guidance.suggested_min_steps(n_pixels, batch or defaults["batch_size"],
+                                             patch or defaults["patch_size"])
+
+    def update_estimate(self) -> None:
+        """Say what the budget buys at the step rate measured in this session (before training)."""
+        device = self._device_type()
+        n_pixels = sum(int(layer.data.size) for layer in self.images.checked_layers())
+        min_steps = self._min_steps(n_pixels, self.batch_size.value() or None, self.patch_size.value() or None,
+                                    device)
+        minutes = self.budget_value.value() if self.budget_unit.currentText() == BUDGET_MINUTES else None
+        steps = int(self.budget_value.value()) if minutes is None else None
+        self.estimate_label.setText(_guidance.budget_estimate(
+            minutes, steps, self.session.last_steps_per_s.get(device), device, min_steps))
+
+    def _show_advice(self, history: dict, steps: int) -> None:
+        """After a run: say plainly when the model looks undertrained, and what to do."""
+        info = self._run_info
+        min_steps = self._min_steps(info.get("n_pixels", 0), info.get("batch"), info.get("patch"),
+                                    info.get("device", "cpu"))
+        reasons = _guidance.undertrained_reasons(history.get("val_loss", []), steps, min_steps)
+        text = ""
+        if reasons:
+            text = ("The model is probably undertrained: " + "; ".join(reasons)
+                    + ". Press Continue training before relying on its results.")
+        self.advice.setText(text)
+        self.advice.setVisible(bool(text))
 
     def _budget_unit_changed(self, unit: str) -> None:
-        if unit == BUDGET_STEPS:
-            self.budget_value.setDecimals(0)
-            self.budget_value.setValue(500)
-        else:
-            self.budget_value.setDecimals(1)
-            self.budget_value.setValue(5.0)
+        name = "max_minutes" if unit == BUDGET_MINUTES else "max_steps"
+        meta = field_metadata(name)
+        self.budget_value.setDecimals(2 if unit == BUDGET_MINUTES else 0)
+        self.budget_value.setRange(meta["min"], meta["max"])
+        self.budget_value.setValue(field_default(name) if unit == BUDGET_MINUTES else STEP_BUDGET)
+        self.budget_value.setToolTip(meta["help"])
 
     def _on_noise_choice(self, choice: str) -> None:
         index = list(NOISE_CHOICE_LABELS).index(choice)
@@ -235,18 +271,14 @@ class TrainWidget(QWidget):
         self.session.set_noise_choice(NOISE_FITTED)
         self._update_noise_label()
 
-    def training_config(self) -> Any:
-        """The core's TrainingConfig from the widget's settings."""
+    def training_config(self) -> TrainingConfig:
+        """The core's TrainingConfig from the panel's settings (every field passed on by name)."""
         from ._core import make_training_config
 
         unit = self.budget_unit.currentText()
         return make_training_config(
-            patch_size=self.patch_size.value(),
-            batch_size=self.batch_size.value(),
-            depth=self.depth.value(),
-            beta=self.beta.value(),
-            learning_rate=self.learning_rate.value(),
-            device=self.device.currentText(),
+            **self.main_settings.values(),
+            **self.advanced_settings.values(),
             max_minutes=self.budget_value.value() if unit == BUDGET_MINUTES else None,
             max_steps=int(self.budget_value.value()) if unit == BUDGET_STEPS else None,
         )
@@ -261,7 +293,7 @@ class TrainWidget(QWidget):
 
     def start_training(self, resume: bool = False) -> None:
         """Start (or continue) training in a thread worker."""
-        from ._core import training_events
+        from ._core import group_steps, training_events
 
         if self.runner.running:
             return
@@ -280,86 +312,90 @@ class TrainWidget(QWidget):
         except DivNoisingError as exc:
             report_exception(exc, "Training")
             return
-        self._budget = (self.budget_unit.currentText(), float(self.budget_value.value()))
-        self._start_time = time.monotonic()
         if not resume:
             self.loss_plot.reset()
             self._last_step = 0
         self._phase = ""
+        self._done_event: TrainingDone | None = None
+        self.advice.setVisible(False)
         self._set_running(True)
         self.progress.setValue(0)
         self.progress.setFormat("starting...")
         self.status.setText("Preparing the training data...")
+        self.activity.start("DivNoising training", 1000)
         bootstrap = choice == NOISE_BOOTSTRAP and not resume
         self.runner.start(
-            lambda: training_events(images, noise_model, config, resume=resume_model, bootstrap=bootstrap),
+            lambda: group_steps(training_events(images, noise_model, config, resume=resume_model,
+                                                bootstrap=bootstrap)),
             self._on_event,
             self._on_done,
         )
 
     def _on_event(self, event: Any) -> None:
-        from ._core import TrainingPhase
-
-        name = type(event).__name__
-        if isinstance(event, TrainingPhase):
+        if isinstance(event, BootstrapPhase):
             self._phase = event.message
             self.status.setText(event.message)
             if event.noise_model is not None:
                 self.session.set_noise_model(event.noise_model, event.message)
-            return
-        if name == "TrainingStarted":
+        elif isinstance(event, TrainingStarted):
             self.model = event.model
-            device = getattr(event, "device", None) or getattr(self.model, "device", "?")
-            self.device_label.setText(f"Device: {device}")
+            self._run_info = {"n_pixels": event.n_train_pixels, "batch": event.config.get("batch_size"),
+                              "patch": event.config.get("patch_size"), "device": event.device.split(":")[0]}
+            self.device_label.setText(f"Device: {event.device}")
             self.save_button.setEnabled(True)
-        elif name == "TrainStep":
-            step = int(event.step)  # counts all steps of the model, across continued runs
-            self._last_step = step
-            self.loss_plot.add_train(step, float(event.loss))
-            self._update_progress(event)
-        elif name == "Validation":
-            self.loss_plot.add_validation(int(event.step), float(event.loss))
-        elif name == "TrainingWarning":
-            show_warning(str(getattr(event, "message", event)))
-        elif name == "CheckpointSaved":
+        elif isinstance(event, TrainSteps):
+            for step in event.steps:
+                self.loss_plot.add_train(step.step, step.loss)
+            self._on_step(event.steps[-1])
+        elif isinstance(event, TrainStep):
+            self.loss_plot.add_train(event.step, event.loss)
+            self._on_step(event)
+        elif isinstance(event, Validation):
+            self.loss_plot.add_validation(event.step, event.val_loss)
+        elif isinstance(event, TrainingWarning):
+            show_warning(event.message)
+        elif isinstance(event, Progress):
+            self.status.setText(f"{self._phase}: {event.message} ({event.done} of {event.total})")
+        elif isinstance(event, TrainingDone):
+            self.model = event.model
+            self._done_event = event
+        elif isinstance(event, CheckpointSaved):
             pass
-        elif name == "TrainingDone":
-            model = getattr(event, "model", None)
-            if model is not None:
-                self.model = model
 
-    def _update_progress(self, event: Any) -> None:
-        fraction = getattr(event, "fraction", None)
-        elapsed = float(getattr(event, "elapsed_s", time.monotonic() - self._start_time))
-        unit, value = self._budget
-        if fraction is None:
-            if unit == BUDGET_MINUTES:
-                fraction = elapsed / (value * 60.0)
-            else:
-                total = getattr(event, "total", None) or value
-                fraction = (int(event.step)) / max(float(total), 1.0)
-        fraction = min(max(float(fraction), 0.0), 1.0)
-        left = getattr(event, "eta_s", None)
-        if left is None:
-            left = elapsed * (1 - fraction) / fraction if fraction > 0 else float("nan")
-        left = float(left) if left != float("inf") else float("nan")
+    def _on_step(self, event: TrainStep) -> None:
+        self._last_step = event.step  # counts all steps of the model, across continued runs
+        if event.steps_per_s > 0 and self._run_info.get("device"):
+            self.session.last_steps_per_s[self._run_info["device"]] = event.steps_per_s
+        self._update_progress(event)
+
+    def _update_progress(self, event: TrainStep) -> None:
+        fraction = min(max(event.fraction, 0.0), 1.0)
         self.progress.setValue(int(1000 * fraction))
+        self.activity.set(int(1000 * fraction))
         text = f"{100 * fraction:.0f}%"
-        if left == left:
-            text += f" - {_format_seconds(left)} left"
+        if math.isfinite(event.eta_s):
+            text += f" - {_format_seconds(event.eta_s)} left"
         self.progress.setFormat(text)
         prefix = f"{self._phase}: " if self._phase else ""
-        text = f"{prefix}step {self._last_step}, loss {float(event.loss):.4f}"
-        noise_a, noise_b = getattr(event, "noise_a", None), getattr(event, "noise_b", None)
-        if noise_a is not None and noise_b is not None:
-            text += f"; co-learned noise variance = {noise_a:.3g} x signal + {noise_b:.3g}"
+        text = f"{prefix}step {event.step}, loss {event.loss:.4f}"
+        if event.steps_per_s > 0:
+            text += f", {event.steps_per_s:.1f} steps/s"
+        if event.noise_a is not None and event.noise_b is not None:
+            text += f"; co-learned noise variance = {event.noise_a:.3g} x signal + {event.noise_b:.3g}"
         self.status.setText(text)
 
     def _on_done(self, stopped: bool) -> None:
+        self.activity.close()
         try:
             self._set_running(False)
             if self.model is not None:
                 self.session.set_trained_model(self.model, "trained in this session")
+            done = self._done_event
+            if done is not None and not self.runner.failed:
+                self._show_advice(done.history or {}, done.steps)
+            elif stopped and self.model is not None and not self.runner.failed:
+                self._show_advice(getattr(self.model, "history", None) or {}, self._last_step)
+            self.update_estimate()
             if self.runner.failed:
                 kept = " The last good model is kept (Save model...)." if self.model is not None else ""
                 self.status.setText("Training failed; see the notification." + kept)
@@ -372,7 +408,10 @@ class TrainWidget(QWidget):
             else:
                 self.progress.setValue(1000)
                 self.progress.setFormat("done")
-                self.status.setText(f"Training done ({self._last_step} steps). Save the model or go to Predict.")
+                reason = f", {done.reason_text}" if done is not None else ""
+                self.status.setText(
+                    f"Training done ({self._last_step} steps{reason}). Save the model or go to Predict."
+                )
         except RuntimeError:  # widget already deleted
             pass
 
@@ -383,6 +422,7 @@ class TrainWidget(QWidget):
         self.load_button.setEnabled(not running)
         self.save_button.setEnabled(self.model is not None)
         self.advanced.setEnabled(not running)
+        self.main_settings.widget.setEnabled(not running)
 
     def _on_session_model(self, model: Any) -> None:
         if model is not None and model is not self.model and not self.runner.running:
@@ -429,6 +469,7 @@ class TrainWidget(QWidget):
             return False
         self.model = model
         self.session.set_trained_model(model, f"loaded from {Path(path).name}")
+        self.loss_plot.set_history(model.history or {})
         self._set_running(False)
         self.status.setText(f"Model loaded from {Path(path).name}.")
         return True

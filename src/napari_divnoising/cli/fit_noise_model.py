@@ -39,8 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--n-gaussians", type=int, default=3, help="mixture components (default 3)")
     parser.add_argument("--n-coeffs", type=int, default=2, help="polynomial coefficients, 2 = linear in signal (default 2)")
     parser.add_argument(
-        "--min-sigma", type=float, default=None, metavar="V",
-        help="floor on each component's variance, in grey values squared (default: from the data)",
+        "--min-variance", "--min-sigma", dest="min_variance", type=float, default=None, metavar="V",
+        help="floor on each component's variance, in grey values squared (default: from the data); "
+        "--min-sigma is the old, deprecated name",
     )
     parser.add_argument(
         "--clip-percentiles", type=float, nargs=2, default=None, metavar=("LO", "HI"),
@@ -59,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..io import read_tiff
     from ..noise_model_fitting import (
-        NoiseFitProgress, NoiseFitResult, calibration_pairs, fit_gmm_iter, is_integer_valued, paired_images,
-        variance_line,
+        NoiseFitProgress, NoiseFitResult, fit_gmm_iter, fitting_pairs, variance_line,
     )
     from ..noise_model_io import save_gmm_npz
 
@@ -80,19 +80,15 @@ def run(args: argparse.Namespace) -> int:
         if args.plot else None
 
     if args.calibration:
-        name = Path(args.calibration).name
-        raw = read_tiff(args.calibration)
-        integer_data = is_integer_valued(raw)
-        signal, observation = calibration_pairs(raw, name=name)
-        del raw
-        description = f"fitted to calibration stack {name} ({observation.shape[0]} frames)"
+        pairs = fitting_pairs(calibration=read_tiff(args.calibration), name=Path(args.calibration).name)
     else:
-        signal, observation = paired_images(read_tiff(args.noisy), read_tiff(args.clean))
-        integer_data = None
-        description = f"fitted to noisy {Path(args.noisy).name} / clean {Path(args.clean).name}"
+        pairs = fitting_pairs(noisy=read_tiff(args.noisy), clean=read_tiff(args.clean),
+                              name=f"{Path(args.noisy).name} / {Path(args.clean).name}")
+    signal, observation, integer_data = pairs.signal, pairs.observation, pairs.integer_data
+    description = f"fitted to {pairs.description}"
 
     events = fit_gmm_iter(
-        signal, observation, n_gaussians=args.n_gaussians, n_coeffs=args.n_coeffs, min_sigma=args.min_sigma,
+        signal, observation, n_gaussians=args.n_gaussians, n_coeffs=args.n_coeffs, min_variance=args.min_variance,
         clip_percentiles=args.clip_percentiles, seed=args.seed,
         integer_data=integer_data,
     )

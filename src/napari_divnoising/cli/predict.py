@@ -93,8 +93,12 @@ def output_paths(input_path: Path, out_dir: Path, save_samples: int, want_map: b
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
             break
-    kinds = ["mmse", "variance"] + (["samples"] if save_samples > 0 else []) + (["map"] if want_map else [])
-    return {kind: out_dir / f"{stem}_{kind}.tif" for kind in kinds}
+    from ..outputs import OUTPUT_KINDS, PREDICTION_KINDS
+
+    skipped = {"samples"} if save_samples <= 0 else set()
+    if not want_map:
+        skipped.add("map")
+    return {kind: out_dir / OUTPUT_KINDS[kind].file_name(stem) for kind in PREDICTION_KINDS if kind not in skipped}
 
 
 def _check_args(args: argparse.Namespace) -> None:

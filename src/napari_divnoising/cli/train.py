@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 
 from ..errors import DivNoisingError
+from ..training.config import TrainingConfig
 from ._common import check_output_path
+from ._options import add_config_options
+
+#: The TrainingConfig fields offered as options (help and defaults from the field metadata).
+TRAIN_OPTIONS = ("max_minutes", "max_steps", "patch_size", "batch_size", "depth", "beta", "learning_rate",
+                 "kl_annealing_steps", "device", "seed")
 
 DESCRIPTION = """\
 Train a DivNoising model on noisy images only, and save it as one file.
@@ -16,7 +22,9 @@ Train a DivNoising model on noisy images only, and save it as one file.
 Give one or more TIFF images or stacks (frames of a stack are separate
 images) and a noise model: a GMM fitted with `divnoising fit-noise-model`
 (--noise-model), a Gaussian noise model learned together with the network
-(--co-learn), or Gaussian noise of known sigma (--sigma). Training stops after
+(--co-learn), bootstrapping (--bootstrap: co-learn for half the budget, fit
+a GMM to that model's denoising, train with it for the other half), or
+Gaussian noise of known sigma (--sigma). Training stops after
 --max-minutes or --max-steps, whichever comes first (default: 10 minutes), or
 earlier when the validation loss stops improving.
 
@@ -44,24 +52,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     noise.add_argument("--noise-model", metavar="NM.npz", help="GMM noise model from `divnoising fit-noise-model`")
     noise.add_argument("--co-learn", action="store_true",
                        help="learn a Gaussian noise model (variance = a * signal + b) with the network")
-    noise.add_argument("--sigma-min", type=float, metavar="S",
-                       help="with --co-learn: least noise standard deviation (default: 1%% of the data's std)")
+    noise.add_argument("--bootstrap", action="store_true",
+                       help="co-learn for half the budget, fit a GMM to that model's denoising of the data, then "
+                       "train with the GMM for the other half")
+    add_config_options(noise, TrainingConfig, ["sigma_min"])
     noise.add_argument("--sigma", type=float, metavar="S", help="fixed Gaussian noise of standard deviation S")
     p.add_argument("--out", required=True, metavar="MODEL.pt", help="model file to write")
-    p.add_argument("--max-minutes", type=float, metavar="M", help="time budget in minutes (default 10 if no --max-steps)")
-    p.add_argument("--max-steps", type=int, metavar="N", help="budget in optimisation steps")
-    p.add_argument("--patch-size", type=int, metavar="P",
-                   help="training patch size (default: chosen for the device, 64 on a CPU, 128 on a GPU)")
-    p.add_argument("--batch-size", type=int, metavar="B",
-                   help="patches per step (default: chosen for the device, 8 on a CPU, 32 on a GPU)")
-    p.add_argument("--depth", type=int, metavar="D", help="network depth, 2 (default) or 3 for larger structures")
-    p.add_argument("--beta", type=float, help="KL weight (default 1; larger: smoother and more diverse samples)")
-    p.add_argument("--lr", type=float, metavar="LR", help="Adam learning rate (default 1e-3)")
-    p.add_argument("--kl-annealing-steps", type=int, metavar="N",
-                   help="steps over which the KL weight ramps up from 0 (default: 10%% of the budget)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    add_config_options(p, TrainingConfig, TRAIN_OPTIONS, flags={"learning_rate": "--lr"},
+                       keep_defaults=("device", "seed"))
     p.add_argument("--resume", metavar="MODEL.pt", help="continue training this model (same network and noise model)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     p.set_defaults(func=run)
     return p
@@ -109,13 +108,15 @@ def run(args: argparse.Namespace) -> int:
     from ..model_io import last_checkpoint_path, load_model
     from ..training import COLEARN, TrainingDone, TrainingStarted, TrainingWarning, TrainStep, Validation, train_iter
 
-    chosen = [bool(args.noise_model), bool(args.co_learn), args.sigma is not None]
+    chosen = [bool(args.noise_model), bool(args.co_learn), args.sigma is not None, args.bootstrap]
     if sum(chosen) > 1:
-        raise DivNoisingError("give only one of --noise-model, --co-learn and --sigma.")
+        raise DivNoisingError("give only one of --noise-model, --co-learn, --sigma and --bootstrap.")
     if sum(chosen) == 0 and not args.resume:
-        raise DivNoisingError("choose a noise model: --noise-model NM.npz, --co-learn, or --sigma S.")
-    if args.sigma_min is not None and not args.co_learn:
-        raise DivNoisingError("--sigma-min only applies with --co-learn.")
+        raise DivNoisingError("choose a noise model: --noise-model NM.npz, --co-learn, --sigma S or --bootstrap.")
+    if args.sigma_min is not None and not (args.co_learn or args.bootstrap):
+        raise DivNoisingError("--sigma-min only applies with --co-learn or --bootstrap.")
+    if args.bootstrap and args.resume:
+        raise DivNoisingError("--bootstrap trains new models; continue a bootstrapped model with --resume alone.")
 
     resume = load_model(args.resume) if args.resume else None
     out = Path(args.out)
@@ -140,7 +141,13 @@ def run(args: argparse.Namespace) -> int:
     # checked here too so that messages name the file
     images = [as_image_stack(read_tiff(path), name=Path(path).name, min_size=config.patch_size) for path in args.data]
 
-    events = train_iter(images, noise_model, config, resume=resume, checkpoint_path=out)
+    if args.bootstrap:
+        from ..workflows import BootstrapPhase, bootstrap_iter, split_budget
+
+        half = split_budget(config)
+        events = bootstrap_iter(images, half, first_config=half, checkpoint_path=out)
+    else:
+        events = train_iter(images, noise_model, config, resume=resume, checkpoint_path=out)
     bar = tqdm(total=1000, bar_format="{desc} {percentage:3.0f}%|{bar}|", desc="training", dynamic_ncols=True,
                file=sys.stderr)
     done = None
@@ -172,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
                 tqdm.write(f"warning: {event.message}")
             elif isinstance(event, TrainingDone):
                 done = event
+            elif args.bootstrap and isinstance(event, BootstrapPhase):
+                tqdm.write(event.message)
     except KeyboardInterrupt:
         interrupted = True
         events.close()  # writes the last checkpoint (and the best if none was written yet)

@@ -1,4 +1,4 @@
-"""Posterior sampling with a trained model: MMSE, variance, kept samples, MAP, prior samples (METHOD.md 6).
+"""Posterior sampling with a trained model: MMSE, variance, kept samples, MAP, prior samples (docs/method.md 6).
 
 ``predict_iter(model, image, n_samples)`` encodes each frame once, draws
 latents z ~ q(z|x) and decodes them in batches under ``torch.inference_mode``.

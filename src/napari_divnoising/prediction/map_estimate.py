@@ -1,4 +1,4 @@
-"""MAP estimate from posterior samples: mean shift on local overlapping windows (METHOD.md 6, appendix A.4).
+"""MAP estimate from posterior samples: mean shift on local overlapping windows (docs/method.md 6, appendix A.4).
 
 The image is covered by square windows (10 x 10 pixels, overlapping by 3, as
 in the paper). Each window's samples are points in R^(10*10); mean shift with

@@ -1,4 +1,4 @@
-"""Prior samples: decode z ~ N(0, I) into synthetic images of the training domain (METHOD.md 6)."""
+"""Prior samples: decode z ~ N(0, I) into synthetic images of the training domain (docs/method.md 6)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def generate_prior_iter(
     seed: int | None = None,
     precision: str = "auto",
 ) -> Iterator[Progress | PriorBatch | PriorDone]:
-    """Decode z ~ N(0, I): synthetic images of the training domain, raw units (METHOD.md 6, prior samples).
+    """Decode z ~ N(0, I): synthetic images of the training domain, raw units (docs/method.md 6, prior samples).
 
     Parameters
     ----------
