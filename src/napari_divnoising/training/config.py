@@ -142,7 +142,7 @@ class TrainingConfig:
         """The settings as a JSON-serialisable dictionary."""
         return dataclasses.asdict(self)
 
-    def resolved(self, device: torch.device) -> "TrainingConfig":
+    def resolved(self, device: torch.device) -> TrainingConfig:
         """A copy with the device-dependent settings (patch and batch size, log interval) filled in."""
         defaults = device_defaults(device)
         changes: dict[str, Any] = {k: v for k, v in defaults.items() if getattr(self, k) is None}

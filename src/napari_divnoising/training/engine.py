@@ -221,7 +221,9 @@ def train_iter(
 
     rng = np.random.default_rng([config.seed, start_step])
     if not on_cpu and DevicePatchSampler.fits(data.train_regions, device):
-        device_sampler = DevicePatchSampler(data.train_regions, config.patch_size, device, seed=config.seed + start_step)
+        device_sampler = DevicePatchSampler(
+            data.train_regions, config.patch_size, device, seed=config.seed + start_step
+        )
 
         def next_batch() -> torch.Tensor:
             return device_sampler.sample(config.batch_size)

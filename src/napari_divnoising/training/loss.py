@@ -24,8 +24,8 @@ def loss_terms(
     """Return (reconstruction, kl), both per pixel, for raw-unit patches ``x_raw`` of shape (B, 1, H, W).
 
     The network runs in normalised units (optionally under ``autocast``, with its input in
-    ``memory_format``, which should match the weights'); its output is de-normalised and the noise-model likelihood and KL are evaluated
-    in float32.
+    ``memory_format``, which should match the weights'); its output is de-normalised and the
+    noise-model likelihood and KL are evaluated in float32.
     """
     net = model.network
     x_norm = (x_raw - model.data_mean) / model.data_std

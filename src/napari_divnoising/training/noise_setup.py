@@ -30,14 +30,19 @@ def _neighbour_noise_variance(regions: list[np.ndarray]) -> float:
     return float(np.var(np.concatenate(diffs).astype(np.float64)) / 2.0)
 
 
-def colearned_noise_model(mean: float, std: float, noise_variance: float, sigma_min: float | None) -> GaussianNoiseModel:
+def colearned_noise_model(
+    mean: float, std: float, noise_variance: float, sigma_min: float | None
+) -> GaussianNoiseModel:
     """A trainable Gaussian noise model started from a flat variance near the data's noise level."""
     b = float(np.clip(0.5 * noise_variance, 1e-4 * std**2, 0.5 * std**2))
     floor = sigma_min if sigma_min is not None else 0.01 * std
     return GaussianNoiseModel(a=0.0, b=b, sigma_min=floor, offset=mean, scale=std, trainable=True)
 
 
-def resolve_noise_model(spec: Any, data_mean: float, data_std: float, regions: list[np.ndarray], config: TrainingConfig) -> nn.Module:
+def resolve_noise_model(
+    spec: Any, data_mean: float, data_std: float, regions: list[np.ndarray], config: TrainingConfig
+) -> nn.Module:
+    """The noise model a new run trains with (see :func:`~napari_divnoising.training.train_iter`)."""
     if is_colearn(spec):
         return colearned_noise_model(data_mean, data_std, _neighbour_noise_variance(regions), config.sigma_min)
     if isinstance(spec, GMMNoiseModel):
@@ -61,31 +66,6 @@ def gmm_range_warning(noise_model: nn.Module, regions: list[np.ndarray]) -> str 
     from ..validation import noise_model_range_warning
 
     return noise_model_range_warning(noise_model, np.concatenate([r.ravel() for r in regions]), "the training data")
-
-
-def _check_resume(resume: DivNoisingModel, config: TrainingConfig, spec: Any) -> None:
-    net = resume.network
-    for name, have, want in (
-        ("depth", net.depth, config.depth),
-        ("start_filters", net.start_filters, config.start_filters),
-        ("z_dim", net.z_dim, config.z_dim),
-    ):
-        if have != want:
-            raise DivNoisingError(
-                f"The model to continue has {name} {have}, but {name} {want} was asked for; a model cannot change "
-                f"its network. Use {name} {have} (or leave it unset) to continue, or train a new model."
-            )
-    kind = getattr(resume.noise_model, "kind", None)
-    if isinstance(spec, nn.Module) and getattr(spec, "kind", None) != kind:
-        raise DivNoisingError(
-            f"The model to continue was trained with a {kind} noise model; it cannot continue with a "
-            f"{getattr(spec, 'kind', type(spec).__name__)} noise model. Train a new model instead."
-        )
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool) and kind != "gaussian":
-        raise DivNoisingError(
-            f"The model to continue was trained with a {kind} noise model; it cannot continue with a fixed "
-            "Gaussian noise model. Train a new model instead."
-        )
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
