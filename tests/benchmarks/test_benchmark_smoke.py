@@ -162,12 +162,13 @@ def test_quality_run_end_to_end_on_synthetic_folder(tmp_path, monkeypatch):
     import tifffile
 
     import napari_divnoising.noise_model_fitting as fitting
+    import napari_divnoising.workflows as workflows
     from napari_divnoising import prediction
 
     # Plumbing, not fit quality: short noise-model fits (they were most of this test's time).
-    for name in ("fit_gmm_from_calibration", "bootstrap_gmm"):
-        monkeypatch.setattr(fitting, name, functools.partial(getattr(fitting, name), explore_pairs=4000,
-                                                             explore_iterations=200, polish_iterations=20))
+    for module, name in ((fitting, "fit_gmm_from_calibration"), (fitting, "bootstrap_gmm"), (workflows, "fit_gmm_iter")):
+        monkeypatch.setattr(module, name, functools.partial(getattr(module, name), explore_pairs=4000,
+                                                            explore_iterations=200, polish_iterations=20))
 
     run_quality = _load("run_quality")
     rng = np.random.default_rng(2)
@@ -175,17 +176,19 @@ def test_quality_run_end_to_end_on_synthetic_folder(tmp_path, monkeypatch):
 
     # A 3-step model denoises nothing, so the bootstrap's first denoising (seeds 500 + training frame) is
     # replaced by the true signal: the bootstrap fit, its training and evaluation still run for real.
-    real_predict = prediction.predict
+    real_predict_iter = prediction.predict_iter
     first_denoisings = []
 
-    def predict(model, image, n_samples, **kwargs):
-        result = real_predict(model, image, n_samples, **kwargs)
-        if kwargs.get("seed", 0) >= 500:
-            first_denoisings.append(kwargs["seed"])
-            return dataclasses.replace(result, mmse=signals[kwargs["seed"] - 500].astype(np.float32))
-        return result
+    def predict_iter(model, image, n_samples=100, **kwargs):
+        seed = kwargs.get("seed") or 0
+        for event in real_predict_iter(model, image, n_samples, **kwargs):
+            if 500 <= seed < 502 and isinstance(event, prediction.PredictionDone):  # the 2 training frames
+                first_denoisings.append(seed)
+                event = prediction.PredictionDone(
+                    dataclasses.replace(event.result, mmse=signals[seed - 500].astype(np.float32)))
+            yield event
 
-    monkeypatch.setattr(prediction, "predict", predict)
+    monkeypatch.setattr(prediction, "predict_iter", predict_iter)
     tifffile.imwrite(tmp_path / "train_noisy.tif",
                      np.stack([_poisson_gaussian(s, 4.0, 2.0, rng) for s in signals[:2]]).astype(np.float32))
     tifffile.imwrite(tmp_path / "calibration_fov01.tif",
