@@ -21,7 +21,7 @@ Random weights of the chosen architecture (timing does not depend on them). Resu
         --sweep-gb 0.1,0.5,1,2 --device cuda
 
 Smoke run (seconds): ``python benchmarks/bench_scale.py --frames 4 --size 64 --samples 2 --arch tiny
---workers 1 --sweep-gb 0.0005,0.001 --out-dir /tmp/scale``.
+--workers 1 --sweep-gb 0.0005,0.001 --out-dir scale-runs``.
 """
 
 from __future__ import annotations
