@@ -74,7 +74,7 @@ class TrainingConfig:
     z_dim: int = _field(64, help="Latent channels.", label="Latent channels", minimum=1, maximum=512, advanced=True)
     beta: float = _field(1.0, help="Weight of the KL term: larger gives smoother, more diverse samples.",
                          label="KL weight (beta)", minimum=0.0, maximum=1e6, advanced=True)
-    learning_rate: float = _field(1e-3, help="Adam learning rate.", label="Learning rate", minimum=1e-6,
+    learning_rate: float = _field(1e-3, help="Adam learning rate.", label="Learning rate", minimum=1e-12,
                                   maximum=1e-1, advanced=True)
     max_minutes: float | None = _field(10.0, help="Time budget in minutes (training stops when it is used up).",
                                        label="Minutes", minimum=0.01, maximum=10080.0)
