@@ -265,6 +265,19 @@ def _fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
+@contextlib.contextmanager
+def _removed_on_error(tmp: Path, path: Path):
+    """Remove ``tmp`` if the block fails or is interrupted; OS errors become a :class:`WriteError` naming ``path``."""
+    try:
+        yield
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise write_error(exc, path) from None
+        raise
+
+
 def write_temp(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     """Write a temporary file next to ``path`` with ``write(handle)``, flushed to disk; return its name.
 
@@ -276,17 +289,10 @@ def write_temp(path: Path, write: Callable[[BinaryIO], None]) -> Path:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     except OSError as exc:
         raise write_error(exc, path) from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise write_error(exc, path) from None
-        raise
+    with _removed_on_error(tmp, path), os.fdopen(fd, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     return tmp
 
 
@@ -306,14 +312,8 @@ def atomic_write_bytes(path: str | Path, data: bytes | Callable[[BinaryIO], None
     else:
         write = data
     tmp = write_temp(path, write)
-    try:
+    with _removed_on_error(tmp, path):
         os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise write_error(exc, path) from None
-        raise
     _fsync_folder(path.parent)
     return path
 
@@ -330,7 +330,7 @@ class StagedFiles:
     def __init__(self) -> None:
         self._staged: list[tuple[Path, Path]] = []  # (temporary, target)
 
-    def __enter__(self) -> "StagedFiles":
+    def __enter__(self) -> StagedFiles:
         return self
 
     def __exit__(self, *exc: Any) -> None:
