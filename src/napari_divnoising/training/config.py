@@ -94,6 +94,9 @@ class TrainingConfig:
                                        label="Validation patches", minimum=1, maximum=100_000, advanced=True)
     val_fraction: float = _field(0.15, help="Fraction of the frames (or of each frame) held out for validation.",
                                  label="Validation fraction", minimum=0.01, maximum=0.9, advanced=True)
+    ema_decay: float = _field(0.0, help="Weight averaging: validation, checkpoints and the trained model use an "
+                              "exponential moving average of the weights with this decay (0: off).",
+                              label="Weight averaging", minimum=0.0, maximum=0.99999, advanced=True)
     lr_factor: float = _field(0.5, help="Factor the learning rate is multiplied by when validation stalls.",
                               label="LR factor", minimum=0.01, maximum=0.99, advanced=True)
     lr_decay_fraction: float = _field(0.0, help="Fraction at the end of the budget over which the learning rate "

@@ -50,6 +50,7 @@ from .events import (
     TrainStep,
     Validation,
 )
+from .averaging import WeightAverage
 from .loss import loss_terms
 from .noise_setup import COLEARN, check_resume, gmm_range_warning, resolve_noise_model
 from .sampling import DevicePatchSampler
@@ -186,6 +187,10 @@ def train_iter(
     memory_format = torch.channels_last
     model.network.to(memory_format=memory_format)
     autocast = _autocast_for(device, config.mixed_precision)
+    average = WeightAverage(model.network, config.ema_decay) if config.ema_decay > 0 else None
+
+    def averaged() -> contextlib.AbstractContextManager:
+        return average.applied() if average is not None else contextlib.nullcontext()
 
     trainable = [p for p in list(model.network.parameters()) + list(model.noise_model.parameters()) if p.requires_grad]
 
@@ -312,7 +317,7 @@ def train_iter(
         model.network.eval()
         recon_sum = kl_sum = 0.0
         n = 0
-        with torch.no_grad():
+        with torch.no_grad(), averaged():
             for i in range(0, len(val_x), config.batch_size):
                 xb, eb = val_x[i : i + config.batch_size], val_eps[i : i + config.batch_size]
                 recon, kl = loss_terms(model, xb, eb, autocast, memory_format)
@@ -349,6 +354,8 @@ def train_iter(
             if len(pending) >= log_interval:
                 read_back()  # before the update, so a diverged step never reaches the weights on a CPU
             optimizer.step()
+            if average is not None:
+                average.update()
             step += 1
             if annealing.done:
                 history["kl_annealing_done"] = True
@@ -383,6 +390,8 @@ def train_iter(
                     torch.manual_seed(config.seed + 1000 * restarts_done)
                     model.network.load_state_dict(_new_network(config).state_dict())
                     model.noise_model.load_state_dict(initial_noise_model_state)
+                    if average is not None:
+                        average.reset()
                     optimizer, scheduler = new_optimizer()
                     plateau_lr = config.learning_rate
                     history.setdefault("collapse_restarts", []).append(step)
@@ -411,14 +420,17 @@ def train_iter(
                 history["val_steps"].append(step)
                 history["val_loss"].append(val_loss)
                 is_best = val_loss < best_val - config.early_stopping_min_delta
-                if is_best:
-                    best_val, best_step = val_loss, step
-                    history["best_val_loss"], history["best_step"] = best_val, best_step
-                    best_state = _state_copy(model)
+                saved_events = []
+                with averaged():
+                    if is_best:
+                        best_val, best_step = val_loss, step
+                        history["best_val_loss"], history["best_step"] = best_val, best_step
+                        best_state = _state_copy(model)
+                    history["steps"] = step
+                    for kind in ("best", "last") if is_best else ("last",):
+                        saved_events.append(checkpoints.save(model, kind, training_state(), step))
                 yield Validation(step, val_loss, best_val, is_best, val_recon, val_kl)
-                history["steps"] = step
-                for kind in ("best", "last") if is_best else ("last",):
-                    event = checkpoints.save(model, kind, training_state(), step)
+                for event in saved_events:
                     if event is not None:
                         yield event
                 if annealing.done:
@@ -439,6 +451,8 @@ def train_iter(
         elapsed = budget.elapsed()
         history["steps"] = step
         history["elapsed_s"] = float(history.get("elapsed_s", 0.0)) + elapsed
+        if average is not None:
+            average.copy_to_network()  # the averaged weights are the model from here on
         if not finished:
             # Closed (Stop / Ctrl-C) or failed between steps: keep what we have on disk.
             history["runs"].append(

@@ -1,0 +1,211 @@
+"""Ablation runs for the training defaults: one training setting, several seeds, two validation sets.
+
+Each run trains on the FMD training frames **except field of view 1** and scores the model on
+
+- ``val``: the five frames of ``val_noisy.tif`` against ``val_gt.tif`` (field of view 20), and
+- ``holdout``: frames 0-4 of ``calibration_fov01.tif`` (field of view 1, which the model never
+  saw) against the mean of that stack's frames 5-49 (so the target does not contain the input).
+
+Reported per set: MMSE PSNR (``--n-samples`` samples), MAP PSNR from the same samples, the mean
+PSNR of single samples and the diversity (standard deviation over the samples of each sample's
+PSNR, averaged over the frames). Every run appends one JSON line to ``--out``; ``--table``
+summarises such a file as markdown (mean and spread over seeds per setting).
+
+The budget is a number of steps (``--steps``) or minutes (``--minutes``). A step budget makes
+runs comparable on a busy machine: measure each setting's idle step rate first
+(``--rate-only``), then give every setting the steps it makes in the same wall-clock time.
+
+Examples::
+
+    python benchmarks/quality_ablation.py --rate-only --set ema_decay=0.999
+    python benchmarks/quality_ablation.py --label ema --set ema_decay=0.999 --steps 17000 --seeds 0 1 2
+    python benchmarks/quality_ablation.py --table results/ablation_runs.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS_DIR, machine_info, markdown_table  # noqa: E402
+
+FMD_DIR = Path(os.environ.get("DIVNOISING_FMD_DIR", "data/fmd_bpae_b"))
+
+
+def load_sets(data_dir: Path) -> dict[str, Any]:
+    """Training frames (field of view 1 left out), both validation sets and the calibration stack."""
+    from napari_divnoising.io import read_tiff
+
+    def read(name: str) -> np.ndarray:
+        return np.asarray(read_tiff(Path(data_dir) / name), dtype=np.float32)
+
+    train, calibration = read("train_noisy.tif"), read("calibration_fov01.tif")
+    if not np.array_equal(train[0], calibration[0]):
+        raise SystemExit("expected train_noisy.tif frame 0 to be calibration frame 0 (field of view 1)")
+    return {
+        "train": train[1:],
+        "calibration": calibration,
+        "sets": {
+            "val": (read("val_noisy.tif"), read("val_gt.tif")),
+            "holdout": (calibration[:5], calibration[5:].mean(axis=0)),
+        },
+    }
+
+
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are read as JSON when they parse, else kept as strings."""
+    settings = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return settings
+
+
+def score(model: Any, noisy: np.ndarray, gt: np.ndarray, n_samples: int, data_range: float = 255.0) -> dict:
+    """MMSE, MAP, single-sample PSNR and diversity of ``model`` on the frames ``noisy``."""
+    from napari_divnoising.map_estimate import map_estimate
+    from napari_divnoising.metrics import psnr
+    from napari_divnoising.prediction import predict
+
+    mmse, map_, single, spread = [], [], [], []
+    for i, frame in enumerate(noisy):
+        result = predict(model, frame, n_samples, keep_samples=n_samples, seed=i)
+        mmse.append(psnr(np.clip(result.mmse, 0, data_range), gt, data_range))
+        map_.append(psnr(np.clip(map_estimate(result.samples), 0, data_range), gt, data_range))
+        per_sample = [psnr(np.clip(s, 0, data_range), gt, data_range) for s in result.samples]
+        single.append(float(np.mean(per_sample)))
+        spread.append(float(np.std(per_sample)))
+    return {"mmse": float(np.mean(mmse)), "map": float(np.mean(map_)), "single": float(np.mean(single)),
+            "diversity": float(np.mean(spread)), "mmse_frames": mmse}
+
+
+def train_once(data: dict, noise: str, settings: dict, seed: int, steps: int | None, minutes: float | None,
+               threads: int) -> tuple[Any, dict]:
+    from napari_divnoising.noise_model_fitting import fit_gmm_from_calibration
+    from napari_divnoising.training import COLEARN, TrainingConfig, TrainingDone, TrainingWarning, train_iter
+
+    import torch
+
+    torch.set_num_threads(threads)
+    noise_model = fit_gmm_from_calibration(data["calibration"]) if noise == "calibration" else COLEARN
+    config = TrainingConfig(**{**settings, "max_steps": steps, "max_minutes": minutes, "seed": seed,
+                               "device": "cpu"})
+    t0 = time.perf_counter()
+    done, warnings = None, []
+    for event in train_iter(data["train"], noise_model, config):
+        if isinstance(event, TrainingWarning):
+            warnings.append(event.message)
+        elif isinstance(event, TrainingDone):
+            done = event
+    info = {"train_seconds": time.perf_counter() - t0, "steps": done.steps, "reason": done.reason,
+            "best_step": done.best_step, "best_val_loss": done.best_val_loss, "warnings": warnings,
+            "restarts": len(done.history.get("collapse_restarts", []))}
+    nm = done.model.noise_model
+    if hasattr(nm, "a"):
+        info["noise_a"], info["noise_b"] = float(nm.a), float(nm.b)
+    return done.model, info
+
+
+def step_rate(data: dict, settings: dict, threads: int, seconds: float = 40.0) -> float:
+    """Steps per second of ``settings`` after a warm-up (no validation in the timed part)."""
+    from napari_divnoising.training import TrainingConfig, TrainStep, train_iter
+
+    import torch
+
+    torch.set_num_threads(threads)
+    config = TrainingConfig(**{**settings, "max_minutes": seconds / 60 + 0.5, "device": "cpu",
+                               "validations_per_run": 1})
+    marks = []
+    events = train_iter(data["train"], None, config)
+    for event in events:
+        if isinstance(event, TrainStep):
+            marks.append((event.step, time.perf_counter()))
+            if marks[-1][1] - marks[0][1] > seconds + 5:
+                break
+    events.close()
+    timed = [m for m in marks if m[1] - marks[0][1] >= 5]  # 5 s warm-up
+    return (timed[-1][0] - timed[0][0]) / (timed[-1][1] - timed[0][1])
+
+
+def summarise(path: Path) -> str:
+    runs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["label"], run["noise"], run["budget"]), []).append(run)
+
+    def ms(values: list[float]) -> str:
+        return f"{np.mean(values):.2f} ± {np.std(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+    rows = []
+    for (label, noise, budget), group in groups.items():
+        row = [label, noise, budget, len(group)]
+        for name in ("val", "holdout"):
+            row += [ms([g[name]["mmse"] for g in group]), ms([g[name]["map"] for g in group]),
+                    ms([g[name]["single"] for g in group]), ms([g[name]["diversity"] for g in group])]
+        row += [int(np.mean([g["steps"] for g in group])), int(np.mean([g["train_seconds"] for g in group]))]
+        if "noise_a" in group[0]:
+            row[-1] = f"{row[-1]}; a,b = " + ", ".join(f"{g['noise_a']:.2f}/{g['noise_b']:.1f}" for g in group)
+        rows.append(row)
+    header = ["setting", "noise model", "budget", "seeds", "val MMSE", "val MAP", "val 1-sample", "val diversity",
+              "holdout MMSE", "holdout MAP", "holdout 1-sample", "holdout diversity", "steps", "train s"]
+    return markdown_table(header, rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--label", default="defaults")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="a TrainingConfig setting (repeatable)")
+    parser.add_argument("--noise", choices=("calibration", "colearn"), default="calibration")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--minutes", type=float, default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--n-samples", type=int, default=100)
+    parser.add_argument("--data", type=Path, default=FMD_DIR)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "ablation_runs.jsonl")
+    parser.add_argument("--rate-only", action="store_true", help="only measure the idle step rate")
+    parser.add_argument("--table", type=Path, default=None, help="summarise a runs file as markdown")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(summarise(args.table))
+        return 0
+    data = load_sets(args.data)
+    settings = parse_settings(args.settings)
+    if args.rate_only:
+        rate = step_rate(data, settings, args.threads)
+        print(json.dumps({"label": args.label, "settings": settings, "threads": args.threads,
+                          "steps_per_s": rate, "cpu": machine_info().get("cpu")}))
+        return 0
+    if (args.steps is None) == (args.minutes is None):
+        parser.error("give exactly one of --steps and --minutes")
+    budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
+    for seed in args.seeds:
+        model, info = train_once(data, args.noise, settings, seed, args.steps, args.minutes, args.threads)
+        record = {"label": args.label, "settings": settings, "noise": args.noise, "seed": seed, "budget": budget,
+                  "threads": args.threads, **info}
+        for name, (noisy, gt) in data["sets"].items():
+            record[name] = score(model, noisy, gt, args.n_samples)
+        record["machine"] = machine_info()
+        with open(args.out, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(f"{args.label} seed {seed}: val {record['val']['mmse']:.2f} (MAP {record['val']['map']:.2f}), "
+              f"holdout {record['holdout']['mmse']:.2f}, {info['steps']} steps, "
+              f"{info['train_seconds']:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
