@@ -93,10 +93,10 @@ def score(model: Any, noisy: np.ndarray, gt: np.ndarray, n_samples: int, data_ra
 
 def train_once(data: dict, noise: str, settings: dict, seed: int, steps: int | None, minutes: float | None,
                threads: int) -> tuple[Any, dict]:
+    import torch
+
     from napari_divnoising.noise_model_fitting import fit_gmm_from_calibration
     from napari_divnoising.training import COLEARN, TrainingConfig, TrainingDone, TrainingWarning, train_iter
-
-    import torch
 
     torch.set_num_threads(threads)
     noise_model = fit_gmm_from_calibration(data["calibration"]) if noise == "calibration" else COLEARN
@@ -120,9 +120,9 @@ def train_once(data: dict, noise: str, settings: dict, seed: int, steps: int | N
 
 def step_rate(data: dict, settings: dict, threads: int, seconds: float = 40.0) -> float:
     """Steps per second of ``settings`` after a warm-up (no validation in the timed part)."""
-    from napari_divnoising.training import TrainingConfig, TrainStep, train_iter
-
     import torch
+
+    from napari_divnoising.training import TrainingConfig, TrainStep, train_iter
 
     torch.set_num_threads(threads)
     config = TrainingConfig(**{**settings, "max_minutes": seconds / 60 + 0.5, "device": "cpu",

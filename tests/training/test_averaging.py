@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_divnoising.errors import DivNoisingError
 from napari_divnoising.model_io import load_model
 from napari_divnoising.training import TrainingConfig, TrainingDone, TrainingStarted, TrainStep, train_iter
 from napari_divnoising.training.averaging import WeightAverage
@@ -70,7 +71,6 @@ def test_trained_and_saved_model_hold_the_averaged_weights(tmp_path):
         assert torch.allclose(r, e, atol=1e-5, rtol=1e-4)
 
 
-def test_averaging_is_off_by_default():
-    assert TrainingConfig().ema_decay >= 0.0
-    with pytest.raises(Exception):
+def test_a_decay_of_one_is_refused_with_one_line():
+    with pytest.raises(DivNoisingError, match="ema_decay must be between"):
         TrainingConfig(ema_decay=1.0).validate()

@@ -40,6 +40,7 @@ from ..events import run_to_end
 from ..model import DivNoisingModel
 from ..network import DivNoisingVAE
 from ..noise_models import GaussianNoiseModel
+from .averaging import WeightAverage
 from .config import TrainingConfig
 from .events import (
     CheckpointSaved,
@@ -50,7 +51,6 @@ from .events import (
     TrainStep,
     Validation,
 )
-from .averaging import WeightAverage
 from .loss import loss_terms
 from .noise_setup import COLEARN, check_resume, gmm_range_warning, resolve_noise_model
 from .sampling import DevicePatchSampler
