@@ -235,3 +235,25 @@ def test_mismatched_pairs_are_refused():
 def test_bad_settings(calibration_stack, kwargs, message):
     with pytest.raises(DivNoisingError, match=message):
         fit_gmm_from_calibration(calibration_stack, **kwargs)
+
+
+def test_noise_line_estimated_from_noisy_images_alone_matches_the_simulated_noise():
+    from napari_divnoising.noise_model_fitting import estimate_noise_line
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:128, 0:128]
+    frames = []
+    for k in range(4):  # smooth blobs of different brightness: signal 0..~250
+        signal = 250 * np.exp(-(((xx - 30 * k - 20) ** 2 + (yy - 64) ** 2) / (2 * 30.0**2)))
+        frames.append(rng.poisson(signal / 2.0) * 2.0 + rng.normal(0, 3, signal.shape))  # var = 2 s + 9
+    line = estimate_noise_line(frames)
+    assert line is not None
+    assert abs(line.a - 2.0) < 0.3 and abs(line.b - 9.0) < 6.0
+    assert 0 < line.least_variance < 2 * 9.0 + 2 * 2.0 * 5
+
+
+def test_noise_line_is_none_when_there_is_nothing_to_fit():
+    from napari_divnoising.noise_model_fitting import estimate_noise_line
+
+    assert estimate_noise_line([np.zeros((4, 4))]) is None
+    assert estimate_noise_line([np.full((64, 64), 7.0)]) is None

@@ -600,3 +600,84 @@ def variance_line(model: GMMNoiseModel, signal_range: tuple[float, float] | None
         var = model.variance(s).double().numpy()
     slope, intercept = np.polyfit(s.numpy(), var, 1)
     return float(slope), float(intercept)
+
+
+#: Median of a chi-square variable with one degree of freedom: median(r**2) / this = var(r) for Gaussian r.
+_CHI2_1_MEDIAN = 0.454936
+
+
+def _box_mean(image: np.ndarray, radius: int) -> np.ndarray:
+    """Mean over the (2 * radius + 1)² window around each pixel, for the pixels whose window is inside."""
+    size = 2 * radius + 1
+    padded = np.zeros((image.shape[0] + 1, image.shape[1] + 1), np.float64)
+    padded[1:, 1:] = image.cumsum(0).cumsum(1)
+    total = padded[size:, size:] - padded[:-size, size:] - padded[size:, :-size] + padded[:-size, :-size]
+    return total / size**2
+
+
+@dataclass(frozen=True)
+class NoiseLine:
+    """Noise variance ``a * signal + b`` estimated from noisy images, and the least variance measured in a bin."""
+
+    a: float
+    b: float
+    least_variance: float
+
+
+def estimate_noise_line(
+    images: list[np.ndarray], n_bins: int = 20, max_pixels: int = 4_000_000, seed: int = 0
+) -> NoiseLine | None:
+    """Estimate the noise variance as a line in the signal, ``var = a * signal + b``, from noisy images alone.
+
+    Each pixel's deviation from the mean of its 8 neighbours measures the noise (for white
+    noise its variance is 9/8 of the noise variance); the 5×5 local mean stands in for the
+    signal. Pixels are binned by local mean, the noise variance of a bin is the median squared
+    deviation (robust to edges and structure), and a line is fitted through the bins
+    (docs/method.md 4b: the co-learned noise model starts from it).
+
+    Parameters
+    ----------
+    images
+        2-D noisy images in raw units.
+    n_bins
+        Signal bins (equal pixel counts).
+    max_pixels
+        At most this many pixels are used (a random subset).
+    seed
+        Seed of that subset.
+
+    Returns
+    -------
+    NoiseLine or None
+        The line and the least binned variance (dark, clipped pixels vary less than the line says),
+        or ``None`` when the images are too small or too flat for a fit.
+    """
+    signal, deviation = [], []
+    for image in images:
+        image = np.asarray(image, np.float64)
+        if image.ndim != 2 or min(image.shape) < 7:
+            continue
+        neighbours = _box_mean(image, 1) * 9.0 - image[1:-1, 1:-1]
+        residual = (image[1:-1, 1:-1] - neighbours / 8.0)[1:-1, 1:-1]
+        signal.append(_box_mean(image, 2).ravel())
+        deviation.append((residual**2).ravel() / (1.0 + 1.0 / 8.0))
+    if not signal:
+        return None
+    signal_all, deviation_all = np.concatenate(signal), np.concatenate(deviation)
+    if signal_all.size > max_pixels:
+        keep = np.random.default_rng(seed).choice(signal_all.size, max_pixels, replace=False)
+        signal_all, deviation_all = signal_all[keep], deviation_all[keep]
+    order = np.argsort(signal_all, kind="stable")
+    centres, variances = [], []
+    for chunk in np.array_split(order, n_bins):
+        if chunk.size < 100:
+            continue
+        centres.append(float(np.median(signal_all[chunk])))
+        variances.append(float(np.median(deviation_all[chunk])) / _CHI2_1_MEDIAN)
+    centres_arr, variances_arr = np.asarray(centres), np.asarray(variances)
+    if centres_arr.size < 3 or np.ptp(centres_arr) <= 0:
+        return None
+    a, b = np.polyfit(centres_arr, variances_arr, 1)
+    if not (np.isfinite(a) and np.isfinite(b)) or max(a * centres_arr[-1] + b, a * centres_arr[0] + b) <= 0:
+        return None
+    return NoiseLine(float(a), float(b), float(variances_arr.min()))

@@ -191,3 +191,16 @@ def test_device_patch_sampler_weights_regions_by_positions():
     means = sampler.sample(2000)[:, 0].mean(dim=(1, 2)).numpy()
     # positions: 3*3 = 9 in the small region, 3*93 = 279 in the large one
     assert np.mean(means == 1.0) == pytest.approx(279 / 288, abs=0.03)
+
+
+def test_colearned_noise_model_starts_from_the_data_noise_line():
+    from napari_divnoising.training.noise_setup import resolve_noise_model
+
+    rng = np.random.default_rng(1)
+    signal = np.repeat(np.linspace(5, 200, 96)[None], 96, axis=0)
+    frames = [rng.normal(signal, np.sqrt(3.0 * signal + 4.0)) for _ in range(3)]  # var = 3 s + 4
+    started = resolve_noise_model(None, float(np.mean(frames)), float(np.std(frames)), frames, TrainingConfig())
+    assert abs(started.a - 3.0) < 0.4
+    flat = resolve_noise_model(None, float(np.mean(frames)), float(np.std(frames)), frames,
+                               TrainingConfig(noise_warm_start=False))
+    assert flat.a == 0.0 and flat.b > 0

@@ -128,6 +128,9 @@ class TrainingConfig:
     sigma_min: float | None = _field(None, help="Co-learned noise model: least noise standard deviation; empty: 1% "
                                      "of the data's standard deviation.", label="Least noise sigma", minimum=0.0,
                                      maximum=1e30, advanced=True)
+    noise_warm_start: bool = _field(True, help="Co-learned noise model: start from the noise variance-vs-signal line "
+                                    "estimated from the images (off: from a flat variance).",
+                                    label="Noise-model warm start", advanced=True)
     device: str = _field("auto", help="Where to train: auto (a GPU when there is one), cpu, cuda, cuda:N or mps.",
                          label="Device", choices=DEVICE_CHOICES)
     mixed_precision: bool = _field(True, help="bfloat16 autocast for the network on CUDA GPUs that support it.",
