@@ -186,6 +186,18 @@ def test_posterior_collapse_restarts_with_slower_annealing_then_gives_up(data):
     assert [w[1] for w in weights_at_restart] == [0.0, 0.0]
     done = events[-1]
     assert done.reason == "collapse" and len(done.history["collapse_restarts"]) == 2
+    # the best model of all starts is kept, not only the last start's
+    assert done.best_val_loss == min(e.val_loss for e in events if isinstance(e, Validation))
+
+
+def test_no_restart_when_too_little_budget_is_left_for_the_longer_ramp(data):
+    _, noisy = data
+    config = small_config(beta=1e4, max_steps=60, kl_annealing_steps=20, collapse_patience_steps=5,
+                          learning_rate=3e-3, early_stopping_patience=1000, collapse_restarts=2)
+    events = list(train_iter(noisy, SIGMA, config))
+    warnings = [e.message for e in events if isinstance(e, TrainingWarning) and e.kind == "collapse"]
+    assert warnings and all("Restarting" not in w for w in warnings)
+    assert "too little of the budget is left to restart" in warnings[0]
 
 
 def test_no_restart_when_continuing_a_trained_model(data):

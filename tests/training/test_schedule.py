@@ -99,3 +99,11 @@ def test_progress_is_planned_from_the_steady_rate_not_the_warm_up():
     # rate 1 step/s, 393 s left: 12 of 405 planned steps
     assert budget.progress(12, elapsed) == pytest.approx(12 / (12 + 393))
     assert budget.progress(12, 900.0) == 1.0
+
+
+def test_a_restart_is_planned_only_when_its_longer_ramp_fits_in_the_budget():
+    by_steps = KLAnnealing(1.0, 0.1, steps=50)
+    assert by_steps.restart_fits(0.5, steps_left=101) and not by_steps.restart_fits(0.5, steps_left=100)
+    assert by_steps.restart_fits(0.9, steps_left=None)  # no step budget: the time budget decides by fraction
+    by_fraction = KLAnnealing(1.0, 0.1, steps=None)
+    assert by_fraction.restart_fits(0.75, steps_left=None) and not by_fraction.restart_fits(0.85, steps_left=None)

@@ -376,7 +376,9 @@ def train_iter(
             window = config.collapse_patience_steps or max(20, validations.steps_between(done_here, progress))
             if annealing.done and collapse.collapsed(step, window):
                 collapse.reset()
-                if resume is None and restarts_done < config.collapse_restarts:
+                steps_left = target_step - step if target_step is not None else None
+                restart_fits = annealing.restart_fits(progress, steps_left)
+                if resume is None and restarts_done < config.collapse_restarts and restart_fits:
                     # The reference restarts on collapse; a new start with slower annealing usually escapes.
                     restarts_done += 1
                     annealing.restart(step, progress)
@@ -396,9 +398,7 @@ def train_iter(
                     plateau_lr = config.learning_rate
                     history.setdefault("collapse_restarts", []).append(step)
                     history.pop("kl_annealing_done", None)
-                    best_val, best_step, best_state = math.inf, None, None
-                    history.pop("best_val_loss", None)
-                    history.pop("best_step", None)
+                    # The best model so far stays the best until the new start beats it on the same validation.
                     validations_without_improvement = 0
                     continue
                 action = "Training stopped." if config.stop_on_collapse else "Training continues."
@@ -406,6 +406,8 @@ def train_iter(
                     f"Posterior collapse at step {step}: the KL term stayed below {config.collapse_kl_threshold:g} "
                     f"per pixel for {window} steps, so the decoder ignores the input and the model cannot denoise"
                     + (f", also after {restarts_done} restart(s) from new weights" if restarts_done else "")
+                    + (" (too little of the budget is left to restart)"
+                       if resume is None and restarts_done < config.collapse_restarts and not restart_fits else "")
                     + ". Train a new model with longer KL annealing (kl_annealing_steps), a smaller "
                     f"beta, or a different noise model. {action}",
                     "collapse",

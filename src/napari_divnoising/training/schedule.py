@@ -150,6 +150,12 @@ class KLAnnealing:
         else:
             self.ramp_fraction = min(1.0, stretch * max(self.ramp_fraction, 1e-3))
 
+    def restart_fits(self, fraction: float, steps_left: int | None, stretch: float = 2.0) -> bool:
+        """True when a restarted, ``stretch`` times longer ramp ends before the budget does."""
+        if self.ramp_steps is not None:
+            return steps_left is None or stretch * self.ramp_steps < steps_left
+        return fraction + stretch * max(self.ramp_fraction, 1e-3) < 1.0
+
     def describe(self) -> str:
         if self.ramp_steps is not None:
             return f"{self.ramp_steps} steps"
