@@ -8,10 +8,19 @@ import torch
 
 from napari_divnoising.errors import DivNoisingError
 from napari_divnoising.model_io import last_checkpoint_path, load_model
-from napari_divnoising.noise_models import GMMNoiseModel, GaussianNoiseModel
+from napari_divnoising.noise_models import GaussianNoiseModel, GMMNoiseModel
 from napari_divnoising.training import (
-    COLEARN, CheckpointSaved, TrainingConfig, TrainingDone, TrainingStarted, TrainingWarning, TrainStep, Validation,
-    kl_per_pixel, train, train_iter,
+    COLEARN,
+    CheckpointSaved,
+    TrainingConfig,
+    TrainingDone,
+    TrainingStarted,
+    TrainingWarning,
+    TrainStep,
+    Validation,
+    kl_per_pixel,
+    train,
+    train_iter,
 )
 
 SIGMA = 15.0
