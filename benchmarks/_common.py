@@ -202,8 +202,9 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 def machine_markdown(info: dict[str, Any]) -> str:
     """One line describing the machine, for the top of a results file."""
+    gpu = f" ({info['gpu']})" if info.get("gpu") else ""
     parts = [f"{info.get('cpu')}", f"{info.get('cores')} cores ({info.get('torch_threads')} torch threads)",
-             f"torch {info.get('torch')}", f"device {info.get('device')}" + (f" ({info['gpu']})" if info.get("gpu") else ""),
+             f"torch {info.get('torch')}", f"device {info.get('device')}{gpu}",
              f"load {fmt(info.get('load_avg_1min'), 2)}", f"{info.get('date')}"]
     if info.get("commit"):
         parts.append(f"commit {info['commit']}")

@@ -48,7 +48,8 @@ from _common import (  # noqa: E402
     write_results,
 )
 
-ARCHS = {"reference": {"depth": 2, "start_filters": 32, "z_dim": 64}, "tiny": {"depth": 2, "start_filters": 8, "z_dim": 8}}
+ARCHS = {"reference": {"depth": 2, "start_filters": 32, "z_dim": 64},
+         "tiny": {"depth": 2, "start_filters": 8, "z_dim": 8}}
 
 CHILD = "import sys; sys.path.insert(0, 'benchmarks'); import bench_scale; bench_scale.child(sys.argv[1])"
 
@@ -145,7 +146,8 @@ def run_config(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     if "error" not in result:
         result["frames_per_s"] = spec["frames"] / result["seconds"]
         result["compute_frames_per_s"] = spec["frames"] / result["compute_seconds"]
-    return {**{k: spec[k] for k in ("mode", "frames", "samples") if k in spec}, "workers": spec.get("workers"), **result}
+    described = {k: spec[k] for k in ("mode", "frames", "samples") if k in spec}
+    return {**described, "workers": spec.get("workers"), **result}
 
 
 # ---------------------------------------------------------------------- main

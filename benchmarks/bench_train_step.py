@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import platform
 import statistics
+import sys
 import time
 
 import numpy as np

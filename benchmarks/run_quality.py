@@ -128,7 +128,7 @@ def evaluate_model(model: Any, val_noisy: np.ndarray, val_gt: np.ndarray, n_samp
 
 def samples_sweep(model: Any, val_noisy: np.ndarray, val_gt: np.ndarray, counts: list[int], data_range: float,
                   batch_size: int = 10, with_map: bool = True) -> dict[str, Any]:
-    """MMSE (and MAP) PSNR after each of ``counts`` samples, from one streaming run of ``max(counts)`` samples per frame.
+    """MMSE (and MAP) PSNR after each of ``counts`` samples, from one run of ``max(counts)`` samples per frame.
 
     Also the PSNR of single samples (each of the first ``max(counts)`` samples scored alone).
     MAP is computed for counts of at least 2 from the first ``count`` samples (all kept in memory).

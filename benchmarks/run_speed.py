@@ -185,7 +185,7 @@ def _script_rows(scripts: dict[str, Any]) -> list[list[Any]]:
             rows.append([f"posterior sampling ({what})", p.get("ours_median_s"), p.get("floor_s"),
                          p.get("ours_over_floor"), f"{fmt(r.get('matmul_gflops'))} GFLOP/s matmul"])
             if p.get("reference_style_median_s") is not None:
-                rows.append([f"posterior sampling, reference-style loop", p["reference_style_median_s"],
+                rows.append(["posterior sampling, reference-style loop", p["reference_style_median_s"],
                              p.get("floor_s"), p.get("reference_style_over_floor"),
                              f"ours {fmt(p.get('speedup_vs_reference_style'))}× faster"])
             m = r.get("map")

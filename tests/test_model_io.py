@@ -1,9 +1,7 @@
-import io
 import os
 import pickle
 import zipfile
 
-import numpy as np
 import pytest
 import torch
 

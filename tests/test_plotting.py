@@ -93,7 +93,8 @@ def test_save_refuses_non_png(tmp_path):
 
 
 def test_importing_plotting_does_not_import_pyplot():
-    code = "import sys, napari_divnoising.plotting, napari_divnoising.noise_model_fitting; print('matplotlib.pyplot' in sys.modules)"
+    code = ("import sys, napari_divnoising.plotting, napari_divnoising.noise_model_fitting; "
+            "print('matplotlib.pyplot' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"

@@ -15,8 +15,9 @@ Usage (the quality harness ``benchmarks/run_quality.py`` calls it like this)::
 
 Settings (N2V as published, sized for a CPU): UNet depth 2 with 32 first-level filters (CAREamics'
 default), 64x64 patches, batch 32, Adam lr 1e-3 (torch's default; N2V used 4e-4, slower for a short
-budget) with ReduceLROnPlateau, 8-fold augmentation, 0.2% masked pixels (the N2V default), mean/std normalisation; training stops when the
-budget is spent (checked after every batch) and the last weights are used.
+budget) with ReduceLROnPlateau, 8-fold augmentation, 0.2% masked pixels (the N2V default), mean/std
+normalisation; training stops when the budget is spent (checked after every batch) and the last weights
+are used.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ class DivNoisingModel:
     name: str = "divnoising"
     training_state: dict[str, Any] | None = None
 
-    def to(self, device: torch.device | str) -> "DivNoisingModel":
+    def to(self, device: torch.device | str) -> DivNoisingModel:
         """Move network and noise model to ``device`` (in place) and return self."""
         self.network.to(device)
         self.noise_model.to(device)

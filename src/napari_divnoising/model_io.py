@@ -178,7 +178,9 @@ def model_from_dict(payload: Any, source: str = "model", device: str | torch.dev
     except DivNoisingError:
         raise
     except Exception as exc:  # missing keys, wrong shapes, bad JSON: a damaged or tampered file
-        raise DivNoisingError(f"{source} is a damaged napari-divnoising model file ({type(exc).__name__}: {exc}).") from None
+        raise DivNoisingError(
+            f"{source} is a damaged napari-divnoising model file ({type(exc).__name__}: {exc})."
+        ) from None
     if not model.data_std > 0:
         raise DivNoisingError(f"{source} is a damaged napari-divnoising model file (data_std {model.data_std}).")
     return model.to(device)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 (the usual PyTorch name)
 from torch import nn
 
 

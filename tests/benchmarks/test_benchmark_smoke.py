@@ -166,7 +166,8 @@ def test_quality_run_end_to_end_on_synthetic_folder(tmp_path, monkeypatch):
     from napari_divnoising import prediction
 
     # Plumbing, not fit quality: short noise-model fits (they were most of this test's time).
-    for module, name in ((fitting, "fit_gmm_from_calibration"), (fitting, "bootstrap_gmm"), (workflows, "fit_gmm_iter")):
+    fits = ((fitting, "fit_gmm_from_calibration"), (fitting, "bootstrap_gmm"), (workflows, "fit_gmm_iter"))
+    for module, name in fits:
         monkeypatch.setattr(module, name, functools.partial(getattr(module, name), explore_pairs=4000,
                                                             explore_iterations=200, polish_iterations=20))
 

@@ -39,7 +39,8 @@ def test_gmm_file_and_resume_in_place(tmp_path, noisy_tif, capsys):
     w[3:6, 1] = -30
     save_gmm_npz(GMMNoiseModel(w, 0.0, 255.0), tmp_path / "nm.npz")
     out = tmp_path / "m.pt"
-    assert main(["train", "--data", str(noisy_tif), "--noise-model", str(tmp_path / "nm.npz"), "--out", str(out), *FAST]) == 0
+    nm = str(tmp_path / "nm.npz")
+    assert main(["train", "--data", str(noisy_tif), "--noise-model", nm, "--out", str(out), *FAST]) == 0
     assert main(["train", "--data", str(noisy_tif), "--resume", str(out), "--out", str(out), "--max-steps", "4"]) == 0
     model = load_model(tmp_path / "m.last.pt")
     assert model.history["steps"] == 16 and model.noise_model.kind == "gmm"
@@ -54,7 +55,8 @@ def test_refuses_to_overwrite_and_bad_combinations(tmp_path, noisy_tif, capsys):
     assert main(["train", "--data", str(noisy_tif), "--out", str(tmp_path / "n.pt"), *FAST]) == 1
     assert "choose a noise model" in capsys.readouterr().err
     assert main(["train", "--data", str(noisy_tif), "--sigma", "3", "--co-learn", "--out", str(tmp_path / "n.pt")]) == 1
-    assert main(["train", "--data", str(noisy_tif), "--sigma", "3", "--device", "tpu", "--out", str(tmp_path / "n.pt"), *FAST]) == 1
+    assert main(["train", "--data", str(noisy_tif), "--sigma", "3", "--device", "tpu",
+                 "--out", str(tmp_path / "n.pt"), *FAST]) == 1
     assert "device must be one of" in capsys.readouterr().err
     assert main(["train", "--data", str(noisy_tif), "--resume", str(out), "--out", str(tmp_path / "n.pt")]) == 1
     assert "not a readable" in capsys.readouterr().err

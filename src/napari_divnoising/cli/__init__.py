@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"divnoising {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
     except MemoryError:
-        print(f"divnoising {args.command}: error: out of memory; try a smaller tile, patch or batch size", file=sys.stderr)
+        print(f"divnoising {args.command}: error: out of memory; try a smaller tile, patch or batch size",
+              file=sys.stderr)
         return 1
     return int(result or 0)
 

@@ -37,7 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     source.add_argument("--clean", metavar="C.tif", help="clean TIFF of the same shape as --noisy")
     parser.add_argument("--out", required=True, metavar="NM.npz", help="noise model file to write (.npz)")
     parser.add_argument("--n-gaussians", type=int, default=3, help="mixture components (default 3)")
-    parser.add_argument("--n-coeffs", type=int, default=2, help="polynomial coefficients, 2 = linear in signal (default 2)")
+    parser.add_argument("--n-coeffs", type=int, default=2,
+                        help="polynomial coefficients, 2 = linear in signal (default 2)")
     parser.add_argument(
         "--min-variance", "--min-sigma", dest="min_variance", type=float, default=None, metavar="V",
         help="floor on each component's variance, in grey values squared (default: from the data); "
@@ -60,7 +61,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..io import read_tiff
     from ..noise_model_fitting import (
-        NoiseFitProgress, NoiseFitResult, fit_gmm_iter, fitting_pairs, variance_line,
+        NoiseFitProgress,
+        NoiseFitResult,
+        fit_gmm_iter,
+        fitting_pairs,
+        variance_line,
     )
     from ..noise_model_io import save_gmm_npz
 

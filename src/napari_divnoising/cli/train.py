@@ -66,7 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def _config(args: argparse.Namespace, resume) -> "TrainingConfig":  # noqa: F821
+def _config(args: argparse.Namespace, resume) -> TrainingConfig:  # noqa: F821
     from ..training import TrainingConfig
 
     defaults = TrainingConfig()
@@ -160,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
                 started = event
                 used = event.config
                 tqdm.write(
-                    f"Training on {event.device}: batch {used['batch_size']} x {used['patch_size']}x{used['patch_size']}"
+                    f"Training on {event.device}: batch {used['batch_size']} x "
+                    f"{used['patch_size']}x{used['patch_size']}"
                     f" patches{_device_default_note(args)}, {event.n_parameters:,} parameters, "
                     f"{event.n_train_pixels:,} training pixels, validation by {event.validation_split}"
                     + (f", continuing from step {event.start_step}" if event.start_step else "")
@@ -241,6 +242,7 @@ def _print_summary(done, out: Path, last: Path) -> None:
         print(f"Best validation loss {done.best_val_loss:.4f} at step {done.best_step}.")
     nm = done.model.noise_model
     if getattr(nm, "kind", None) == "gaussian" and nm.alpha.requires_grad:
-        print(f"Learned noise model: variance = {nm.a:.4g} * signal + {nm.b:.4g} (floor sigma {float(nm.sigma_min):.3g}).")
+        print(f"Learned noise model: variance = {nm.a:.4g} * signal + {nm.b:.4g} "
+              f"(floor sigma {float(nm.sigma_min):.3g}).")
     print(f"Model (best): {out}")
     print(f"Last state (for --resume): {last}")

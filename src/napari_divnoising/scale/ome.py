@@ -217,7 +217,7 @@ def open_input(path: str | os.PathLike) -> InputSource:
 
 
 def _check_dtype(dtype: np.dtype, name: str) -> None:
-    if dtype == bool or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+    if np.dtype(dtype) == np.dtype(bool) or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
         raise DivNoisingError(f"{name}: unsupported data type {dtype}; expected integer or float pixels.")
 
 
@@ -339,7 +339,9 @@ def create_results(path: str | os.PathLike, source: InputSource, info: dict[str,
         p.parent.mkdir(parents=True, exist_ok=True)
         root = zarr.open_group(str(p), mode="w-", zarr_format=3)
     except PermissionError:
-        raise DivNoisingError(f"Cannot write {p}: permission denied (read-only location?); choose another --out.") from None
+        raise DivNoisingError(
+            f"Cannot write {p}: permission denied (read-only location?); choose another --out."
+        ) from None
     except OSError as exc:
         raise DivNoisingError(f"Cannot create {p}: {exc.strerror or exc}") from None
     except Exception as exc:  # zarr: ContainsGroupError / ContainsArrayError
@@ -378,7 +380,9 @@ def create_results(path: str | os.PathLike, source: InputSource, info: dict[str,
         )
         root.attrs["divnoising"] = {"version": STORE_VERSION, **info}
     except PermissionError:
-        raise DivNoisingError(f"Cannot write {p}: permission denied (read-only location?); choose another --out.") from None
+        raise DivNoisingError(
+            f"Cannot write {p}: permission denied (read-only location?); choose another --out."
+        ) from None
     except OSError as exc:
         raise DivNoisingError(f"Cannot write {p}: {exc.strerror or exc}") from None
 

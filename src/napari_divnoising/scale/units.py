@@ -182,7 +182,9 @@ def _predict_region(
     dy1, dx1 = -(-min(fh, rows[1] + margin) // m), -(-min(fw, cols[1] + margin) // m)
     window = job.source.read(array, frame, (wy0, wy1), (wx0, wx1))
     if not np.isfinite(window).all():
-        raise DivNoisingError(f"{job.source.path}: frame {frame} contains NaN or infinite values; clean the data first.")
+        raise DivNoisingError(
+            f"{job.source.path}: frame {frame} contains NaN or infinite values; clean the data first."
+        )
     precision = job.precision
     if precision == "auto":
         precision = "float16" if dev.type == "cuda" else "float32"
