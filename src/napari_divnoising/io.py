@@ -34,6 +34,40 @@ def _channel_error(path: Path, axes: str, shape: tuple[int, ...]) -> DivNoisingE
     return None
 
 
+def tiff_channel_error(path: str | Path, shape: tuple[int, ...] | None = None) -> DivNoisingError | None:
+    """The channel message for a TIFF file whose metadata say it holds several channels, else None.
+
+    Only the metadata are read. Given ``shape`` (e.g. of an array another reader made from the file),
+    the file's axes only count when its first series has that shape, singleton axes left out on both
+    sides; a file that cannot be read, or is not a TIFF, gives None.
+
+    Parameters
+    ----------
+    path
+        The TIFF file.
+    shape
+        The shape of the data taken from the file, when known.
+    """
+    import tifffile
+
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
+        return None
+    try:
+        with tifffile.TiffFile(path) as tf:
+            if not tf.series:
+                return None
+            series = tf.series[0]
+            axes, file_shape = str(series.axes).upper(), tuple(series.shape)
+    except Exception:  # an unreadable file says nothing about the data already read from it
+        return None
+    if shape is not None:
+        squeezed = tuple(int(s) for s in shape if int(s) != 1)
+        if squeezed != tuple(s for s in file_shape if s != 1):
+            return None
+    return _channel_error(path, axes, file_shape)
+
+
 def read_tiff(path: str | Path) -> np.ndarray:
     """Read a TIFF file into a numpy array, with a clear error if that fails.
 

@@ -45,10 +45,53 @@ def warn_if_unusable(layer: Any, warned: set[int]) -> None:
         )
 
 
+#: Axis labels that mark a channel axis (compared in lower case).
+CHANNEL_LABELS = ("c", "ch", "channel", "channels")
+
+
+def check_layer_axes(layer: Any) -> None:
+    """Refuse a layer whose axes include channels: by its axis labels, or by the metadata of its file.
+
+    napari's own TIFF reader opens a two-channel (CYX) OME-TIFF or ImageJ file as a plain 3-D layer;
+    its frames would then be taken as images of one channel. The file's metadata say otherwise, so the
+    core's check (:func:`~napari_divnoising.io.tiff_channel_error`) is asked about the layer's source.
+
+    Raises
+    ------
+    DivNoisingError
+        Naming the layer, the channel count and what to do.
+    """
+    from ..io import tiff_channel_error
+
+    shape = tuple(int(n) for n in (layer.data[0] if getattr(layer, "multiscale", False) else layer.data).shape)
+    labels = [str(label).strip().lower() for label in getattr(layer, "axis_labels", ())]
+    for axis, label in enumerate(labels):
+        if label in CHANNEL_LABELS and axis < len(shape) and shape[axis] > 1:
+            raise DivNoisingError(
+                f"Layer '{layer.name}' has {shape[axis]} channels (axis '{label}', shape "
+                f"{shape}); DivNoising works on one channel at a time. Split the channels "
+                "(right-click the layer > Split Stack) and train one model per channel."
+            )
+    source = getattr(getattr(layer, "source", None), "path", None)
+    if source:
+        problem = tiff_channel_error(source, shape)
+        if problem is not None:
+            raise DivNoisingError(
+                f"Layer '{layer.name}': {problem} In napari: right-click the layer > Split Stack."
+            )
+
+
 def layer_data_copy(layer: Any) -> np.ndarray:
-    """A private numpy copy of an image layer's data (full resolution), safe to use in a worker."""
+    """A private numpy copy of an image layer's data (full resolution), safe to use in a worker.
+
+    Raises
+    ------
+    DivNoisingError
+        When no layer is given or its axes include channels (:func:`check_layer_axes`).
+    """
     if layer is None:
         raise DivNoisingError("No image layer is selected; add or open an image first.")
+    check_layer_axes(layer)
     data = layer.data[0] if layer.multiscale else layer.data
     return np.array(data, copy=True)
 

@@ -38,6 +38,8 @@ from ._plots import PlotCanvas, _style
 from ._session import NOISE_CHOICE_LABELS, NOISE_FITTED, bind, get_session
 from ._worker import StopWhenRemoved, WorkerRunner
 
+#: Room asked for when saving a noise model: a GMM's .npz holds a few small arrays (a few KB).
+NOISE_MODEL_BYTES = 16 * 1024
 SOURCE_CALIBRATION_LAYER = "Calibration stack (layer)"
 SOURCE_CALIBRATION_FILE = "Calibration stack (TIFF file)"
 SOURCE_PAIRS = "Noisy + clean image layers"
@@ -354,13 +356,18 @@ class NoiseModelWidget(QWidget):
             self.load_noise_model(path)
 
     def save_noise_model(self, path: str | Path) -> Path | None:
-        """Save the session's GMM noise model as a reference-layout ``.npz``."""
+        """Save the session's GMM noise model as a reference-layout ``.npz`` (the file dialog asked before overwriting).
+
+        The place is checked first; any failure is one notification and the noise model stays in the session.
+        """
+        from ..atomic import check_output_file
         from ..noise_model_io import save_gmm_npz
 
         path = Path(path)
         if path.suffix.lower() != ".npz":
             path = path.with_suffix(".npz")
         try:
+            check_output_file(path, force=True, planned_bytes=NOISE_MODEL_BYTES, what="noise model")
             written = save_gmm_npz(self.session.noise_model, path, self.session.noise_model_description)
         except (DivNoisingError, OSError) as exc:
             report_exception(exc, "Saving the noise model")

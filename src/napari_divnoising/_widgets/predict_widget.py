@@ -43,6 +43,8 @@ RENDER_INTERVAL_MS = 100
 READ_INTERVAL_S = 0.25
 #: Result kinds shown with the input's contrast limits, so they compare side by side with it.
 MATCHED_CONTRAST = ("mmse", "map", "samples")
+#: Room asked for per exported TIFF beyond its float32 pixels (header and ImageJ metadata).
+TIFF_OVERHEAD_BYTES = 64 * 1024
 MODEL_SESSION = "Trained in this session"
 MODEL_FILE = "From file"
 
@@ -398,7 +400,12 @@ class PredictWidget(QWidget):
         return answer == QMessageBox.StandardButton.Yes
 
     def export(self) -> list[Path]:
-        """Write the current results as TIFFs (``<image>_mmse.tif`` etc.) into the export folder."""
+        """Write the current results as TIFFs (``<image>_mmse.tif`` etc.) into the export folder, as one set.
+
+        The folder is checked before anything is asked or written; a failure is one notification, no
+        existing file is replaced by part of a set, and the results stay in the viewer to export elsewhere.
+        """
+        from ..atomic import StagedFiles, check_output_dir
         from ._core import write_output_tiff
 
         if not self.outputs or self._geometry is None:
@@ -425,17 +432,30 @@ class PredictWidget(QWidget):
             kind: folder / OUTPUT_KINDS[kind].file_name(geometry.name)
             for kind in PREDICTION_KINDS if kind in outputs
         }
+        # The folder first (a file in the way, read-only, too little space): nothing is asked or written then.
+        need = sum(4 * np.asarray(outputs[kind]).size + TIFF_OVERHEAD_BYTES for kind in targets)
+        try:
+            check_output_dir(folder, planned_bytes=need)
+        except DivNoisingError as exc:
+            report_exception(exc, "Export")
+            self.status.setText("Export failed; the results are kept here. Choose another folder.")
+            return []
         existing = [p for p in targets.values() if p.exists()]
         if existing and not self._confirm_overwrite(existing):
             self.status.setText("Export cancelled; no file was overwritten.")
             return []
-        written = []
+        written: list[Path] = []
         try:
-            for kind, path in targets.items():
-                facts = self._metadata(kind)["divnoising"]
-                written.append(write_output_tiff(path, outputs[kind], facts, geometry))
+            # One unit: all files land, or the old set stays whole (a disk that fills part way).
+            with StagedFiles() as staged:
+                for kind, path in targets.items():
+                    facts = self._metadata(kind)["divnoising"]
+                    staged.stage(path, lambda tmp, kind=kind, facts=facts: write_output_tiff(
+                        tmp, outputs[kind], facts, geometry))
+                written = staged.commit()
         except (DivNoisingError, OSError) as exc:
             report_exception(exc, "Export")
+            self.status.setText("Export failed; no file was replaced and the results are kept here.")
         if written:
             show_info(f"Wrote {len(written)} TIFF file(s) to {folder}")
             self.status.setText("Exported: " + ", ".join(p.name for p in written))

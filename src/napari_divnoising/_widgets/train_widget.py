@@ -443,13 +443,22 @@ class TrainWidget(QWidget):
             self.load_model(path)
 
     def save_model(self, path: str | Path) -> Path | None:
-        """Save the current (possibly partly trained) model."""
-        from ..model_io import save_model
+        """Save the current (possibly partly trained) model; the file dialog has asked before overwriting.
+
+        The place is checked first (a file where a folder should be, read-only, too little free space);
+        any failure is one notification and the model stays in memory, to be saved elsewhere.
+        """
+        from ..atomic import check_output_file
+        from ..model_io import estimate_file_bytes, save_model
 
         if self.model is None:
             report_exception(DivNoisingError("There is no model to save yet; train or load one."), "Saving")
             return None
         try:
+            net = self.model.network
+            need = estimate_file_bytes(net.depth, net.start_filters, net.z_dim,
+                                       with_training_state=self.model.training_state is not None)
+            check_output_file(path, force=True, planned_bytes=need, what="model")
             written = save_model(self.model, path)
         except (DivNoisingError, OSError) as exc:
             report_exception(exc, "Saving the model")
