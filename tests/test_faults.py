@@ -540,6 +540,38 @@ def test_disk_full_during_training_keeps_the_model_and_says_where(cli, data, dis
     assert any(str(path) in result.text for path in kept), result.text
 
 
+def test_free_space_check_counts_the_network_being_trained(cli, data, disk):
+    """A small network fits the 4 MB disk (best + last + one temporary copy); a default-sized one would not."""
+    from napari_divnoising.model_io import load_model
+
+    result = cli("train", "--data", data / "noisy.tif", "--co-learn", "--out", disk / "m.pt", "--depth", "1",
+                 *TRAIN_FAST)
+    assert result.rc == 0, result.text
+    assert load_model(disk / "m.pt").history["steps"] == 2
+
+
+def test_resume_in_place_still_checks_the_place(cli, data, disk):
+    """--resume m.pt --out m.pt needs no --force, but a disk without room for the checkpoints is refused first."""
+    (disk / "m.pt").write_bytes((data / "model.pt").read_bytes())
+    before = snapshot(disk)
+    result = cli("train", "--data", data / "noisy.tif", "--resume", disk / "m.pt", "--out", disk / "m.pt",
+                 *TRAIN_FAST)
+    assert result.rc == 1
+    result.error_line("free space", str(disk))
+    assert "Training on" not in result.out
+    assert_kept(before, disk)
+
+
+def test_resume_in_place_needs_no_force(cli, data, tmp_path):
+    (tmp_path / "m.pt").write_bytes((data / "model.pt").read_bytes())
+    result = cli("train", "--data", data / "noisy.tif", "--resume", tmp_path / "m.pt", "--out", tmp_path / "m.pt",
+                 *TRAIN_FAST)
+    assert result.rc == 0, result.text
+    from napari_divnoising.model_io import load_model
+
+    assert load_model(tmp_path / "m.pt").history["steps"] == 4
+
+
 # ---------------------------------------------------------------------- numbers and ranges
 
 
@@ -720,6 +752,30 @@ def test_api_train_with_a_dict_config_is_refused_clearly():
     x = np.random.default_rng(6).normal(60, 10, (64, 64)).astype(np.float32)
     with pytest.raises(DivNoisingError, match="TrainingConfig"):
         train(x, 5.0, {"max_steps": 1})
+
+
+def _train_cases():
+    from napari_divnoising.training import TrainingConfig
+
+    x = np.random.default_rng(8).normal(60, 10, (64, 64)).astype(np.float32)
+    return {
+        "train(None)": ((None,), {}, "None"),
+        "train('a.tif')": (("a.tif",), {}, "file name"),
+        "train(x, 'nm.npz')": ((x, "nm.npz"), {}, "load_gmm_npz"),
+        "train(x, -1.0)": ((x, -1.0), {}, "positive"),
+        "train(x, resume='m.pt')": ((x,), {"resume": "m.pt"}, "load_model"),
+        "train(x, checkpoint_path=3)": ((x,), {"checkpoint_path": 3}, "file path"),
+        "patch_size=32.5": ((x,), {"config": TrainingConfig(patch_size=32.5)}, "whole number"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_train_cases()))
+def test_api_train_refuses_wrong_arguments_before_any_work(case):
+    from napari_divnoising.training import train
+
+    args, kwargs, words = _train_cases()[case]
+    with pytest.raises(DivNoisingError, match=words):
+        train(*args, **kwargs)
 
 
 def test_api_train_accepts_a_2d_list_as_one_image():

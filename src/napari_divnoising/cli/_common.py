@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..atomic import check_output_file
 
@@ -15,6 +16,15 @@ def default_planned_bytes(path: Path) -> int:
     from ..model_io import estimate_file_bytes
 
     return 3 * estimate_file_bytes()
+
+
+def checkpoint_bytes(config: Any) -> int:
+    """Bytes training writes next to ``--out`` for the network of ``config`` (a resolved-enough
+    :class:`~napari_divnoising.training.TrainingConfig`): the best and the last checkpoint with the
+    optimizer state, plus one temporary copy while a checkpoint is replaced."""
+    from ..model_io import estimate_file_bytes
+
+    return 3 * estimate_file_bytes(config.depth, config.start_filters, config.z_dim)
 
 
 def check_output_path(

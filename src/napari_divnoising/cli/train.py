@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import DivNoisingError
 from ..training.config import TrainingConfig
-from ._common import check_output_path
+from ._common import check_output_path, checkpoint_bytes
 from ._options import add_config_options
 
 #: The TrainingConfig fields offered as options (help and defaults from the field metadata).
@@ -119,10 +119,11 @@ def run(args: argparse.Namespace) -> int:
         raise DivNoisingError("--bootstrap trains new models; continue a bootstrapped model with --resume alone.")
 
     resume = load_model(args.resume) if args.resume else None
+    config = _config(args, resume)
     out = Path(args.out)
+    # Continuing in place may replace the model it continues without --force; the place is checked all the same.
     same_file = resume is not None and out.exists() and out.resolve() == Path(args.resume).resolve()
-    if not same_file:
-        out = check_output_path(out, args.force)
+    out = check_output_path(out, args.force or same_file, planned_bytes=checkpoint_bytes(config))
     if out.suffix == "":
         raise DivNoisingError(f"--out needs a file name with a suffix such as .pt; got {args.out}.")
 
@@ -137,7 +138,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         noise_model = resume.noise_model  # continue with the model's own noise model
 
-    config = _config(args, resume)
     # checked here too so that messages name the file
     images = [as_image_stack(read_tiff(path), name=Path(path).name, min_size=config.patch_size) for path in args.data]
 

@@ -40,6 +40,7 @@ from ..events import run_to_end
 from ..model import DivNoisingModel
 from ..network import DivNoisingVAE
 from ..noise_models import GaussianNoiseModel
+from ..validation import check_train_args
 from .averaging import WeightAverage
 from .config import TrainingConfig
 from .events import (
@@ -152,8 +153,7 @@ def train_iter(
     TrainingEvent
         See :mod:`napari_divnoising.training.events`; the last one is :class:`TrainingDone`.
     """
-    if config is not None and not isinstance(config, TrainingConfig):
-        raise DivNoisingError(f"config must be a TrainingConfig (got {type(config).__name__}).")
+    check_train_args(**locals())  # types of every argument: one clear DivNoisingError line
     config = copy.deepcopy(config) if config is not None else TrainingConfig()
     config.validate()
     device = resolve_device(config.device)
