@@ -8,7 +8,7 @@ import tifffile
 import torch
 
 from napari_divnoising.errors import DivNoisingError
-from napari_divnoising.io import as_image_stack, read_tiff
+from napari_divnoising.io import as_image_stack, read_tiff, tiff_channel_error
 
 
 def _noise(shape, seed=0):
@@ -132,6 +132,21 @@ def test_single_channel_ome_and_plain_stacks_are_read(tmp_path):
     assert read_tiff(tmp_path / "one.ome.tif").squeeze().shape == (16, 16)
     tifffile.imwrite(tmp_path / "three.tif", _noise((3, 16, 16)).astype(np.float32))  # tifffile tags this RGB
     assert as_image_stack(read_tiff(tmp_path / "three.tif")).shape == (3, 16, 16)
+
+
+def test_tiff_channel_error_reads_only_the_metadata_and_matches_the_shape(tmp_path):
+    two = tmp_path / "two.ome.tif"
+    tifffile.imwrite(two, np.stack([_noise((16, 16)), _noise((16, 16))]).astype(np.float32), metadata={"axes": "CYX"})
+    assert "has 2 channels" in str(tiff_channel_error(two))
+    assert "has 2 channels" in str(tiff_channel_error(two, (1, 2, 16, 16)))  # singleton axes do not count
+    assert tiff_channel_error(two, (16, 16)) is None  # data not taken whole from the file: nothing to say
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, _noise((2, 16, 16)).astype(np.float32), imagej=True, metadata={"axes": "TYX"})
+    assert tiff_channel_error(stack, (2, 16, 16)) is None
+    (tmp_path / "bad.tif").write_bytes(b"not a tiff")
+    assert tiff_channel_error(tmp_path / "bad.tif") is None
+    assert tiff_channel_error(tmp_path / "missing.tif") is None
+    assert tiff_channel_error(tmp_path / "x.zarr") is None
 
 
 def test_read_tiff_path_type():
