@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import StagedFiles, check_output_file, ensure_folder
 from .errors import DivNoisingError
 from .outputs import imagej_dtype, output_kind, result_facts
 
@@ -62,15 +63,38 @@ def write_image_tiff(path: str | Path, data: Any, meta: dict | None = None) -> P
         metadata["unit"] = unit
     if array.ndim == 3:
         metadata["spacing"] = scale[0]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(
-        path, array, imagej=True, resolution=(1.0 / scale[-1], 1.0 / scale[-2]), metadata=metadata,
-    )
+    ensure_folder(path.parent)
+    # Atomic, with OS errors (disk full, read-only) as one line naming the file; an old file stays whole.
+    with StagedFiles() as staged:
+        staged.stage(path, lambda tmp: tifffile.imwrite(
+            tmp, array, imagej=True, resolution=(1.0 / scale[-1], 1.0 / scale[-2]), metadata=metadata,
+        ))
+        staged.commit()
     return path
+
+
+class SaveLayerError(OSError):
+    """A layer could not be saved (one line naming the file and what to do).
+
+    The writer raises this instead of a :class:`~napari_divnoising.errors.DivNoisingError`: that is a
+    ``ValueError``, which napari takes for "this writer does not apply" and replaces by a misleading
+    warning, dropping the message.
+    """
 
 
 def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
     """npe2 single-layer writer for image layers; returns the paths written.
+
+    Raises :class:`SaveLayerError` with the core's message when the layer cannot be written.
+    """
+    try:
+        return _write_single_image(path, data, meta)
+    except DivNoisingError as exc:
+        raise SaveLayerError(str(exc)) from exc
+
+
+def _write_single_image(path: str, data: Any, meta: dict) -> list[str]:
+    """Write one image layer (see :func:`write_single_image`).
 
     Layers the Predict widget made (marked in ``layer.metadata``, see
     :func:`~napari_divnoising.outputs.result_metadata`) are written by the core's
@@ -80,6 +104,9 @@ def write_single_image(path: str, data: Any, meta: dict) -> list[str]:
     """
     facts = result_facts(meta.get("metadata"))
     array = np.asarray(data)
+    if Path(path).suffix.lower() in TIFF_EXTENSIONS:
+        # napari's dialog asked before overwriting; the place is checked before anything is written
+        check_output_file(path, force=True, planned_bytes=array.nbytes + 64 * 1024, what="image")
     if not facts or meta.get("rgb") or Path(path).suffix.lower() not in TIFF_EXTENSIONS:
         return [str(write_image_tiff(path, array, meta))]
     from .export import write_tiff

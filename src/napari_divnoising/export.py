@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import ensure_folder, write_error
 from .errors import DivNoisingError
 from .outputs import imagej_dtype, output_kind
 
@@ -180,13 +181,13 @@ def write_tiff(
     if frame_interval is not None and "T" in axes and samples_axis != "T":
         metadata["finterval"] = float(frame_interval)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(path.parent)  # a file in the way: one clear line
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         tifffile.imwrite(tmp, arr, imagej=True, metadata=metadata, **kwargs)
         os.replace(tmp, path)
     except OSError as exc:
-        raise DivNoisingError(f"Could not write {path}: {exc.strerror or exc}") from None
+        raise write_error(exc, path) from exc  # the cause lets StagedFiles name the file of the set
     finally:
         if tmp.exists():
             tmp.unlink()

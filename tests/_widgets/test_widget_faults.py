@@ -108,14 +108,15 @@ def read_only(tmp_path):
     """A folder that cannot be written, holding old files of every kind the panels write."""
     folder = tmp_path / "ro"
     if _can_mount() and _mount(folder, "size=1m"):
-        for name in OLD_FILES:
-            (folder / name).write_bytes(f"old {name}".encode())
-        done = subprocess.run(["mount", "-o", "remount,ro", str(folder)], capture_output=True)
-        if done.returncode:
+        try:
+            for name in OLD_FILES:
+                (folder / name).write_bytes(f"old {name}".encode())
+            done = subprocess.run(["mount", "-o", "remount,ro", str(folder)], capture_output=True)
+            if done.returncode:
+                pytest.skip("cannot remount a tmpfs read-only here")
+            yield folder
+        finally:
             _umount(folder)
-            pytest.skip("cannot remount a tmpfs read-only here")
-        yield folder
-        _umount(folder)
         return
     folder.mkdir()
     for name in OLD_FILES:
@@ -137,16 +138,18 @@ def full_disk(tmp_path, monkeypatch):
     """
     folder = tmp_path / "full"
     if _can_mount() and _mount(folder, "size=1m"):
-        for name in OLD_FILES:
-            (folder / name).write_bytes(f"old {name}".encode())
-        with open(folder / "filler", "wb", buffering=0) as handle:
-            try:
-                while handle.write(b"\0" * 4096):
-                    pass
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-        yield folder
-        _umount(folder)
+        try:
+            for name in OLD_FILES:
+                (folder / name).write_bytes(f"old {name}".encode())
+            with open(folder / "filler", "wb", buffering=0) as handle:
+                try:
+                    while handle.write(b"\0" * 4096):
+                        pass
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+            yield folder
+        finally:
+            _umount(folder)
         return
     folder.mkdir()
     for name in OLD_FILES:
@@ -453,3 +456,28 @@ def test_nan_layer_is_one_notification_and_keeps_the_model(make_napari_viewer, q
     assert len(errors) == 2 and all("NaN" in text and "unexpectedly" not in text for text in errors), notes
     assert session.trained_model is model and train.model is model
     assert not predict.outputs
+
+
+# ---------------------------------------------------------------------- File > Save Layers (the plugin's writer)
+
+
+@pytest.mark.parametrize("kind", ["image", "result"])
+@pytest.mark.parametrize("place", PLACES)
+def test_save_layers_to_a_place_that_cannot_be_written(make_napari_viewer, request, tmp_path, place, kind):
+    from napari_divnoising._writer import SaveLayerError
+    from napari_divnoising.outputs import result_metadata
+
+    viewer = make_napari_viewer()
+    metadata = result_metadata("mmse", source="img", model_name="m", n_samples=3, seed=1) if kind == "result" else {}
+    data = np.random.default_rng(5).random((12, 10)).astype(np.float32)
+    layer = viewer.add_image(data, name="img_mmse", metadata=metadata)
+    folder = request.getfixturevalue(place)
+    root = folder if place != "file_in_the_way" else tmp_path
+    before = snapshot(root)
+    with pytest.raises(SaveLayerError) as info:  # napari shows it as a notification
+        layer.save(str(folder / "img_mmse.tif"), plugin="napari-divnoising")
+    text = str(info.value)
+    assert "\n" not in text and all(word.lower() in text.lower() for word in place_words(place, folder)), text
+    assert_kept(before, root)
+    (written,) = layer.save(str(tmp_path / "elsewhere.tif"), plugin="napari-divnoising")
+    np.testing.assert_allclose(tifffile.imread(written), data)
