@@ -120,6 +120,9 @@ def test_prediction_range_warning(model):
     assert "x200.tif" in far and "standard deviations above" in far and "rescale" in far
     wide = prediction_range_warning(model, rng.normal(100, 2000, (32, 32)))
     assert "spread" in wide
+    nan = rng.normal(100, 20, (32, 32))
+    nan[:20] = np.nan
+    assert prediction_range_warning(model, nan) is None  # refused by the input checks, not warned about as "nan"
 
 
 def test_non_finite_results_are_refused():

@@ -287,6 +287,8 @@ def prediction_range_warning(model: Any, image: np.ndarray, name: str = "the inp
     if not std > 0:
         return None
     low, mid, high = (float(v) for v in _percentiles(image))
+    if not all(np.isfinite((low, mid, high))):
+        return None  # NaN / inf input is refused by the input checks, with its own message
     shift = (mid - mean) / std
     ratio = (high - low) / (4 * std)
     if abs(shift) <= 4 and 0.1 <= ratio <= 10:

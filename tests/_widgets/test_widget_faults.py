@@ -454,6 +454,7 @@ def test_nan_layer_is_one_notification_and_keeps_the_model(make_napari_viewer, q
     wait_for(predict.runner)
     errors = [text for level, text in notes if level == "error"]
     assert len(errors) == 2 and all("NaN" in text and "unexpectedly" not in text for text in errors), notes
+    assert not [text for level, text in notes if level == "warning"], notes  # no range warning about NaN
     assert session.trained_model is model and train.model is model
     assert not predict.outputs
 
@@ -481,3 +482,23 @@ def test_save_layers_to_a_place_that_cannot_be_written(make_napari_viewer, reque
     assert_kept(before, root)
     (written,) = layer.save(str(tmp_path / "elsewhere.tif"), plugin="napari-divnoising")
     np.testing.assert_allclose(tifffile.imread(written), data)
+
+
+def test_input_far_from_the_training_range_warns_and_still_predicts(make_napari_viewer, qtbot, notes, wait_for):
+    viewer = make_napari_viewer()
+    w = PredictWidget(viewer)
+    qtbot.addWidget(w)
+    get_session(viewer).set_trained_model(tiny_model(), "test")  # trained on mean 50, std 20
+    noisy = np.random.default_rng(6).normal(50, 20, (16, 16)).astype(np.float32)
+    viewer.add_image(noisy, name="like")
+    viewer.add_image(noisy * 20, name="bright")
+    w.n_samples.setValue(2)
+    for name in ("like", "bright"):
+        w.image_layer.set_layer(name)
+        w.predict_button.click()
+        wait_for(w.runner)
+        assert "mmse" in w.outputs
+    warnings = [text for level, text in notes if level == "warning"]
+    assert len(warnings) == 1, notes
+    assert "Layer 'bright'" in warnings[0] and "far from the data the model was trained on" in warnings[0]
+    assert not [text for level, text in notes if level == "error"], notes

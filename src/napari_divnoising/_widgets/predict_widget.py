@@ -29,10 +29,11 @@ from ..errors import DivNoisingError
 from ..events import Progress
 from ..outputs import OUTPUT_KINDS, PREDICTION_KINDS, result_metadata
 from ..prediction import PredictionDone, PriorBatch, PriorDone, generate_prior_iter
+from ..validation import prediction_range_warning
 from ..workflows import PredictionUpdate, stream_prediction
 from ._layers import LayerPicker, layer_data_copy, warn_if_unusable
 from ._layout import scrollable_layout
-from ._notify import report_exception, show_info
+from ._notify import report_exception, show_info, show_warning
 from ._outputs import Geometry, robust_limits, set_output_layer
 from ._session import bind, get_session
 from ._worker import ActivityProgress, StopWhenRemoved, WorkerRunner
@@ -240,11 +241,14 @@ class PredictWidget(QWidget):
             if layer is None:
                 raise DivNoisingError("Choose an image layer to denoise.")
             image = layer_data_copy(layer)
+            far = prediction_range_warning(model, image, name=f"Layer '{layer.name}'")
             self._geometry = Geometry.of(layer)
             self._input_limits = tuple(float(v) for v in layer.contrast_limits)
         except DivNoisingError as exc:
             report_exception(exc, "Prediction")
             return
+        if far:
+            show_warning(far)
         n_samples, keep = self.n_samples.value(), self.keep_samples.value()
         want_map = self.compute_map.isChecked()
         self.outputs = {}
