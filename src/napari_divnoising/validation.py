@@ -283,6 +283,8 @@ def prediction_range_warning(model: Any, image: np.ndarray, name: str = "the inp
     Far means: the input's median more than 4 training standard deviations from the training mean,
     or its spread (1st-99th percentile) more than 10 times larger or smaller than 4 training std.
     """
+    if getattr(model, "data_mean", None) is None or getattr(model, "data_std", None) is None:
+        return None  # no training statistics to compare with
     mean, std = float(model.data_mean), float(model.data_std)
     if not std > 0:
         return None
