@@ -32,7 +32,7 @@ from ..noise_model_fitting import (
     fitting_pairs,
 )
 from ._layers import LayerPicker, layer_data_copy, warn_if_unusable
-from ._layout import scrollable_layout
+from ._layout import fit_to_width, scrollable_layout
 from ._notify import report_exception, show_info
 from ._plots import PlotCanvas, _style
 from ._session import NOISE_CHOICE_LABELS, NOISE_FITTED, bind, get_session
@@ -177,6 +177,7 @@ class NoiseModelWidget(QWidget):
         bind(self, self.session.noise_model_changed, self._on_noise_model_changed)
         bind(self, napari_viewer.layers.events.inserted, self._on_layer_inserted)
         bind(self, self.session.training_layers_changed, lambda *_: self.calibration_layer.reconsider_default())
+        fit_to_width(self)
         self._stop_when_removed = StopWhenRemoved(self, self.runner)
         self.destroyed.connect(lambda *_: self.runner.stop_and_wait())
 
@@ -338,6 +339,9 @@ class NoiseModelWidget(QWidget):
             self.plot.ax.clear()
             plot_noise_model(self.plot.ax, model, statistics=self.statistics, label="GMM")
             self.plot.ax.set_title("")
+            # Short axis labels: the long ones of the saved plot do not fit a dock-sized figure.
+            self.plot.ax.set_xlabel("signal (grey values)")
+            self.plot.ax.set_ylabel("noise variance (grey values$^2$)")
             legend = self.plot.ax.get_legend()
             if legend is not None:
                 for text in legend.get_texts():

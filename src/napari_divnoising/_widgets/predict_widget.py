@@ -32,7 +32,7 @@ from ..prediction import PredictionDone, PriorBatch, PriorDone, generate_prior_i
 from ..validation import prediction_range_warning
 from ..workflows import PredictionUpdate, stream_prediction
 from ._layers import LayerPicker, layer_data_copy, warn_if_unusable
-from ._layout import scrollable_layout
+from ._layout import fit_to_width, scrollable_layout
 from ._notify import report_exception, show_info, show_warning
 from ._outputs import Geometry, robust_limits, set_output_layer
 from ._session import bind, get_session
@@ -108,7 +108,8 @@ class PredictWidget(QWidget):
         self.keep_samples.setValue(20)
         self.keep_samples.setToolTip("How many samples to keep in the <image>_samples layer (memory!).")
         form.addRow("Samples shown", self.keep_samples)
-        self.compute_map = QCheckBox("MAP estimate (mode of the samples, mean shift)")
+        self.compute_map = QCheckBox("MAP estimate")
+        self.compute_map.setToolTip("Also compute the most likely image: the mode of the samples, by mean shift.")
         form.addRow("", self.compute_map)
         self.device = QComboBox()
         self.device.addItems(list(DEVICE_CHOICES))
@@ -162,18 +163,20 @@ class PredictWidget(QWidget):
         self.generate_button = QPushButton("Generate")
         self.generate_button.setToolTip("Draw synthetic images from the model's prior (z ~ N(0, I)).")
         self.generate_button.clicked.connect(self.generate)
-        prior_row.addWidget(QLabel("Prior samples"))
-        prior_row.addWidget(self.prior_count)
-        prior_row.addWidget(QLabel("size"))
-        prior_row.addWidget(self.prior_size)
+        self.prior_size.setToolTip("Side of the square prior samples in pixels.")
+        prior_row.addWidget(self.prior_count, 1)
         prior_row.addWidget(self.generate_button)
-        layout.addLayout(prior_row)
+        prior_form = QFormLayout()  # two rows: one row of five widgets is too wide for a narrow dock
+        prior_form.addRow("Prior samples", prior_row)
+        prior_form.addRow("Prior size", self.prior_size)
+        layout.addLayout(prior_form)
         layout.addStretch(1)
 
         bind(self, self.session.trained_model_changed, lambda *_: self._update_model_label())
         bind(self, napari_viewer.layers.events.inserted,
             lambda e: warn_if_unusable(e.value, self.session.warned_rgb_layers)
         )
+        fit_to_width(self)
         self._stop_when_removed = StopWhenRemoved(self, self.runner, self.prior_runner)
         self.destroyed.connect(lambda *_: (self.runner.stop_and_wait(), self.prior_runner.stop_and_wait()))
         self._update_model_label()

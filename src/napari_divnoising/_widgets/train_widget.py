@@ -38,7 +38,7 @@ from ..workflows import BootstrapPhase
 from . import _guidance
 from ._core import TrainSteps
 from ._layers import LayerChecklist, layer_data_copy, warn_if_unusable
-from ._layout import scrollable_layout
+from ._layout import fit_to_width, scrollable_layout
 from ._notify import report_exception, show_info, show_warning
 from ._plots import LossPlot
 from ._session import NOISE_BOOTSTRAP, NOISE_CHOICE_LABELS, NOISE_COLEARN, NOISE_FITTED, bind, get_session
@@ -176,6 +176,7 @@ class TrainWidget(QWidget):
         bind(self, napari_viewer.layers.events.inserted,
             lambda e: warn_if_unusable(e.value, self.session.warned_rgb_layers)
         )
+        fit_to_width(self)
         self._stop_when_removed = StopWhenRemoved(self, self.runner)
         self.destroyed.connect(lambda *_: self.runner.stop_and_wait())
         self._update_noise_label()
