@@ -47,10 +47,21 @@ def data():
 
 
 def small_config(**kw) -> TrainingConfig:
-    base = dict(patch_size=32, batch_size=16, max_steps=40, max_minutes=None, learning_rate=3e-3,
-                n_validation_patches=16, validation_interval=10, kl_annealing_steps=10)
+    """A tiny network (4 filters, 4 latent channels) for tests of the loop's logic, not of denoising quality."""
+    base = dict(patch_size=32, batch_size=4, depth=2, start_filters=4, z_dim=4, max_steps=40, max_minutes=None,
+                learning_rate=3e-3, n_validation_patches=8, validation_interval=10, kl_annealing_steps=10)
     base.update(kw)
     return TrainingConfig(**base)
+
+
+def denoiser_config(**kw) -> TrainingConfig:
+    """The smallest setting that denoises the blobs reliably: 300 steps of this network gave +6.3 to +8.6 dB
+    on the held-out frame for seeds 0-2 (the default 32-filter network in 150 steps: +5.7 to +6.3 dB on
+    training frames, at about twice the cost)."""
+    base = dict(batch_size=16, start_filters=16, z_dim=16, n_validation_patches=16, learning_rate=1e-3,
+                kl_annealing_steps=100)
+    base.update(kw)
+    return small_config(**base)
 
 
 def mmse(model, noisy: np.ndarray, n: int = 20) -> np.ndarray:
@@ -84,17 +95,18 @@ def test_kl_per_pixel_matches_formula():
 
 def test_gmm_training_denoises(data, tmp_path):
     clean, noisy = data
-    config = small_config(max_steps=150, learning_rate=1e-3, kl_annealing_steps=50)
-    events = list(train_iter(noisy, constant_gmm(SIGMA), config, checkpoint_path=tmp_path / "m.pt"))
+    config = denoiser_config(max_steps=300)
+    events = list(train_iter(noisy[:5], constant_gmm(SIGMA), config, checkpoint_path=tmp_path / "m.pt"))
     assert isinstance(events[0], TrainingStarted) and isinstance(events[-1], TrainingDone)
     steps = [e for e in events if isinstance(e, TrainStep)]
-    assert [e.step for e in steps] == list(range(1, 151))
+    assert [e.step for e in steps] == list(range(1, 301))
     first, last = np.mean([e.reconstruction for e in steps[:10]]), np.mean([e.reconstruction for e in steps[-10:]])
     assert last < first - 0.5
     done = events[-1]
-    assert done.reason == "max_steps" and done.steps == 150
+    assert done.reason == "max_steps" and done.steps == 300
     assert done.best_val_loss == min(e.val_loss for e in events if isinstance(e, Validation))
-    assert psnr(mmse(done.model, noisy[:2]), clean[:2]) > psnr(noisy[:2], clean[:2]) + 3
+    # scored on the frame held out of training, with its known clean image
+    assert psnr(mmse(done.model, noisy[5:]), clean[5:]) > psnr(noisy[5:], clean[5:]) + 5
     kinds = {e.kind for e in events if isinstance(e, CheckpointSaved)}
     assert kinds == {"best", "last"}
     assert (tmp_path / "m.pt").exists() and last_checkpoint_path(tmp_path / "m.pt").exists()
@@ -104,14 +116,14 @@ def test_gmm_training_denoises(data, tmp_path):
 
 def test_colearned_noise_model_moves_towards_the_true_variance(data):
     clean, noisy = data
-    events = list(train_iter(noisy, COLEARN, small_config(max_steps=120, learning_rate=1e-3, kl_annealing_steps=50,
-                                                          noise_warm_start=False)))
+    events = list(train_iter(noisy[:5], COLEARN, denoiser_config(max_steps=250, noise_warm_start=False)))
     steps = [e for e in events if isinstance(e, TrainStep)]
     assert steps[0].noise_a is not None
     b0, b1 = steps[0].noise_b, steps[-1].noise_b
     assert abs(np.log(b1 / SIGMA**2)) < abs(np.log(b0 / SIGMA**2))
     model = events[-1].model
-    assert psnr(mmse(model, noisy[:2]), clean[:2]) > psnr(noisy[:2], clean[:2]) + 2
+    # held-out frame: +7.8 to +8.6 dB for seeds 0-2
+    assert psnr(mmse(model, noisy[5:]), clean[5:]) > psnr(noisy[5:], clean[5:]) + 5
 
 
 def test_stopping_between_steps_leaves_a_valid_model(data):
