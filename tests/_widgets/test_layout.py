@@ -118,3 +118,21 @@ def test_loss_plot_text_stays_inside_the_figure(make_napari_viewer, width_px):
     plot.redraw()
     plot.figure.set_size_inches(width_px / plot.figure.dpi, plot.height() / plot.figure.dpi)
     assert texts_outside_figure(plot) == []
+
+
+def test_the_sample_slider_label_is_shown_whole_when_a_stack_already_has_the_axis(make_napari_viewer, qtbot):
+    from napari_divnoising._widgets._outputs import Geometry, set_output_layer
+    from napari_divnoising.outputs import result_metadata
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1920, 1080)
+    viewer.add_image(np.zeros((20, 32, 32), np.uint16), name="calibration")  # its frame axis is called "-3"
+    image = viewer.add_image(np.zeros((64, 64), np.float32), name="noisy")
+    qtbot.wait(100)
+    meta = result_metadata("samples", source="noisy", model_name="m", n_samples=5, seed=0)
+    set_output_layer(viewer, "noisy_samples", np.zeros((5, 64, 64), np.float32),
+                     Geometry.of(image).with_leading_axis("sample"), meta)
+    qtbot.wait(100)
+    label = viewer.window._qt_viewer.dims.slider_widgets[0].axis_label
+    assert label.text() == "sample"
+    assert label.width() >= label.fontMetrics().boundingRect("sample").width()  # not elided to "..."

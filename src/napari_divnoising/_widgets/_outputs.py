@@ -85,14 +85,17 @@ def set_output_layer(
     kind = output_kind(facts["kind"])
     limits = contrast_limits or robust_limits(data, floor_zero=kind.floor_zero)
     name, layer = _result_layer(viewer, name, kind.name)
+    labels_before = tuple(viewer.dims.axis_labels)
     if layer is not None and layer.ndim != data.ndim:
         viewer.layers.remove(layer)
         layer = None
     if layer is None:
-        return viewer.add_image(
+        layer = viewer.add_image(
             data, name=name, scale=geometry.scale, translate=geometry.translate, units=geometry.units,
             axis_labels=geometry.axis_labels, colormap=kind.colormap, contrast_limits=limits, metadata=metadata,
         )
+        _fit_slider_labels(viewer, labels_before)
+        return layer
     layer.data = data
     layer.scale = geometry.scale
     layer.translate = geometry.translate
@@ -103,4 +106,16 @@ def set_output_layer(
         pass
     layer.contrast_limits = limits
     layer.metadata = {**layer.metadata, **metadata}
+    _fit_slider_labels(viewer, labels_before)
     return layer
+
+
+def _fit_slider_labels(viewer: Any, labels_before: tuple[str, ...]) -> None:
+    """Make napari widen the slider labels after a result renamed an axis that was already there.
+
+    napari (0.5 to 0.9 at least) sets a renamed axis label with the label's signals blocked, so the
+    label keeps the width of the old name: "sample" replacing "-3" (a calibration stack's frame axis)
+    shows as an ellipsis. Re-emitting the dims order makes napari resize every slider label.
+    """
+    if tuple(viewer.dims.axis_labels) != labels_before:
+        viewer.dims.events.order(value=viewer.dims.order)
