@@ -1,0 +1,317 @@
+"""The napari panels against the command line: the same work per unit of time, and the window's response.
+
+Issue #15's targets: the panels do at least 90% of the command line's work per minute for fitting,
+training and prediction, and a zoom or pan while training is answered in under 100 ms (median).
+
+Each part does the same work both ways on the same data:
+
+- fit: ``divnoising fit-noise-model`` on the calibration stack, against the Noise model panel's Fit on
+  the same stack as a layer. Work rate = 1 / seconds; the command's seconds leave out the start-up of
+  a bare Python that imports the plugin and torch (measured separately), as the panel's do.
+- train: ``divnoising train --max-minutes B`` with the fitted noise model, against the Train panel
+  with the same budget and noise model. Work rate = training steps per second of training
+  (``history["steps"] / history["elapsed_s"]`` of the trained model: the same clock both ways).
+  While the panel trains, a pan or zoom of the canvas is queued every 0.5 s and timed from being
+  queued until the canvas has repainted (what a user waits for after moving the mouse).
+- predict: ``divnoising predict --samples N`` with the command line's model, against the Predict
+  panel with the same model file and N. Work rate = 1 / seconds, the command's again without start-up.
+
+The ratio panel rate / command rate should be >= 0.9. Run it on an otherwise idle machine (the
+command line and the panels then compete with nothing else), from the repository root, under a
+virtual display the size of a 1080p screen:
+
+    xvfb-run -a -s "-screen 0 1920x1080x24" python benchmarks/bench_gui.py [--quick] [--data DIR]
+
+Data: the FMD folder (``calibration_fov01.tif``, ``train_noisy.tif``; ``--data`` or
+``DIVNOISING_FMD_DIR``, default ``data/fmd_bpae_b``), or the plugin's synthetic sample when the folder
+is missing or with ``--quick``. ``--quick`` is a smoke run (tiny budgets, seconds per part; the numbers
+mean nothing). Writes ``results/gui.json`` and ``results/gui.md`` (``gui_quick.*`` with ``--quick``).
+Budget: ``--train-minutes`` (default 1) per trained model, twice, plus the fits and predictions:
+about 4 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO_ROOT, fmt, machine_info, machine_markdown, markdown_table, write_results  # noqa: E402
+
+PLUGIN = "napari-divnoising"
+FMD_DIR = Path(os.environ.get("DIVNOISING_FMD_DIR", "data/fmd_bpae_b"))
+TARGET_RATIO = 0.9
+TARGET_LATENCY_MS = 100.0
+PROBE_INTERVAL_S = 0.5
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def prepare_data(folder: Path, data_dir: Path | None, quick: bool) -> dict[str, Any]:
+    """TIFFs for the command line and arrays for the panels: the FMD files, or the synthetic sample."""
+    import tifffile
+
+    from napari_divnoising._sample_data import calibration_stack, noisy_image
+
+    if not quick and data_dir is not None and (data_dir / "calibration_fov01.tif").exists():
+        calibration = tifffile.imread(data_dir / "calibration_fov01.tif")
+        train = tifffile.imread(data_dir / "train_noisy.tif")
+        source = f"FMD folder {data_dir.name}"
+    else:
+        calibration = calibration_stack()
+        train = noisy_image()[0]
+        source = "synthetic sample (napari_divnoising._sample_data)"
+        if quick:
+            calibration, train = calibration[:6, :64, :64], train[:128, :128]
+    paths = {"calibration": folder / "calibration.tif", "train": folder / "train.tif"}
+    tifffile.imwrite(paths["calibration"], calibration)
+    tifffile.imwrite(paths["train"], train)
+    return {"calibration": calibration, "train": train, "paths": paths, "source": source,
+            "shapes": {"calibration": list(calibration.shape), "train": list(train.shape)}}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def run_cli(args: list[str], timeout: float = 1800.0) -> float:
+    """Run ``divnoising ARGS`` in a fresh interpreter (single-threaded BLAS left as the user has it); seconds."""
+    t0 = time.perf_counter()
+    child = subprocess.run([sys.executable, "-m", "napari_divnoising.cli", *args], capture_output=True, text=True,
+                           timeout=timeout, cwd=REPO_ROOT)
+    seconds = time.perf_counter() - t0
+    if child.returncode != 0:
+        tail = (child.stderr or child.stdout).strip().splitlines()
+        raise RuntimeError(f"divnoising {args[0]} failed: {tail[-1] if tail else child.returncode}")
+    return seconds
+
+
+def startup_seconds(repeats: int = 3) -> float:
+    """Median seconds for a fresh interpreter to import the command line and torch and exit."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch, napari_divnoising.cli"], check=True, cwd=REPO_ROOT)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def steps_per_second(model_path: Path) -> tuple[int, float]:
+    """Steps and steps per second of training recorded in a model file's history (last checkpoint if any)."""
+    from napari_divnoising.model_io import last_checkpoint_path, load_model
+
+    last = last_checkpoint_path(model_path)
+    history = load_model(last if last.exists() else model_path).history
+    return _rate(history)
+
+
+def _rate(history: dict[str, Any]) -> tuple[int, float]:
+    steps, elapsed = int(history.get("steps", 0)), float(history.get("elapsed_s") or 0.0)
+    return steps, (steps / elapsed if elapsed > 0 else float("nan"))
+
+
+# ----------------------------------------------------------------------------- panels
+
+
+def pump(seconds: float) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.005)
+
+
+def wait_for(runner: Any, timeout: float, between: Callable[[], None] | None = None) -> None:
+    """Process events until a panel's worker has finished and its end was handled (``between()`` meanwhile)."""
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + timeout
+    while runner.running or not runner.settled:
+        if time.monotonic() > end:
+            runner.stop()
+            raise TimeoutError("the panel did not finish in time")
+        if between is not None:
+            between()
+        QApplication.processEvents()
+        time.sleep(0.005)
+
+
+class LatencyProbe:
+    """Queue a pan or zoom of the canvas every PROBE_INTERVAL_S and time it until the canvas has repainted."""
+
+    def __init__(self, viewer: Any) -> None:
+        self.viewer = viewer
+        self.latencies_ms: list[float] = []
+        self._next = time.monotonic() + PROBE_INTERVAL_S
+        self._queued_at: float | None = None
+        self._count = 0
+
+    def __call__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        if self._queued_at is not None or time.monotonic() < self._next:
+            return
+        self._queued_at = time.perf_counter()
+        QTimer.singleShot(0, self._act)
+
+    def _act(self) -> None:
+        camera = self.viewer.camera
+        self._count += 1
+        if self._count % 2:
+            camera.zoom = camera.zoom * (1.1 if self._count % 4 == 1 else 1 / 1.1)
+        else:
+            center = list(camera.center)
+            center[-1] += 5.0 if self._count % 4 == 2 else -5.0
+            camera.center = tuple(center)
+        self.viewer.window._qt_viewer.canvas._scene_canvas.native.repaint()  # synchronous: the frame is drawn
+        self.latencies_ms.append(1000.0 * (time.perf_counter() - self._queued_at))
+        self._queued_at = None
+        self._next = time.monotonic() + PROBE_INTERVAL_S
+
+
+def run_panels(data: dict[str, Any], train_minutes: float, n_samples: int,
+               cli_model: Path) -> dict[str, Any]:
+    """Fit, train and predict in the napari panels; seconds, rates and the canvas latencies."""
+    import napari
+
+    viewer = napari.Viewer(show=True, title="bench_gui")
+    viewer.window._qt_window.resize(1920, 1080)
+    try:
+        viewer.add_image(data["calibration"], name="calibration", visible=False)
+        viewer.add_image(data["train"], name="train")
+        panels = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name)[1] for name in ("Noise model", "Train",
+                                                                                          "Predict")}
+        noise, train, predict = panels["Noise model"], panels["Train"], panels["Predict"]
+        pump(1.0)
+        out: dict[str, Any] = {}
+
+        noise.calibration_layer.set_layer("calibration")
+        t0 = time.perf_counter()
+        noise.fit_button.click()
+        wait_for(noise.runner, 1800)
+        out["fit_s"] = time.perf_counter() - t0
+
+        train.images.set_checked(["train"])
+        train.budget_unit.setCurrentText("minutes")
+        train.budget_value.setValue(train_minutes)
+        probe = LatencyProbe(viewer)
+        train.train_button.click()
+        wait_for(train.runner, 60 * train_minutes * 3 + 300, between=probe)
+        out["train_steps"], out["train_steps_per_s"] = _rate(train.model.history)
+        out["latency_ms"] = probe.latencies_ms
+
+        if not predict.load_model_file(cli_model):
+            raise RuntimeError("the Predict panel could not load the command line's model")
+        predict.image_layer.set_layer("train")
+        predict.n_samples.setValue(n_samples)
+        predict.keep_samples.setValue(0)
+        t0 = time.perf_counter()
+        predict.predict_button.click()
+        wait_for(predict.runner, 1800)
+        out["predict_s"] = time.perf_counter() - t0
+        return out
+    finally:
+        viewer.close()
+
+
+# ----------------------------------------------------------------------------- both
+
+
+def run(quick: bool = False, data_dir: Path | None = FMD_DIR, train_minutes: float | None = None,
+        n_samples: int | None = None) -> dict[str, Any]:
+    """Measure the command line and the panels on the same work; return the figures and the ratios."""
+    train_minutes = train_minutes if train_minutes is not None else (0.1 if quick else 1.0)
+    n_samples = n_samples if n_samples is not None else (5 if quick else 100)
+    info = machine_info()
+    with tempfile.TemporaryDirectory(prefix="bench_gui_") as tmp:
+        folder = Path(tmp)
+        data = prepare_data(folder, data_dir, quick)
+        paths = data["paths"]
+        startup = startup_seconds(1 if quick else 3)
+        nm, model = folder / "nm.npz", folder / "model.pt"
+        cli: dict[str, Any] = {"startup_s": startup}
+        cli["fit_s"] = run_cli(["fit-noise-model", "--calibration", str(paths["calibration"]), "--out", str(nm),
+                                "--force"]) - startup
+        run_cli(["train", "--data", str(paths["train"]), "--noise-model", str(nm), "--out", str(model),
+                 "--max-minutes", str(train_minutes), "--force"], timeout=60 * train_minutes * 3 + 600)
+        cli["train_steps"], cli["train_steps_per_s"] = steps_per_second(model)
+        cli["predict_s"] = run_cli(["predict", "--model", str(model), "--input", str(paths["train"]), "--out-dir",
+                                    str(folder / "out"), "--samples", str(n_samples), "--save-samples", "0",
+                                    "--force"]) - startup
+        gui = run_panels(data, train_minutes, n_samples, model)
+    latency = gui.pop("latency_ms")
+    ratios = {
+        "fit": cli["fit_s"] / gui["fit_s"],
+        "train": gui["train_steps_per_s"] / cli["train_steps_per_s"],
+        "predict": cli["predict_s"] / gui["predict_s"],
+    }
+    latency_summary = {
+        "n": len(latency),
+        "median_ms": statistics.median(latency) if latency else None,
+        "max_ms": max(latency) if latency else None,
+    }
+    targets = {f"{part}_ratio_ge_{TARGET_RATIO}": bool(r >= TARGET_RATIO) for part, r in ratios.items()}
+    if latency:
+        targets[f"latency_median_lt_{TARGET_LATENCY_MS:.0f}ms"] = bool(latency_summary["median_ms"] < TARGET_LATENCY_MS)
+    return {
+        "machine": info, "quick": quick, "data": data["source"], "shapes": data["shapes"],
+        "train_minutes": train_minutes, "n_samples": n_samples, "cli": cli, "gui": gui, "ratios": ratios,
+        "latency_while_training": latency_summary, "latency_ms": latency, "targets": targets,
+    }
+
+
+def markdown(out: dict[str, Any]) -> str:
+    cli, gui, ratios = out["cli"], out["gui"], out["ratios"]
+    rows = [
+        ["fit noise model (s)", cli["fit_s"], gui["fit_s"], ratios["fit"]],
+        [f"train {fmt(out['train_minutes'])} min (steps/s)", cli["train_steps_per_s"], gui["train_steps_per_s"],
+         ratios["train"]],
+        [f"predict {out['n_samples']} samples (s)", cli["predict_s"], gui["predict_s"], ratios["predict"]],
+    ]
+    lat = out["latency_while_training"]
+    lines = [
+        "# Panels against the command line" + (" (quick smoke run: not representative)" if out["quick"] else ""),
+        "",
+        machine_markdown(out["machine"]),
+        "",
+        f"Data: {out['data']}, calibration {out['shapes']['calibration']}, training image {out['shapes']['train']}. "
+        f"Command-line seconds leave out the interpreter start-up ({fmt(cli['startup_s'])} s).",
+        "",
+        markdown_table(["work", "command line", "panels", f"panels / command line (target >= {TARGET_RATIO})"],
+                       rows),
+        "",
+        f"Canvas pan/zoom while training: median {fmt(lat['median_ms'])} ms, worst {fmt(lat['max_ms'])} ms over "
+        f"{lat['n']} probes (target: median < {TARGET_LATENCY_MS:.0f} ms).",
+        "",
+        "Targets met: " + ", ".join(f"{k} {v}" for k, v in out["targets"].items()) + ".",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny data and budgets")
+    parser.add_argument("--data", type=Path, default=FMD_DIR, help="FMD folder (default: %(default)s)")
+    parser.add_argument("--train-minutes", type=float, default=None, help="training budget (default 1; quick 0.1)")
+    parser.add_argument("--samples", type=int, default=None, help="samples per prediction (default 100; quick 5)")
+    parser.add_argument("--out-dir", type=Path, default=None, help="results folder (default benchmarks/results)")
+    args = parser.parse_args()
+    out = run(args.quick, args.data, args.train_minutes, args.samples)
+    text = markdown(out)
+    kwargs = {"out_dir": args.out_dir} if args.out_dir is not None else {}
+    for path in write_results("gui_quick" if args.quick else "gui", out, text, **kwargs):
+        print("wrote", path)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
