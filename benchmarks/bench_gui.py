@@ -13,8 +13,9 @@ Each part does the same work both ways on the same data:
   (``history["steps"] / history["elapsed_s"]`` of the trained model: the same clock both ways).
   While the panel trains, a pan or zoom of the canvas is queued every 0.5 s and timed from being
   queued until the canvas has repainted (what a user waits for after moving the mouse).
-- predict: ``divnoising predict --samples N`` with the command line's model, against the Predict
-  panel with the same model file and N. Work rate = 1 / seconds, the command's again without start-up.
+- predict: ``divnoising predict --samples N`` on one training image (the first frame of a stack) with
+  the command line's model, against the Predict panel with the same model file, image and N.
+  Work rate = 1 / seconds, the command's again without start-up.
 
 The ratio panel rate / command rate should be >= 0.9. Run it on an otherwise idle machine (the
 command line and the panels then compete with nothing else), from the repository root, under a
@@ -72,11 +73,13 @@ def prepare_data(folder: Path, data_dir: Path | None, quick: bool) -> dict[str, 
         source = "synthetic sample (napari_divnoising._sample_data)"
         if quick:
             calibration, train = calibration[:6, :64, :64], train[:128, :128]
-    paths = {"calibration": folder / "calibration.tif", "train": folder / "train.tif"}
-    tifffile.imwrite(paths["calibration"], calibration)
-    tifffile.imwrite(paths["train"], train)
-    return {"calibration": calibration, "train": train, "paths": paths, "source": source,
-            "shapes": {"calibration": list(calibration.shape), "train": list(train.shape)}}
+    predict = train[0] if train.ndim == 3 else train  # one image: prediction time does not grow with the stack
+    paths = {key: folder / f"{key}.tif" for key in ("calibration", "train", "predict")}
+    for key, array in (("calibration", calibration), ("train", train), ("predict", predict)):
+        tifffile.imwrite(paths[key], array)
+    return {"calibration": calibration, "train": train, "predict": predict, "paths": paths, "source": source,
+            "shapes": {"calibration": list(calibration.shape), "train": list(train.shape),
+                       "predict": list(predict.shape)}}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -188,6 +191,7 @@ def run_panels(data: dict[str, Any], train_minutes: float, n_samples: int,
     try:
         viewer.add_image(data["calibration"], name="calibration", visible=False)
         viewer.add_image(data["train"], name="train")
+        viewer.add_image(data["predict"], name="predict")
         panels = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name)[1] for name in ("Noise model", "Train",
                                                                                           "Predict")}
         noise, train, predict = panels["Noise model"], panels["Train"], panels["Predict"]
@@ -211,7 +215,7 @@ def run_panels(data: dict[str, Any], train_minutes: float, n_samples: int,
 
         if not predict.load_model_file(cli_model):
             raise RuntimeError("the Predict panel could not load the command line's model")
-        predict.image_layer.set_layer("train")
+        predict.image_layer.set_layer("predict")
         predict.n_samples.setValue(n_samples)
         predict.keep_samples.setValue(0)
         t0 = time.perf_counter()
@@ -244,7 +248,7 @@ def run(quick: bool = False, data_dir: Path | None = FMD_DIR, train_minutes: flo
         run_cli(["train", "--data", str(paths["train"]), "--noise-model", str(nm), "--out", str(model),
                  "--max-minutes", str(train_minutes), "--force"], timeout=60 * train_minutes * 3 + 600)
         cli["train_steps"], cli["train_steps_per_s"] = steps_per_second(model)
-        cli["predict_s"] = run_cli(["predict", "--model", str(model), "--input", str(paths["train"]), "--out-dir",
+        cli["predict_s"] = run_cli(["predict", "--model", str(model), "--input", str(paths["predict"]), "--out-dir",
                                     str(folder / "out"), "--samples", str(n_samples), "--save-samples", "0",
                                     "--force"]) - startup
         gui = run_panels(data, train_minutes, n_samples, model)
@@ -283,7 +287,8 @@ def markdown(out: dict[str, Any]) -> str:
         "",
         machine_markdown(out["machine"]),
         "",
-        f"Data: {out['data']}, calibration {out['shapes']['calibration']}, training image {out['shapes']['train']}. "
+        f"Data: {out['data']}, calibration {out['shapes']['calibration']}, training images {out['shapes']['train']}, "
+        f"predicted image {out['shapes']['predict']}. "
         f"Command-line seconds leave out the interpreter start-up ({fmt(cli['startup_s'])} s).",
         "",
         markdown_table(["work", "command line", "panels", f"panels / command line (target >= {TARGET_RATIO})"],
