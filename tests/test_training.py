@@ -293,7 +293,7 @@ def test_bad_images_and_noise_specs():
         next(train_iter(rgb, SIGMA, small_config()))
     with pytest.raises(DivNoisingError, match="smaller than"):
         next(train_iter(np.random.default_rng(0).random((20, 20)), SIGMA, small_config()))
-    with pytest.raises(DivNoisingError, match="Unknown noise model"):
+    with pytest.raises(DivNoisingError, match="noise_model must be a GMMNoiseModel"):
         next(train_iter(blobs(1, 64), "poisson", small_config()))
 
 
