@@ -40,10 +40,15 @@ def _field_type(config_cls: type, name: str) -> tuple[type, bool]:
 
 
 def _decimals(meta: dict[str, Any], default: Any) -> int:
-    """Enough decimals to show the smallest positive number among the range and the default."""
+    """Enough decimals to show the smallest positive number among the range and the default, and the
+    maximum exactly (0.99999 would otherwise be rounded up to 1)."""
     values = [abs(float(v)) for v in (meta.get("min"), default) if isinstance(v, (int, float)) and v]
     smallest = min(values, default=1.0)
-    return int(min(10, max(2, math.ceil(-math.log10(smallest)) + 2))) if smallest < 1 else 2
+    decimals = int(min(10, max(2, math.ceil(-math.log10(smallest)) + 2))) if smallest < 1 else 2
+    high = meta.get("max")
+    while isinstance(high, float) and decimals < 10 and round(high, decimals) != high:
+        decimals += 1
+    return decimals
 
 
 class _Editor:
