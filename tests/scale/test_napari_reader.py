@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_divnoising.outputs import result_kind
 from napari_divnoising.scale import ZarrPredictionSettings, predict_to_zarr, read_results
 from napari_divnoising.scale.napari_reader import get_reader
 
@@ -26,7 +27,10 @@ def test_reader_gives_lazy_layers_with_scale(results_store, stack_zarr, tmp_path
     reader = get_reader(str(results_store))
     layers = reader(str(results_store))
     names = [kw["name"] for _, kw, _ in layers]
-    assert names == ["cells MMSE", "cells variance", "cells MAP", "cells samples"]
+    assert names == ["cells_mmse", "cells_variance", "cells_map", "cells_samples"]
+    # each layer carries its kind (as the Predict panel's results do), so Export writes it as that kind
+    assert [result_kind(kw["metadata"]) for _, kw, _ in layers] == ["mmse", "variance", "map", "samples"]
+    assert layers[0][1]["metadata"]["divnoising"]["seed"] == 1 and layers[1][1]["colormap"] == "magma"
     res = read_results(results_store)
     mmse, kw, kind = layers[0]
     assert kind == "image" and kw["multiscale"] and len(mmse) == 2
@@ -40,7 +44,7 @@ def test_reader_gives_lazy_layers_with_scale(results_store, stack_zarr, tmp_path
 def test_napari_opens_the_store_with_the_plugin(make_napari_viewer, results_store):
     viewer = make_napari_viewer()
     viewer.open(str(results_store), plugin="napari-divnoising")
-    assert [layer.name for layer in viewer.layers] == ["cells MMSE", "cells variance", "cells MAP", "cells samples"]
-    mmse = viewer.layers["cells MMSE"]
+    assert [layer.name for layer in viewer.layers] == ["cells_mmse", "cells_variance", "cells_map", "cells_samples"]
+    mmse = viewer.layers["cells_mmse"]
     assert mmse.multiscale and tuple(mmse.scale) == pytest.approx((1.0, 0.3, 0.3))
-    assert tuple(viewer.layers["cells samples"].scale) == pytest.approx((1.0, 1.0, 0.3, 0.3))
+    assert tuple(viewer.layers["cells_samples"].scale) == pytest.approx((1.0, 1.0, 0.3, 0.3))

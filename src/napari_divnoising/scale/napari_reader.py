@@ -40,9 +40,15 @@ def _stem(path: str) -> str:
 
 
 def read_results_layers(path: str | list[str]) -> list[LayerData]:
-    """Layer data tuples (data, kwargs, "image") for every output in a results store, read lazily."""
+    """Layer data tuples (data, kwargs, "image") for every output in a results store, read lazily.
+
+    Layers are named and coloured as the Predict panel names its results (``outputs.OUTPUT_KINDS``)
+    and carry their kind and provenance in ``layer.metadata``, so Export and File > Save treat them
+    as the results they are.
+    """
     import dask.array as da
 
+    from ..outputs import METADATA_KEY, OUTPUT_KINDS, result_metadata
     from .ome import read_results
 
     if isinstance(path, list):
@@ -50,25 +56,27 @@ def read_results_layers(path: str | list[str]) -> list[LayerData]:
     res = read_results(path)
     stem = _stem(str(path))
     info = res["info"]
+    settings = info.get("settings") or {}
     scale = [float(s) for s in res["scale"][0]]
-    meta = {"divnoising": {k: info.get(k) for k in ("model", "settings", "seed")}, "axes": res["axes"]}
+
+    def layer_kwargs(kind: str, **extra: Any) -> dict[str, Any]:
+        meta = result_metadata(kind, source=stem, model_name=info.get("model"),
+                               n_samples=settings.get("n_samples"), seed=info.get("seed"))
+        meta[METADATA_KEY]["settings"] = settings
+        meta["axes"] = res["axes"]
+        return {"name": OUTPUT_KINDS[kind].layer_name(stem), "scale": scale, "colormap": OUTPUT_KINDS[kind].colormap,
+                "metadata": meta, **extra}
+
     levels = [da.from_zarr(level) for level in res["mmse"]]
-    layers: list[LayerData] = [(
-        levels if len(levels) > 1 else levels[0],
-        {"name": f"{stem} MMSE", "scale": scale, "multiscale": len(levels) > 1, "metadata": meta},
-        "image",
-    )]
+    layers: list[LayerData] = [
+        (levels if len(levels) > 1 else levels[0], layer_kwargs("mmse", multiscale=len(levels) > 1), "image")
+    ]
     if res["variance"] is not None:
-        layers.append((da.from_zarr(res["variance"]),
-                       {"name": f"{stem} variance", "scale": scale, "colormap": "magma", "visible": False,
-                        "metadata": meta}, "image"))
+        layers.append((da.from_zarr(res["variance"]), layer_kwargs("variance", visible=False), "image"))
     if res["map"] is not None:
-        layers.append((da.from_zarr(res["map"]),
-                       {"name": f"{stem} MAP", "scale": scale, "visible": False, "metadata": meta}, "image"))
+        layers.append((da.from_zarr(res["map"]), layer_kwargs("map", visible=False), "image"))
     if res["samples"] is not None:
         pos = 1 if res["axes"][0] == "t" else 0  # where the store keeps the sample axis (see ome.py)
         samples = da.moveaxis(da.from_zarr(res["samples"]), pos, 0)
-        layers.append((samples,
-                       {"name": f"{stem} samples", "scale": [1.0, *scale], "visible": False, "metadata": meta},
-                       "image"))
+        layers.append((samples, layer_kwargs("samples", visible=False, scale=[1.0, *scale]), "image"))
     return layers
