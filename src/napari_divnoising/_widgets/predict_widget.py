@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from ._layout import fit_to_width, scrollable_layout
 from ._notify import report_exception, show_info, show_warning
 from ._outputs import Geometry, robust_limits, set_output_layer
 from ._session import bind, get_session
+from ._store_output import StoreLayers, default_store_path, layer_source_path
 from ._worker import ActivityProgress, StopWhenRemoved, WorkerRunner
 
 #: Streamed results are drawn at most this often (milliseconds).
@@ -48,6 +50,10 @@ MATCHED_CONTRAST = ("mmse", "map", "samples")
 TIFF_OVERHEAD_BYTES = 64 * 1024
 MODEL_SESSION = "Trained in this session"
 MODEL_FILE = "From file"
+OUTPUT_MEMORY = "In memory"
+OUTPUT_STORE = "OME-Zarr store"
+#: A results store being written is re-read for the viewer at most this often (milliseconds).
+STORE_REFRESH_MS = 500
 
 
 class PredictWidget(QWidget):
@@ -77,6 +83,16 @@ class PredictWidget(QWidget):
         self._render_timer.setSingleShot(True)
         self._render_timer.setInterval(RENDER_INTERVAL_MS)
         self._render_timer.timeout.connect(self._render_pending)
+        self._store: StoreLayers | None = None
+        self._store_total = 0
+        self._store_done = 0
+        self._store_first_frame: int | None = None
+        self._store_dirty = False
+        self._store_timer = QTimer(self)
+        self._store_timer.setSingleShot(True)
+        self._store_timer.setInterval(STORE_REFRESH_MS)
+        self._store_timer.timeout.connect(self._refresh_store)
+        self._model_dir: tempfile.TemporaryDirectory | None = None
 
         layout = scrollable_layout(self)
         form = QFormLayout()
@@ -116,6 +132,30 @@ class PredictWidget(QWidget):
         self.device.setEditable(True)  # e.g. cuda:1
         self.device.setToolTip("Where to predict: auto (a GPU when there is one), cpu, cuda, cuda:N or mps.")
         form.addRow("Device", self.device)
+        self.output_mode = QComboBox()
+        self.output_mode.addItems([OUTPUT_MEMORY, OUTPUT_STORE])
+        self.output_mode.setToolTip(
+            "In memory: results stream into layers (the stack must fit in memory).\n"
+            "OME-Zarr store: each frame is written to disk as it finishes and shown lazily; for stacks that do "
+            "not fit in memory. Predict again with the same store resumes a stopped run."
+        )
+        self.output_mode.currentTextChanged.connect(lambda _: self._update_output_rows())
+        form.addRow("Results", self.output_mode)
+        self.store_row = QWidget()
+        store_layout = QHBoxLayout(self.store_row)
+        store_layout.setContentsMargins(0, 0, 0, 0)
+        self.store_path = QLineEdit()
+        self.store_path.setPlaceholderText("results.ome.zarr")
+        self.store_path.setToolTip("The OME-Zarr results store (a folder ending in .zarr).")
+        self.store_path.textEdited.connect(lambda _: setattr(self, "_store_path_auto", False))
+        self.browse_store = QPushButton("Browse...")
+        self.browse_store.clicked.connect(self._browse_store)
+        store_layout.addWidget(self.store_path, 1)
+        store_layout.addWidget(self.browse_store)
+        form.addRow("Store", self.store_row)
+        self._store_label = form.labelForField(self.store_row)
+        self._store_path_auto = True
+        self.image_layer.layer_changed.connect(self._update_output_rows)
         layout.addLayout(form)
 
         buttons = QHBoxLayout()
@@ -176,6 +216,7 @@ class PredictWidget(QWidget):
         bind(self, napari_viewer.layers.events.inserted,
             lambda e: warn_if_unusable(e.value, self.session.warned_rgb_layers)
         )
+        self._update_output_rows()
         fit_to_width(self)
         self._stop_when_removed = StopWhenRemoved(self, self.runner, self.prior_runner)
         self.destroyed.connect(lambda *_: (self.runner.stop_and_wait(), self.prior_runner.stop_and_wait()))
@@ -227,6 +268,162 @@ class PredictWidget(QWidget):
             text = f"Model '{model.name}'" + (f", {steps} training steps" if steps else "")
         self.model_label.setText(text)
 
+    # ------------------------------------------------------------------ output
+
+    def _update_output_rows(self) -> None:
+        """Show the store row only for store output; propose a store next to the image while the user has not chosen."""
+        to_store = self.output_mode.currentText() == OUTPUT_STORE
+        self.store_row.setVisible(to_store)
+        if self._store_label is not None:
+            self._store_label.setVisible(to_store)
+        layer = self.image_layer.current_layer()
+        if to_store and layer is not None and (self._store_path_auto or not self.store_path.text().strip()):
+            self.store_path.setText(str(default_store_path(layer)))
+            self._store_path_auto = True
+
+    def _browse_store(self) -> None:
+        start = self.store_path.text().strip() or str(Path.home())
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Results store", start, "OME-Zarr store (*.ome.zarr *.zarr);;All files (*)",
+            options=QFileDialog.Option.DontConfirmOverwrite,  # an existing store is checked (resume or ask) on Predict
+        )
+        if path:
+            if not path.lower().endswith(".zarr"):
+                path += ".ome.zarr"
+            self.store_path.setText(path)
+            self._store_path_auto = False
+
+    def _confirm_replace_store(self, problem: str) -> bool:
+        answer = QMessageBox.question(
+            self, "Replace the results store?",
+            f"{problem}.\n\nDelete it and start over? (No keeps it; choose another store then.)",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
+
+    def _model_file_for_store(self, model: Any) -> Path:
+        """The model's file: the loaded file, or the session's model saved to a private temporary file.
+
+        Saving is deterministic, so the same session model resumes its store.
+        """
+        from ..model_io import save_model
+
+        if self.model_source.currentText() == MODEL_FILE:
+            path = Path(self.model_path.text().strip())
+            if not path.is_file():
+                raise DivNoisingError(f"Model file not found: {path}; load it again.")
+            return path
+        if self._model_dir is None:
+            self._model_dir = tempfile.TemporaryDirectory(prefix="divnoising-model-")
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in (model.name or "model"))
+        return Path(save_model(model, Path(self._model_dir.name) / f"{safe}.pt"))
+
+    def _start_store_prediction(self, model: Any, layer: Any, device: str) -> None:
+        """Predict ``layer`` into the OME-Zarr store chosen in the panel (resuming a store of the same job)."""
+        from ..scale.arrays import array_shape_dtype, matching_source, predict_array_to_zarr_iter, stack_axis_name
+        from ..scale.ome import file_sha256, is_zarr_path, read_info
+        from ..scale.runner import ZarrPredictionSettings, existing_store_problem
+        from ._layers import check_layer_axes
+
+        text = self.store_path.text().strip()
+        if not text:
+            raise DivNoisingError("Choose where to write the OME-Zarr results store (Store: Browse...).")
+        out = Path(text).expanduser()
+        if not is_zarr_path(out) or not out.name.lower().endswith(".zarr"):
+            raise DivNoisingError(f"The results store must be a folder ending in .zarr (e.g. {out.stem}.ome.zarr).")
+        check_layer_axes(layer)
+        data = layer.data
+        source = layer_source_path(layer)
+        if source and out.resolve() == Path(source).resolve():
+            raise DivNoisingError(f"{out} is the image's own file; choose another store.")
+        n_samples, keep = self.n_samples.value(), self.keep_samples.value()
+        settings = ZarrPredictionSettings(n_samples=n_samples, keep_samples=min(keep, n_samples),
+                                          compute_map=self.compute_map.isChecked(), device=device)
+        model_path = self._model_file_for_store(model)
+        shape, dtype = array_shape_dtype(data)
+        input_path = matching_source(source, data)  # the layer's own file when it holds this array: no copy
+        _, problem = existing_store_problem(out, file_sha256(model_path), model_path.name, shape, dtype, settings)
+        force = False
+        if problem is not None:
+            if read_info(out) is None:  # a Zarr store that is not ours (maybe the user's data): never deleted
+                raise DivNoisingError(f"{problem}; choose another store.")
+            if not self._confirm_replace_store(problem):
+                show_warning(f"{problem}; nothing was changed. Choose another store, or confirm replacing it.")
+                self.status.setText("Not started: the store belongs to another prediction.")
+                return
+            force = True
+        level = data[0] if layer.multiscale else data
+        first = np.asarray(level[0] if len(shape) == 3 else level, dtype=np.float32)
+        far = prediction_range_warning(model, first, name=f"Layer '{layer.name}'")
+        if far:
+            show_warning(far)
+        geometry = Geometry.of(layer)
+        axes = [stack_axis_name(geometry.axis_labels[0]), "y", "x"][-len(shape):]
+        self._geometry = geometry
+        self._input_limits = tuple(float(v) for v in layer.contrast_limits)
+        self._store = StoreLayers(self.viewer, out, geometry, self._input_limits)
+        self._store_total = self._store_done = 0
+        self._store_first_frame = None
+        self._store_dirty = False
+        self.outputs = {}
+        self._model_name = model.name
+        self._set_running(True)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.device_label.setText(f"Device: {device}")
+        self.status.setText(f"Preparing {out.name}...")
+        self._started = time.monotonic()
+        self.activity.start(f"DivNoising prediction of {layer.name} to {out.name}", 1)
+        self.runner.start(
+            lambda: predict_array_to_zarr_iter(model_path, data, out, settings, source_path=input_path,
+                                               axes=axes, scale=geometry.scale, force=force),
+            self._on_store_event,
+            self._on_done,
+        )
+
+    def _on_store_event(self, event: Any) -> None:
+        from ..scale.events import UnitDone, ZarrPlan, ZarrPredictionDone
+
+        store = self._store
+        if store is None:
+            return
+        if isinstance(event, ZarrPlan):
+            self._store_total, self._store_done = event.total, event.already_done
+            try:
+                store.show()
+            except Exception as exc:  # a store the viewer cannot show: the run goes on, the user is told once
+                report_exception(exc, "Showing the results store")
+            self.progress.setRange(0, max(1, event.total))
+            self.progress.setValue(event.already_done)
+            self.activity.set(event.already_done, event.total)
+            resumed = f", {event.already_done} finished earlier" if event.already_done else ""
+            self.status.setText(f"Writing {event.total} unit(s) to {Path(event.path).name}{resumed}...")
+        elif isinstance(event, UnitDone):
+            self._store_done = event.done
+            if self._store_first_frame is None:
+                self._store_first_frame = event.frame
+            self.progress.setValue(event.done)
+            self.activity.set(event.done, event.total)
+            self.status.setText(f"Frame {event.frame + 1} written: {event.done} of {event.total} unit(s) done.")
+            self._store_dirty = True
+            if not self._store_timer.isActive():
+                self._store_timer.start()
+        elif isinstance(event, ZarrPredictionDone):
+            self._store_done = event.total
+            self._store_dirty = True
+            self._refresh_store()
+
+    def _refresh_store(self) -> None:
+        """Show the units finished since the last refresh (at most every STORE_REFRESH_MS)."""
+        self._store_timer.stop()
+        if self._store is None or not self._store_dirty:
+            return
+        self._store_dirty = False
+        try:
+            self._store.refresh(self._store_first_frame)
+        except Exception as exc:  # reading back failed (store removed meanwhile?): say so, keep running
+            report_exception(exc, "Showing the results store")
+
     # ------------------------------------------------------------------ prediction
 
     def start_prediction(self) -> None:
@@ -235,6 +432,21 @@ class PredictWidget(QWidget):
 
         if self.runner.running:
             return
+        if self.output_mode.currentText() == OUTPUT_STORE:
+            try:
+                device = resolve_device(self.device.currentText())
+                model = self.current_model()
+                if model is None:
+                    raise DivNoisingError(
+                        "No model: train one in the Train widget, or choose 'From file' and load one.")
+                layer = self.image_layer.current_layer()
+                if layer is None:
+                    raise DivNoisingError("Choose an image layer to denoise.")
+                self._start_store_prediction(model, layer, str(device))
+            except (DivNoisingError, OSError) as exc:
+                report_exception(exc, "Prediction")
+            return
+        self._store = None
         try:
             device = resolve_device(self.device.currentText())
             model = self.current_model()
@@ -349,6 +561,9 @@ class PredictWidget(QWidget):
         self.output_layer_names[kind] = layer.name
 
     def _on_done(self, stopped: bool) -> None:
+        if self._store is not None:
+            self._on_store_done(stopped)
+            return
         try:
             self._render_pending()
             self.activity.close()
@@ -374,6 +589,26 @@ class PredictWidget(QWidget):
         except RuntimeError:  # widget already deleted
             pass
 
+    def _on_store_done(self, stopped: bool) -> None:
+        try:
+            self._store_dirty = True
+            self._refresh_store()
+            self.activity.close()
+            self._set_running(False)
+            assert self._store is not None
+            name = self._store.path.name
+            if self.runner.failed:
+                self.status.setText("Prediction failed; see the notification. Finished frames stay in the store.")
+            elif stopped or self._store_done < self._store_total:
+                self.status.setText(
+                    f"Stopped: {self._store_done} of {self._store_total} unit(s) are in {name}. "
+                    "Predict again with the same store and settings to resume."
+                )
+            else:
+                self.status.setText(f"Done: all {self._store_total} unit(s) are in {name} (File > Open reopens it).")
+        except RuntimeError:  # widget already deleted
+            pass
+
     def _is_stack(self) -> bool:
         return self._geometry is not None and len(self._geometry.scale) == 3
 
@@ -390,6 +625,8 @@ class PredictWidget(QWidget):
         self.generate_button.setEnabled(not running and not self.prior_runner.running)
         self.export_button.setEnabled(not running and bool(self.outputs))
         self.model_source.setEnabled(not running)
+        for widget in (self.output_mode, self.store_path, self.browse_store):
+            widget.setEnabled(not running)
 
     # ------------------------------------------------------------------ export
 
@@ -501,4 +738,7 @@ class PredictWidget(QWidget):
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
         self.runner.stop_and_wait()
         self.prior_runner.stop_and_wait()
+        if self._model_dir is not None:
+            self._model_dir.cleanup()
+            self._model_dir = None
         super().closeEvent(event)

@@ -39,13 +39,18 @@ def _stem(path: str) -> str:
     return name
 
 
-def read_results_layers(path: str | list[str]) -> list[LayerData]:
+def read_results_layers(path: str | list[str], *, fresh: bool = False) -> list[LayerData]:
     """Layer data tuples (data, kwargs, "image") for every output in a results store, read lazily.
 
     Layers are named and coloured as the Predict panel names its results (``outputs.OUTPUT_KINDS``)
     and carry their kind and provenance in ``layer.metadata``, so Export and File > Save treat them
     as the results they are.
+
+    ``fresh`` gives the dask arrays names of their own: napari caches dask chunks by name, so a
+    store still being written is re-read through fresh arrays to show the units finished since.
     """
+    import uuid
+
     import dask.array as da
 
     from ..outputs import METADATA_KEY, OUTPUT_KINDS, result_metadata
@@ -67,16 +72,21 @@ def read_results_layers(path: str | list[str]) -> list[LayerData]:
         return {"name": OUTPUT_KINDS[kind].layer_name(stem), "scale": scale, "colormap": OUTPUT_KINDS[kind].colormap,
                 "metadata": meta, **extra}
 
-    levels = [da.from_zarr(level) for level in res["mmse"]]
+    token = uuid.uuid4().hex if fresh else None
+
+    def from_zarr(array: Any, name: str) -> Any:
+        return da.from_zarr(array, name=f"divnoising-{name}-{token}" if token else None)
+
+    levels = [from_zarr(level, f"mmse{i}") for i, level in enumerate(res["mmse"])]
     layers: list[LayerData] = [
         (levels if len(levels) > 1 else levels[0], layer_kwargs("mmse", multiscale=len(levels) > 1), "image")
     ]
     if res["variance"] is not None:
-        layers.append((da.from_zarr(res["variance"]), layer_kwargs("variance", visible=False), "image"))
+        layers.append((from_zarr(res["variance"], "variance"), layer_kwargs("variance", visible=False), "image"))
     if res["map"] is not None:
-        layers.append((da.from_zarr(res["map"]), layer_kwargs("map", visible=False), "image"))
+        layers.append((from_zarr(res["map"], "map"), layer_kwargs("map", visible=False), "image"))
     if res["samples"] is not None:
         pos = 1 if res["axes"][0] == "t" else 0  # where the store keeps the sample axis (see ome.py)
-        samples = da.moveaxis(da.from_zarr(res["samples"]), pos, 0)
+        samples = da.moveaxis(from_zarr(res["samples"], "samples"), pos, 0)
         layers.append((samples, layer_kwargs("samples", visible=False, scale=[1.0, *scale]), "image"))
     return layers

@@ -94,6 +94,62 @@ def _describe_mismatch(stored: dict[str, Any], wanted: dict[str, Any]) -> str:
     return ", ".join(diffs)
 
 
+def existing_store_problem(
+    out: str | os.PathLike, model_sha256: str, model_label: str, shape: tuple[int, ...], dtype: str,
+    settings: ZarrPredictionSettings,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """What is at ``out`` compared with the job about to run (reads metadata only; changes nothing).
+
+    Parameters
+    ----------
+    out
+        The results store's path.
+    model_sha256, model_label
+        Fingerprint (:func:`~napari_divnoising.scale.ome.file_sha256`) and name of the model file.
+    shape, dtype
+        Shape and dtype (``numpy.dtype.str``) of the input.
+    settings
+        The job's :class:`ZarrPredictionSettings`.
+
+    Returns
+    -------
+    info, problem
+        ``(info, None)``: a store of this very job, to resume. ``(None, None)``: nothing there (or an
+        empty folder), a new store is made. ``(None, problem)``: a store of another model, input or
+        settings (one line saying which), that only starting over (deleting it) would replace.
+
+    Raises
+    ------
+    DivNoisingError
+        When ``out`` holds something that is not a Zarr store (never replaced).
+    """
+    out = Path(out)
+    wanted = settings.compared()
+    if not out.exists():
+        return None, None
+    if not (out.is_dir() and any((out / name).exists() for name in ("zarr.json", ".zgroup"))):
+        if out.is_dir() and not any(out.iterdir()):
+            return None, None
+        raise DivNoisingError(f"{out} exists and is not a Zarr store; choose another --out.")
+    info = read_info(out)
+    if info is None:
+        problem = f"{out} exists but is not a DivNoising results store (or its creation was interrupted)"
+    elif info["model"]["sha256"] != model_sha256:
+        problem = (
+            f"{out} was written by another model ({info['model'].get('name')}, "
+            f"{info['model']['sha256'][:12]}) than {model_label} ({model_sha256[:12]}); mixing them is refused"
+        )
+    elif info["input"]["shape"] != list(shape) or info["input"]["dtype"] != dtype:
+        problem = f"{out} was written for another input (shape {tuple(info['input']['shape'])})"
+    elif info["settings"] != wanted:
+        problem = f"{out} was written with other settings: {_describe_mismatch(info['settings'], wanted)}"
+    elif settings.seed is not None and info["seed"] != settings.seed:
+        problem = f"{out} was written with --seed {info['seed']} (this run: {settings.seed})"
+    else:
+        return info, None
+    return None, problem
+
+
 def _existing_store(
     out: Path, source: InputSource, model_path: Path, sha: str, settings: ZarrPredictionSettings, force: bool
 ) -> dict[str, Any] | None:
@@ -102,31 +158,10 @@ def _existing_store(
     Refuses (one line) a store of another model, input or settings unless ``force``, and anything at
     ``out`` that is not a Zarr store, even with ``force``. Deletes nothing.
     """
-    wanted = settings.compared()
-    if out.exists():
-        if not (out.is_dir() and any((out / name).exists() for name in ("zarr.json", ".zgroup"))):
-            if not (out.is_dir() and not any(out.iterdir())):
-                raise DivNoisingError(f"{out} exists and is not a Zarr store; choose another --out.")
-        else:
-            info = read_info(out)
-            if info is None:
-                problem = f"{out} exists but is not a DivNoising results store (or its creation was interrupted)"
-            elif info["model"]["sha256"] != sha:
-                problem = (
-                    f"{out} was written by another model ({info['model'].get('name')}, "
-                    f"{info['model']['sha256'][:12]}) than {model_path.name} ({sha[:12]}); mixing them is refused"
-                )
-            elif info["input"]["shape"] != list(source.shape) or info["input"]["dtype"] != source.dtype:
-                problem = f"{out} was written for another input (shape {tuple(info['input']['shape'])})"
-            elif info["settings"] != wanted:
-                problem = f"{out} was written with other settings: {_describe_mismatch(info['settings'], wanted)}"
-            elif settings.seed is not None and info["seed"] != settings.seed:
-                problem = f"{out} was written with --seed {info['seed']} (this run: {settings.seed})"
-            else:
-                return info
-            if not force:
-                raise DivNoisingError(f"{problem}; pass --force to start over (deletes it) or choose another --out.")
-    return None
+    info, problem = existing_store_problem(out, sha, model_path.name, source.shape, source.dtype, settings)
+    if problem is not None and not force:
+        raise DivNoisingError(f"{problem}; pass --force to start over (deletes it) or choose another --out.")
+    return info
 
 
 def _create_store(
