@@ -98,8 +98,10 @@ class StoreLayers:
         """Show the units finished since the last call (fresh dask arrays over the store, same layers).
 
         ``finished_frame``: a frame known to be complete, to set the contrast of kinds without a
-        preset one from it (once).
+        preset one from it (once). Does nothing before :meth:`show` (e.g. the store could not be made).
         """
+        if not self.layers:
+            return
         for kind, data, _ in self._read():
             layer = self.layers.get(kind)
             if layer is None or layer not in self.viewer.layers:
