@@ -108,6 +108,7 @@ def test_results_are_lazy_layers_over_the_store(panel, wait_for, tmp_path, notes
     np.testing.assert_array_equal(np.asarray(viewer.layers["st_mmse"]._data_view), stored["mmse"][step])
     assert tuple(viewer.layers["st_mmse"].scale) == pytest.approx((1.0, 0.5, 0.5))
     assert tuple(viewer.layers["st_samples"].scale) == pytest.approx((1.0, 1.0, 0.5, 0.5))
+    assert res["scale"][0] == pytest.approx([1.0, 0.5, 0.5])  # the store on disk has the layer's pixel size
     assert len(units_run[0]) == 3
     # The same job again: nothing to compute, the same layers (not duplicates).
     first = viewer.layers["st_mmse"]
@@ -116,6 +117,23 @@ def test_results_are_lazy_layers_over_the_store(panel, wait_for, tmp_path, notes
     assert len(units_run[0]) == 3 and not errors(notes)
     assert [layer.name for layer in viewer.layers] == ["st", *names] and viewer.layers["st_mmse"] is first
     assert "Done" in w.status.text()
+
+
+def test_single_image_to_a_store(panel, wait_for, tmp_path, notes):
+    viewer, w = panel
+    viewer.add_image(stack(1)[0], name="img", translate=(5.0, 3.0))
+    to_store(w, tmp_path / "img.ome.zarr")
+    w.compute_map.setChecked(True)
+    w.predict_button.click()
+    wait_for(w.runner)
+    assert not errors(notes), notes
+    res = read_results(tmp_path / "img.ome.zarr")
+    for name, stored in (("img_mmse", res["mmse"][0]), ("img_map", res["map"]), ("img_samples", res["samples"])):
+        layer = viewer.layers[name]
+        np.testing.assert_array_equal(np.asarray(layer.data), stored[...])
+    assert viewer.layers["img_samples"].data.shape == (2, 64, 64)
+    assert tuple(viewer.layers["img_mmse"].translate) == (5.0, 3.0)  # placed on the input layer
+    assert tuple(viewer.layers["img_samples"].translate) == (0.0, 5.0, 3.0)
 
 
 def test_stop_then_predict_again_resumes(panel, wait_for, qtbot, tmp_path, notes, units_run):
