@@ -219,6 +219,12 @@ def test_a_zarr_store_that_is_not_a_results_store_is_never_replaced(panel, tmp_p
     assert not w.runner.running
     assert len(errors(notes)) == 1 and "not a DivNoising results store" in errors(notes)[0]
     np.testing.assert_array_equal(ome.open_input(theirs).open()[...], stack(2))
+    a_file = tmp_path / "notes.ome.zarr"
+    a_file.write_text("mine")
+    to_store(w, a_file)
+    w.predict_button.click()
+    assert not w.runner.running and len(errors(notes)) == 2 and "not a Zarr store" in errors(notes)[1]
+    assert a_file.read_text() == "mine" and w.predict_button.isEnabled()
 
 
 def test_layer_from_a_tiff_is_read_from_its_file(panel, wait_for, tmp_path, notes, monkeypatch):

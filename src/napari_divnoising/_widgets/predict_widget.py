@@ -443,8 +443,11 @@ class PredictWidget(QWidget):
                 if layer is None:
                     raise DivNoisingError("Choose an image layer to denoise.")
                 self._start_store_prediction(model, layer, str(device))
-            except (DivNoisingError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - one notification (unexpected ones logged), never a traceback
                 report_exception(exc, "Prediction")
+                if not self.runner.running:
+                    self.activity.close()
+                    self._set_running(False)
             return
         self._store = None
         try:

@@ -130,7 +130,7 @@ def existing_store_problem(
     if not (out.is_dir() and any((out / name).exists() for name in ("zarr.json", ".zgroup"))):
         if out.is_dir() and not any(out.iterdir()):
             return None, None
-        raise DivNoisingError(f"{out} exists and is not a Zarr store; choose another --out.")
+        raise DivNoisingError(f"{out} exists and is not a Zarr store; choose another results store (--out).")
     info = read_info(out)
     if info is None:
         problem = f"{out} exists but is not a DivNoising results store (or its creation was interrupted)"
