@@ -160,7 +160,24 @@ def summarise(path: Path) -> str:
         rows.append(row)
     header = ["setting", "noise model", "budget", "seeds", "val MMSE", "val MAP", "val 1-sample", "val diversity",
               "holdout MMSE", "holdout MAP", "holdout 1-sample", "holdout diversity", "steps", "train s"]
-    return markdown_table(header, rows)
+    machine = runs[0].get("machine", {})
+    intro = [
+        "# Training ablations: PSNR (dB, data range 255) on two validation sets",
+        "",
+        f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores; torch {machine.get('torch')}; each run "
+        f"with {runs[0].get('threads')} torch thread(s), two runs side by side. Commit {machine.get('commit')}.",
+        "",
+        "Trained on the FMD training frames without field of view 1; `val`: the 5 frames of `val_noisy.tif` "
+        "(field of view 20); `holdout`: frames 0-4 of field of view 1 against the mean of its frames 5-49. "
+        "MMSE and MAP from 100 samples; 1-sample: mean PSNR of single samples; diversity: standard deviation "
+        "of the samples' PSNR (docs/method.md 7). Values: mean ± std over the seeds (one value: one seed).",
+        "",
+        "Budgets are steps, set so that every setting gets the same wall-clock time: the steps it makes in "
+        "10 minutes at its idle rate with 2 threads on this machine (`--rate-only`). `train s` is the wall-clock "
+        "of each run as it happened (two runs side by side, sometimes with other work): not a speed figure.",
+        "",
+    ]
+    return "\n".join(intro) + "\n" + markdown_table(header, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
