@@ -108,12 +108,14 @@ def startup_seconds(repeats: int = 3) -> float:
 
 
 def steps_per_second(model_path: Path) -> tuple[int, float]:
-    """Steps and steps per second of training recorded in a model file's history (last checkpoint if any)."""
-    from napari_divnoising.model_io import last_checkpoint_path, load_model
+    """Steps and steps per second of training recorded in a model file's history.
 
-    last = last_checkpoint_path(model_path)
-    history = load_model(last if last.exists() else model_path).history
-    return _rate(history)
+    The best-model file is rewritten at the end of training with the whole history (the last
+    checkpoint may have been written at the last validation, before the run's time was recorded).
+    """
+    from napari_divnoising.model_io import load_model
+
+    return _rate(load_model(model_path).history)
 
 
 def _rate(history: dict[str, Any]) -> tuple[int, float]:
