@@ -35,6 +35,17 @@ def noisy_clean_pair() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture
+def notes(monkeypatch):
+    """Every napari notification the panels show, as (level, text); the real toasts are not raised."""
+    import napari.utils.notifications as notifications
+
+    shown: list[tuple[str, str]] = []
+    for level in ("error", "warning", "info"):
+        monkeypatch.setattr(notifications, f"show_{level}", lambda text, level=level: shown.append((level, text)))
+    return shown
+
+
+@pytest.fixture
 def wait_for(qtbot):
     """``wait_for(runner)``: wait until a widget's WorkerRunner has finished and its GUI callbacks ran."""
 

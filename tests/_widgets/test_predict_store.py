@@ -34,17 +34,6 @@ def stack(frames: int = 3) -> np.ndarray:
 
 
 @pytest.fixture
-def notes(monkeypatch):
-    """Notifications shown, as (level, text); the real toasts are not raised."""
-    import napari.utils.notifications as notifications
-
-    shown: list[tuple[str, str]] = []
-    for level in ("error", "warning", "info"):
-        monkeypatch.setattr(notifications, f"show_{level}", lambda text, level=level: shown.append((level, text)))
-    return shown
-
-
-@pytest.fixture
 def panel(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     w = PredictWidget(viewer)

@@ -36,17 +36,6 @@ TEMP_MARKS = (".tmp", ".partial", ".old", "divnoising-probe")
 # ---------------------------------------------------------------------- notifications and models
 
 
-@pytest.fixture
-def notes(monkeypatch):
-    """Every napari notification the panels show, as (level, text); the real toasts are not raised."""
-    import napari.utils.notifications as notifications
-
-    shown: list[tuple[str, str]] = []
-    for level in ("error", "warning", "info"):
-        monkeypatch.setattr(notifications, f"show_{level}", lambda text, level=level: shown.append((level, text)))
-    return shown
-
-
 def one_error(notes: list[tuple[str, str]], *words: str) -> str:
     """The single error notification; it names every word (case-insensitive) and is not the fallback text."""
     errors = [text for level, text in notes if level == "error"]

@@ -327,6 +327,10 @@ def _image_arrays(
     write_multiscales_metadata(group, datasets=datasets, axes=axes, name=name)
 
 
+def _permission_denied(path: Path) -> DivNoisingError:
+    return DivNoisingError(f"Cannot write {path}: permission denied (read-only location?); choose another --out.")
+
+
 def create_results(path: str | os.PathLike, source: InputSource, info: dict[str, Any]) -> None:
     """Create an empty results store for ``source`` (arrays, OME metadata, markers), then record ``info``.
 
@@ -339,9 +343,7 @@ def create_results(path: str | os.PathLike, source: InputSource, info: dict[str,
         p.parent.mkdir(parents=True, exist_ok=True)
         root = zarr.open_group(str(p), mode="w-", zarr_format=3)
     except PermissionError:
-        raise DivNoisingError(
-            f"Cannot write {p}: permission denied (read-only location?); choose another --out."
-        ) from None
+        raise _permission_denied(p) from None
     except OSError as exc:
         raise DivNoisingError(f"Cannot create {p}: {exc.strerror or exc}") from None
     except Exception as exc:  # zarr: ContainsGroupError / ContainsArrayError
@@ -380,9 +382,7 @@ def create_results(path: str | os.PathLike, source: InputSource, info: dict[str,
         )
         root.attrs["divnoising"] = {"version": STORE_VERSION, **info}
     except PermissionError:
-        raise DivNoisingError(
-            f"Cannot write {p}: permission denied (read-only location?); choose another --out."
-        ) from None
+        raise _permission_denied(p) from None
     except OSError as exc:
         raise DivNoisingError(f"Cannot write {p}: {exc.strerror or exc}") from None
 
