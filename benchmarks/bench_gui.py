@@ -11,8 +11,9 @@ Each part does the same work both ways on the same data:
 - train: ``divnoising train --max-minutes B`` with the fitted noise model, against the Train panel
   with the same budget and noise model. Work rate = training steps per second of training
   (``history["steps"] / history["elapsed_s"]`` of the trained model: the same clock both ways).
-  While the panel trains, a pan or zoom of the canvas is queued every 0.5 s and timed from being
-  queued until the canvas has repainted (what a user waits for after moving the mouse).
+  Then a second panel run of half the budget queues a pan or zoom of the canvas every 0.5 s and
+  times it from being queued until the canvas has repainted (what a user waits for after moving the
+  mouse); its training rate is reported too, but the ratio uses the first, untouched run.
 - predict: ``divnoising predict --samples N`` on one training image (the first frame of a stack) with
   the command line's model, against the Predict panel with the same model file, image and N.
   Work rate = 1 / seconds, the command's again without start-up.
@@ -27,8 +28,8 @@ Data: the FMD folder (``calibration_fov01.tif``, ``train_noisy.tif``; ``--data``
 ``DIVNOISING_FMD_DIR``, default ``data/fmd_bpae_b``), or the plugin's synthetic sample when the folder
 is missing or with ``--quick``. ``--quick`` is a smoke run (tiny budgets, seconds per part; the numbers
 mean nothing). Writes ``results/gui.json`` and ``results/gui.md`` (``gui_quick.*`` with ``--quick``).
-Budget: ``--train-minutes`` (default 1) per trained model, twice, plus the fits and predictions:
-about 4 minutes on 2 CPU cores.
+Budget: ``--train-minutes`` (default 1) for the command line's model and the panel's, half of it
+for the probed run, plus the fits and predictions: about 5 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ class LatencyProbe:
 
 
 def run_panels(data: dict[str, Any], train_minutes: float, n_samples: int,
-               cli_model: Path) -> dict[str, Any]:
+               cli_model: Path, probe_minutes: float) -> dict[str, Any]:
     """Fit, train and predict in the napari panels; seconds, rates and the canvas latencies."""
     import napari
 
@@ -209,10 +210,17 @@ def run_panels(data: dict[str, Any], train_minutes: float, n_samples: int,
         train.images.set_checked(["train"])
         train.budget_unit.setCurrentText("minutes")
         train.budget_value.setValue(train_minutes)
+        train.train_button.click()
+        wait_for(train.runner, 60 * train_minutes * 3 + 300)
+        out["train_steps"], out["train_steps_per_s"] = _rate(train.model.history)
+
+        # The window's response is measured in a second, shorter run: the probe's own repaints take
+        # CPU time from training, so the rate above is measured without it.
+        train.budget_value.setValue(probe_minutes)
         probe = LatencyProbe(viewer)
         train.train_button.click()
-        wait_for(train.runner, 60 * train_minutes * 3 + 300, between=probe)
-        out["train_steps"], out["train_steps_per_s"] = _rate(train.model.history)
+        wait_for(train.runner, 60 * probe_minutes * 3 + 300, between=probe)
+        out["probed_steps_per_s"] = _rate(train.model.history)[1]
         out["latency_ms"] = probe.latencies_ms
 
         if not predict.load_model_file(cli_model):
@@ -253,7 +261,7 @@ def run(quick: bool = False, data_dir: Path | None = FMD_DIR, train_minutes: flo
         cli["predict_s"] = run_cli(["predict", "--model", str(model), "--input", str(paths["predict"]), "--out-dir",
                                     str(folder / "out"), "--samples", str(n_samples), "--save-samples", "0",
                                     "--force"]) - startup
-        gui = run_panels(data, train_minutes, n_samples, model)
+        gui = run_panels(data, train_minutes, n_samples, model, probe_minutes=train_minutes / 2)
     latency = gui.pop("latency_ms")
     ratios = {
         "fit": cli["fit_s"] / gui["fit_s"],
@@ -296,8 +304,10 @@ def markdown(out: dict[str, Any]) -> str:
         markdown_table(["work", "command line", "panels", f"panels / command line (target >= {TARGET_RATIO})"],
                        rows),
         "",
-        f"Canvas pan/zoom while training: median {fmt(lat['median_ms'])} ms, worst {fmt(lat['max_ms'])} ms over "
-        f"{lat['n']} probes (target: median < {TARGET_LATENCY_MS:.0f} ms).",
+        f"Canvas pan/zoom while training (a second, {fmt(out['train_minutes'] / 2)}-minute run, a pan or zoom every "
+        f"{PROBE_INTERVAL_S} s): median {fmt(lat['median_ms'])} ms, worst {fmt(lat['max_ms'])} ms over "
+        f"{lat['n']} probes (target: median < {TARGET_LATENCY_MS:.0f} ms); training meanwhile ran at "
+        f"{fmt(gui['probed_steps_per_s'])} steps/s.",
         "",
         "Targets met: " + ", ".join(f"{k} {v}" for k, v in out["targets"].items()) + ".",
     ]

@@ -130,12 +130,29 @@ def test_loss_plot_redraws_are_throttled(qtbot, monkeypatch):
     now[0] += 0.5  # the interval has passed: the next point redraws at once, with every point
     plot.add_train(200, 0.5)
     assert plot.redraw_count == 2 and not plot._dirty
-    assert len(plot.ax.lines[0].get_xdata()) == 201
+    assert len(plot.train_line.get_xdata()) == 201 and len(plot.val_line.get_xdata()) == 0
     now[0] += 0.1  # too soon for another redraw: the scheduled one draws the validation point
     plot.add_validation(100, 0.8)
     assert plot.redraw_count == 2 and plot._dirty
     qtbot.waitUntil(lambda: not plot._dirty, timeout=60_000)
-    assert plot.redraw_count == 3 and len(plot.ax.lines) == 2
+    assert plot.redraw_count == 3 and list(plot.val_line.get_xdata()) == [100]
+
+
+def test_loss_plot_draws_block_means_of_long_histories(qtbot):
+    import napari_divnoising._widgets._plots as plots
+
+    steps = list(range(1, 2001))
+    losses = [float(s % 4) for s in steps]  # 0,1,2,3 repeating: each block of 4 averages to 1.5
+    x, y = plots.block_means(steps, losses, max_points=500)
+    assert len(x) == 500 and np.allclose(y, 1.5) and x[0] == 2.5 and x[-1] == 1998.5
+    x, y = plots.block_means(steps[:7], losses[:7], max_points=3)  # 3 per block, the last takes the rest
+    assert list(x) == [2.0, 5.0, 7.0] and list(y) == [2.0, 1.0, 3.0]
+    plot = plots.LossPlot(max_points=500)
+    qtbot.addWidget(plot)
+    plot.set_history({"train_steps": steps, "train_loss": losses, "val_steps": [1000], "val_loss": [1.4]})
+    plot.redraw()
+    assert len(plot.train_line.get_xdata()) == 500 and len(plot.train_loss) == 2000
+    assert plot.ax.get_xlim() == (1, 2000)
 
 
 def test_closing_the_widget_stops_the_worker(widget, qtbot, monkeypatch):
@@ -268,10 +285,20 @@ def test_training_progress_shows_in_the_activity_dock(widget, qtbot, wait_for, m
     viewer, w = widget
     _, events = scripted_training(100_000, delay=0.005)
     monkeypatch.setattr(core, "training_events", events)
+    from qtpy.QtWidgets import QLabel
+
+    from napari_divnoising._widgets._worker import ACTIVITY_ANIMATION_SPEED_PERCENT
+
+    viewer.window.add_dock_widget(w, name="Train")  # the panel slows the animation of its own window
+    movies = [label.movie() for label in w.window().findChildren(QLabel) if label.movie() is not None]
+    (animation,) = [movie for movie in movies if movie.fileName().endswith("loading.gif")]
+    normal_speed = animation.speed()
     w.train_button.click()
     qtbot.waitUntil(lambda: w.activity.value > 0, timeout=10_000)
     assert any(bar.desc == "DivNoising training" for bar in progress._all_instances)
+    assert animation.speed() == ACTIVITY_ANIMATION_SPEED_PERCENT < normal_speed  # its repaints cost training time
     w.stop_button.click()
     wait_for(w.runner, timeout=10_000)
     assert not w.activity.active
     assert not any(bar.desc == "DivNoising training" for bar in progress._all_instances)
+    assert animation.speed() == normal_speed

@@ -58,8 +58,12 @@ def training_events(
     return train_iter(images, COLEARN if noise_model is None else noise_model, config)
 
 
+#: Long runs update the panels at most this often (seconds). Every update repaints the window around
+#: the viewer's OpenGL canvas, which without a GPU (software OpenGL) costs tens of milliseconds of CPU
+#: time that training or prediction would otherwise use (``benchmarks/bench_gui.py``).
+UI_UPDATE_INTERVAL_S = 2.0
 #: Training steps reach the GUI thread in groups at most this often (seconds).
-STEP_GROUP_INTERVAL_S = 0.2
+STEP_GROUP_INTERVAL_S = UI_UPDATE_INTERVAL_S
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +97,42 @@ def group_steps(events: Iterator[Any], interval_s: float = STEP_GROUP_INTERVAL_S
             yield event
         if pending:
             yield TrainSteps(tuple(pending))
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+
+
+#: Noise-fit progress reaches the GUI thread at most this often (seconds).
+FIT_PROGRESS_INTERVAL_S = 0.5
+
+
+def latest_every(events: Iterator[Any], kind: type, interval_s: float) -> Iterator[Any]:
+    """Pass ``events`` on, but events of type ``kind`` at most every ``interval_s`` (the latest one).
+
+    For progress events that each replace the one before (an iteration count, a loss): the noise-model
+    fit makes hundreds a second, and every one handed to the GUI thread repaints the window. The last
+    ``kind`` event before any other event, and at the end, is always passed on. Closing this
+    generator closes ``events``.
+    """
+    pending: Any = None
+    last = -float("inf")
+    try:
+        for event in events:
+            if isinstance(event, kind):
+                now = time.monotonic()
+                if now - last >= interval_s:
+                    pending, last = None, now
+                    yield event
+                else:
+                    pending = event
+                continue
+            if pending is not None:
+                yield pending
+                pending = None
+            yield event
+        if pending is not None:
+            yield pending
     finally:
         close = getattr(events, "close", None)
         if close is not None:

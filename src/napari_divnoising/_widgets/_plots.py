@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from qtpy.QtCore import QTimer
@@ -36,14 +37,20 @@ class PlotCanvas(FigureCanvasQTAgg):
 
 
 class LossPlot(PlotCanvas):
-    """Training and validation loss against step, redrawn at most ``max_redraws_per_s`` times a second."""
+    """Training and validation loss against step, redrawn at most ``max_redraws_per_s`` times a second.
 
-    def __init__(self, height_px: int = 200, max_redraws_per_s: float = 2.0) -> None:
+    Every redraw repaints the window that holds the viewer's OpenGL canvas, which costs the training
+    thread CPU time on a small machine; so the plot keeps its line objects, updates their data, draws
+    at most ``max_points`` points per curve (block means of consecutive steps) and redraws rarely.
+    """
+
+    def __init__(self, height_px: int = 200, max_redraws_per_s: float = 0.2, max_points: int = 500) -> None:
         super().__init__(height_px)
         self.train_steps: list[int] = []
         self.train_loss: list[float] = []
         self.val_steps: list[int] = []
         self.val_loss: list[float] = []
+        self.max_points = max_points
         self.redraw_count = 0
         self._dirty = False
         self._last_draw = 0.0
@@ -51,6 +58,17 @@ class LossPlot(PlotCanvas):
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self.redraw)
+        with _style():
+            ax = self.ax
+            (self.train_line,) = ax.plot([], [], color="tab:blue", linewidth=0.8, label="training")
+            (self.val_line,) = ax.plot([], [], "o-", color="tab:orange", markersize=3, label="validation")
+            ax.set_xlabel("training step")
+            ax.set_ylabel("loss (nats / pixel)")
+            ax.grid(True, alpha=0.3)
+            ax.tick_params(labelsize=PLOT_STYLE["xtick.labelsize"])
+            self._placeholder = ax.text(0.5, 0.5, "loss curves appear here while training", ha="center",
+                                        va="center", transform=ax.transAxes, color="gray")
+            self._legend = ax.legend(loc="upper right")
         self.redraw()
 
     def reset(self) -> None:
@@ -88,35 +106,51 @@ class LossPlot(PlotCanvas):
             self._timer.start(int(wait * 1000) + 1)
 
     def redraw(self) -> None:
-        with _style():
-            ax = self.ax
-            ax.clear()
-            if self.train_steps:
-                ax.plot(self.train_steps, self.train_loss, color="tab:blue", linewidth=0.8, label="training")
-            if self.val_steps:
-                ax.plot(self.val_steps, self.val_loss, "o-", color="tab:orange", markersize=3, label="validation")
-            ax.set_xlabel("training step")
-            ax.set_ylabel("loss (nats / pixel)")
-            ax.grid(True, alpha=0.3)
-            limits = loss_limits(self.train_loss, self.val_loss)
-            if limits is not None:
-                ax.set_ylim(*limits)
-            if self.train_steps or self.val_steps:
-                ax.legend(loc="upper right")
-            else:
-                ax.text(0.5, 0.5, "loss curves appear here while training", ha="center", va="center",
-                        transform=ax.transAxes, color="gray")
-            self.draw_idle()
+        self.train_line.set_data(*block_means(self.train_steps, self.train_loss, self.max_points))
+        self.val_line.set_data(self.val_steps, self.val_loss)
+        has_points = bool(self.train_steps or self.val_steps)
+        self._placeholder.set_visible(not has_points)
+        self._legend.set_visible(has_points)
+        ax = self.ax
+        if has_points:
+            first = min(self.train_steps[:1] + self.val_steps[:1])
+            last = max(self.train_steps[-1:] + self.val_steps[-1:])
+            ax.set_xlim(first, last if last > first else first + 1)
+        limits = loss_limits(self.train_loss, self.val_loss)
+        if limits is not None:
+            ax.set_ylim(*limits)
+        elif has_points:
+            values = np.asarray(self.train_loss + self.val_loss, dtype=float)
+            values = values[np.isfinite(values)]
+            if values.size:
+                lo, hi = float(values.min()), float(values.max())
+                pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi) * 0.05, 1e-3)
+                ax.set_ylim(lo - pad, hi + pad)
+        self.draw_idle()
         self._dirty = False
         self._last_draw = time.monotonic()
         self.redraw_count += 1
 
 
+def block_means(steps: list[int], values: list[float], max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_points`` points: means of consecutive blocks of (step, value) when there are more.
+
+    The blocks have equal counts (the last takes the remainder); a block mean also smooths the
+    per-step noise of the training loss, which is what a user judges convergence by.
+    """
+    x = np.asarray(steps, dtype=float)
+    y = np.asarray(values, dtype=float)
+    if x.size <= max_points:
+        return x, y
+    size = -(-x.size // max_points)
+    edges = np.arange(0, x.size, size)
+    counts = np.diff(np.append(edges, x.size))
+    return np.add.reduceat(x, edges) / counts, np.add.reduceat(y, edges) / counts
+
+
 def loss_limits(train: list[float], val: list[float], skip: float = 0.1) -> tuple[float, float] | None:
     """Y-limits that show convergence: the first ``skip`` of the training curve (its early spike) and
     outliers above the 98th percentile are left out of the range; None for too few points."""
-    import numpy as np
-
     later = np.asarray(train[int(len(train) * skip):] + val, dtype=float)
     later = later[np.isfinite(later)]
     if later.size < 5:

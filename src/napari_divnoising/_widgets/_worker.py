@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from qtpy.QtCore import QEvent, QObject, Qt, Slot
-from qtpy.QtWidgets import QApplication
+from qtpy.QtWidgets import QApplication, QLabel
 
 from ._notify import report_exception
 
@@ -162,6 +162,10 @@ class StopWhenRemoved(QObject):
         return False
 
 
+#: Speed (percent of normal) of napari's "in progress" animation while a panel's run is shown in the activity dock.
+ACTIVITY_ANIMATION_SPEED_PERCENT = 2
+
+
 class ActivityProgress:
     """A progress bar in napari's activity dock (bottom right) mirroring a panel's progress bar.
 
@@ -169,9 +173,18 @@ class ActivityProgress:
     would run queued worker events (even the end of the run) in the middle of a panel's event
     handler. So the bar is only touched from its own zero-delay timer, outside any handler, and a
     close requested while it updates waits until the update returns.
+
+    While a bar is shown, napari animates an "in progress" image in the status bar at ~33 frames a
+    second, and each frame repaints the window around the viewer's OpenGL canvas. Without a GPU
+    (software OpenGL, remote desktops) that takes most of the CPU time training needs
+    (``benchmarks/bench_gui.py``), so with ``panel`` (a widget in the viewer's window) given, the
+    animation runs slower while our bar is shown.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, panel: Any = None) -> None:
+        self._panel = panel
+        self._movie: Any = None
+        self._movie_speed: int | None = None
         self._bar: Any = None
         self._value = 0
         self._target = 0
@@ -185,6 +198,7 @@ class ActivityProgress:
 
         self._close_now()
         self._bar = progress(total=max(1, int(total)), desc=description)
+        self._slow_animation()
         self._value = self._target = 0
         self._total = None
         self._close_requested = False
@@ -237,3 +251,29 @@ class ActivityProgress:
         if self._bar is not None:
             bar, self._bar = self._bar, None
             bar.close()
+        self._restore_animation()
+
+    def _slow_animation(self) -> None:
+        """Slow napari's "in progress" animation, found as the animated label of the panel's window."""
+        if self._panel is None or self._movie is not None:
+            return
+        try:
+            window = self._panel.window()
+            movies = [label.movie() for label in window.findChildren(QLabel) if label.movie() is not None]
+            movies = [movie for movie in movies if movie.fileName().endswith("loading.gif")]
+            if not movies:
+                return
+            movie = movies[0]
+            speed = int(movie.speed())
+            movie.setSpeed(ACTIVITY_ANIMATION_SPEED_PERCENT)
+        except RuntimeError:  # the window is being deleted
+            return
+        self._movie, self._movie_speed = movie, speed
+
+    def _restore_animation(self) -> None:
+        movie, self._movie = self._movie, None
+        if movie is not None and self._movie_speed is not None:
+            try:
+                movie.setSpeed(self._movie_speed)
+            except RuntimeError:  # the window is gone
+                pass

@@ -31,6 +31,7 @@ from ..noise_model_fitting import (
     fit_gmm_iter,
     fitting_pairs,
 )
+from ._core import FIT_PROGRESS_INTERVAL_S, latest_every
 from ._layers import LayerPicker, layer_data_copy, warn_if_unusable
 from ._layout import fit_to_width, scrollable_layout
 from ._notify import report_exception, show_info
@@ -248,7 +249,7 @@ class NoiseModelWidget(QWidget):
             "min_variance": self.min_variance.value() or None,
         }
 
-        def events() -> Any:
+        def fit_events() -> Any:
             if len(arrays) == 1:
                 pairs = fitting_pairs(calibration=arrays[0], name=description)
             else:
@@ -257,9 +258,12 @@ class NoiseModelWidget(QWidget):
             yield from fit_gmm_iter(pairs.signal, pairs.observation, integer_data=pairs.integer_data, **settings)
 
         self._set_running(True)
-        self.progress.setRange(0, 0)
+        # A determinate bar: a busy (animated) one repaints the window all the time the data are prepared.
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
         self.status.setText(f"Preparing {description}...")
-        self.runner.start(events, self._on_event, self._on_done)
+        self.runner.start(lambda: latest_every(fit_events(), NoiseFitProgress, FIT_PROGRESS_INTERVAL_S),
+                          self._on_event, self._on_done)
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, _FitInputs):
@@ -285,8 +289,6 @@ class NoiseModelWidget(QWidget):
     def _on_done(self, stopped: bool) -> None:
         try:
             self._set_running(False)
-            if self.progress.maximum() == 0:
-                self.progress.setRange(0, 1)
             if stopped:
                 self.status.setText("Fitting stopped; the previous noise model (if any) is kept.")
             elif self.runner.failed:

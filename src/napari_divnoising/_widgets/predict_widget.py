@@ -32,6 +32,7 @@ from ..outputs import OUTPUT_KINDS, PREDICTION_KINDS, result_metadata
 from ..prediction import PredictionDone, PriorBatch, PriorDone, generate_prior_iter
 from ..validation import prediction_range_warning
 from ..workflows import PredictionUpdate, stream_prediction
+from ._core import UI_UPDATE_INTERVAL_S
 from ._layers import LayerPicker, layer_data_copy, warn_if_unusable
 from ._layout import fit_to_width, scrollable_layout
 from ._notify import report_exception, show_info, show_warning
@@ -42,8 +43,8 @@ from ._worker import ActivityProgress, StopWhenRemoved, WorkerRunner
 
 #: Streamed results are drawn at most this often (milliseconds).
 RENDER_INTERVAL_MS = 100
-#: The running MMSE and variance are read from the device at most this often (seconds); each read is a copy.
-READ_INTERVAL_S = 0.25
+#: The running MMSE and variance are read (a copy) and shown (a repaint of the viewer) at most this often (seconds).
+READ_INTERVAL_S = UI_UPDATE_INTERVAL_S
 #: Result kinds shown with the input's contrast limits, so they compare side by side with it.
 MATCHED_CONTRAST = ("mmse", "map", "samples")
 #: Room asked for per exported TIFF beyond its float32 pixels (header and ImageJ metadata).
@@ -65,7 +66,7 @@ class PredictWidget(QWidget):
         self.session = get_session(napari_viewer)
         self.runner = WorkerRunner("Prediction")
         self.prior_runner = WorkerRunner("Generating prior samples")
-        self.activity = ActivityProgress()
+        self.activity = ActivityProgress(self)
         self.file_model: Any = None
         self.outputs: dict[str, np.ndarray] = {}
         self.output_layer_names: dict[str, str] = {}

@@ -69,7 +69,7 @@ class TrainWidget(QWidget):
         self.viewer = napari_viewer
         self.session = get_session(napari_viewer)
         self.runner = WorkerRunner("Training")
-        self.activity = ActivityProgress()
+        self.activity = ActivityProgress(self)
         self.model: Any = None  # the live model of the current/last run (kept if stopped or crashed)
         self._last_step = 0
         self._phase = ""

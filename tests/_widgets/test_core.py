@@ -1,0 +1,60 @@
+"""The Qt-free helpers the panels run their workflows through (``_widgets/_core.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import napari_divnoising._widgets._core as core
+from napari_divnoising.training import TrainStep
+
+
+@dataclass
+class Tick:
+    n: int
+
+
+@dataclass
+class Other:
+    name: str
+
+
+def fake_clock(monkeypatch, times):
+    """``time.monotonic`` in ``_core`` returns the given times one after the other."""
+    it = iter(times)
+    monkeypatch.setattr(core, "time", SimpleNamespace(monotonic=lambda: next(it)))
+
+
+def test_latest_every_passes_the_latest_progress_and_every_other_event(monkeypatch):
+    fake_clock(monkeypatch, [0.0, 0.1, 0.2, 0.6, 0.7, 0.8])
+    events = [Tick(1), Tick(2), Tick(3), Other("a"), Tick(4), Tick(5), Tick(6)]
+    out = list(core.latest_every(iter(events), Tick, interval_s=0.5))
+    # Tick 1 at once; 2 is replaced by 3, which is passed before "a"; 4 at 0.6 s; 5 is replaced by 6 (the last).
+    assert out == [Tick(1), Tick(3), Other("a"), Tick(4), Tick(6)]
+
+
+def test_latest_every_closes_its_source():
+    closed = []
+
+    def source():
+        try:
+            while True:
+                yield Tick(0)
+        finally:
+            closed.append(True)
+
+    throttled = core.latest_every(source(), Tick, interval_s=0.0)
+    assert next(throttled) == Tick(0)
+    throttled.close()
+    assert closed == [True]
+
+
+def test_group_steps_hands_every_step_on_in_groups(monkeypatch):
+    fake_clock(monkeypatch, [0.0, 0.5, 1.0, 2.5, 3.0])
+    steps = [TrainStep(step=i, max_steps=5, loss=1.0 / i, reconstruction=1.0, kl=0.0, kl_weight=1.0, lr=1e-3,
+                       elapsed_s=0.0, eta_s=0.0, fraction=i / 5) for i in range(1, 6)]
+    out = list(core.group_steps(iter([*steps[:3], Other("validation"), *steps[3:]]), interval_s=2.0))
+    assert isinstance(out[0], core.TrainSteps) and [s.step for s in out[0].steps] == [1]
+    assert [s.step for s in out[1].steps] == [2, 3] and out[2] == Other("validation")
+    assert [s.step for s in out[3].steps] == [4] and [s.step for s in out[4].steps] == [5]
+    assert sum(len(group.steps) for group in out if isinstance(group, core.TrainSteps)) == 5
