@@ -29,7 +29,8 @@ Data: the FMD folder (``calibration_fov01.tif``, ``train_noisy.tif``; ``--data``
 is missing or with ``--quick``. ``--quick`` is a smoke run (tiny budgets, seconds per part; the numbers
 mean nothing). Writes ``results/gui.json`` and ``results/gui.md`` (``gui_quick.*`` with ``--quick``).
 Budget: ``--train-minutes`` (default 1) for the command line's model and the panel's, half of it
-for the probed run, plus the fits and predictions: about 5 minutes on 2 CPU cores.
+for the probed run, plus the fits and predictions: about 4 minutes on 2 CPU cores per repeat
+(``--repeats``, default 3: the command line and the panels alternate and medians are reported).
 """
 
 from __future__ import annotations
@@ -216,58 +217,78 @@ def run_panels(data: dict[str, Any], train_minutes: float, n_samples: int,
 
         # The window's response is measured in a second, shorter run: the probe's own repaints take
         # CPU time from training, so the rate above is measured without it.
+        if probe_minutes <= 0:
+            return _predict(predict, cli_model, n_samples, out)
         train.budget_value.setValue(probe_minutes)
         probe = LatencyProbe(viewer)
         train.train_button.click()
         wait_for(train.runner, 60 * probe_minutes * 3 + 300, between=probe)
         out["probed_steps_per_s"] = _rate(train.model.history)[1]
         out["latency_ms"] = probe.latencies_ms
-
-        if not predict.load_model_file(cli_model):
-            raise RuntimeError("the Predict panel could not load the command line's model")
-        predict.image_layer.set_layer("predict")
-        predict.n_samples.setValue(n_samples)
-        predict.keep_samples.setValue(0)
-        t0 = time.perf_counter()
-        predict.predict_button.click()
-        wait_for(predict.runner, 1800)
-        out["predict_s"] = time.perf_counter() - t0
-        return out
+        return _predict(predict, cli_model, n_samples, out)
     finally:
         viewer.close()
+
+
+def _predict(predict: Any, cli_model: Path, n_samples: int, out: dict[str, Any]) -> dict[str, Any]:
+    if not predict.load_model_file(cli_model):
+        raise RuntimeError("the Predict panel could not load the command line's model")
+    predict.image_layer.set_layer("predict")
+    predict.n_samples.setValue(n_samples)
+    predict.keep_samples.setValue(0)
+    t0 = time.perf_counter()
+    predict.predict_button.click()
+    wait_for(predict.runner, 1800)
+    out["predict_s"] = time.perf_counter() - t0
+    return out
 
 
 # ----------------------------------------------------------------------------- both
 
 
 def run(quick: bool = False, data_dir: Path | None = FMD_DIR, train_minutes: float | None = None,
-        n_samples: int | None = None) -> dict[str, Any]:
-    """Measure the command line and the panels on the same work; return the figures and the ratios."""
+        n_samples: int | None = None, repeats: int = 1) -> dict[str, Any]:
+    """Measure the command line and the panels on the same work; return the figures and the ratios.
+
+    With ``repeats`` > 1 the command line and the panels alternate that many times and the medians
+    are reported (a virtual machine's speed drifts by tens of percent between minutes).
+    """
     train_minutes = train_minutes if train_minutes is not None else (0.1 if quick else 1.0)
     n_samples = n_samples if n_samples is not None else (5 if quick else 100)
     info = machine_info()
+    runs: list[dict[str, Any]] = []
+    latency: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench_gui_") as tmp:
         folder = Path(tmp)
         data = prepare_data(folder, data_dir, quick)
         paths = data["paths"]
         startup = startup_seconds(1 if quick else 3)
         nm, model = folder / "nm.npz", folder / "model.pt"
-        cli: dict[str, Any] = {"startup_s": startup}
-        cli["fit_s"] = run_cli(["fit-noise-model", "--calibration", str(paths["calibration"]), "--out", str(nm),
-                                "--force"]) - startup
-        run_cli(["train", "--data", str(paths["train"]), "--noise-model", str(nm), "--out", str(model),
-                 "--max-minutes", str(train_minutes), "--force"], timeout=60 * train_minutes * 3 + 600)
-        cli["train_steps"], cli["train_steps_per_s"] = steps_per_second(model)
-        cli["predict_s"] = run_cli(["predict", "--model", str(model), "--input", str(paths["predict"]), "--out-dir",
-                                    str(folder / "out"), "--samples", str(n_samples), "--save-samples", "0",
-                                    "--force"]) - startup
-        gui = run_panels(data, train_minutes, n_samples, model, probe_minutes=train_minutes / 2)
-    latency = gui.pop("latency_ms")
-    ratios = {
-        "fit": cli["fit_s"] / gui["fit_s"],
-        "train": gui["train_steps_per_s"] / cli["train_steps_per_s"],
-        "predict": cli["predict_s"] / gui["predict_s"],
-    }
+        for repeat in range(repeats):
+            cli: dict[str, Any] = {"startup_s": startup}
+            cli["fit_s"] = run_cli(["fit-noise-model", "--calibration", str(paths["calibration"]), "--out",
+                                    str(nm), "--force"]) - startup
+            run_cli(["train", "--data", str(paths["train"]), "--noise-model", str(nm), "--out", str(model),
+                     "--max-minutes", str(train_minutes), "--force"], timeout=60 * train_minutes * 3 + 600)
+            cli["train_steps"], cli["train_steps_per_s"] = steps_per_second(model)
+            cli["predict_s"] = run_cli(["predict", "--model", str(model), "--input", str(paths["predict"]),
+                                        "--out-dir", str(folder / "out"), "--samples", str(n_samples),
+                                        "--save-samples", "0", "--force"]) - startup
+            gui = run_panels(data, train_minutes, n_samples, model,
+                             probe_minutes=train_minutes / 2 if repeat == 0 else 0.0)
+            latency += gui.pop("latency_ms", [])
+            ratios = {
+                "fit": cli["fit_s"] / gui["fit_s"],
+                "train": gui["train_steps_per_s"] / cli["train_steps_per_s"],
+                "predict": cli["predict_s"] / gui["predict_s"],
+            }
+            runs.append({"cli": cli, "gui": gui, "ratios": ratios})
+    cli = {key: statistics.median(r["cli"][key] for r in runs) for key in runs[0]["cli"]}
+    gui = {key: statistics.median(r["gui"][key] for r in runs if key in r["gui"])
+           for key in runs[0]["gui"]}
+    ratios = {part: statistics.median(r["ratios"][part] for r in runs) for part in runs[0]["ratios"]}
+    ratio_range = {part: [min(r["ratios"][part] for r in runs), max(r["ratios"][part] for r in runs)]
+                   for part in ratios}
     latency_summary = {
         "n": len(latency),
         "median_ms": statistics.median(latency) if latency else None,
@@ -279,17 +300,26 @@ def run(quick: bool = False, data_dir: Path | None = FMD_DIR, train_minutes: flo
     return {
         "machine": info, "quick": quick, "data": data["source"], "shapes": data["shapes"],
         "train_minutes": train_minutes, "n_samples": n_samples, "cli": cli, "gui": gui, "ratios": ratios,
+        "repeats": repeats, "ratio_range": ratio_range, "runs": runs,
         "latency_while_training": latency_summary, "latency_ms": latency, "targets": targets,
     }
 
 
 def markdown(out: dict[str, Any]) -> str:
     cli, gui, ratios = out["cli"], out["gui"], out["ratios"]
+    spread = out.get("ratio_range", {})
+
+    def ratio(part: str) -> str:
+        low_high = spread.get(part)
+        if out.get("repeats", 1) > 1 and low_high:
+            return f"{fmt(ratios[part])} ({fmt(low_high[0])}-{fmt(low_high[1])})"
+        return fmt(ratios[part])
+
     rows = [
-        ["fit noise model (s)", cli["fit_s"], gui["fit_s"], ratios["fit"]],
+        ["fit noise model (s)", cli["fit_s"], gui["fit_s"], ratio("fit")],
         [f"train {fmt(out['train_minutes'])} min (steps/s)", cli["train_steps_per_s"], gui["train_steps_per_s"],
-         ratios["train"]],
-        [f"predict {out['n_samples']} samples (s)", cli["predict_s"], gui["predict_s"], ratios["predict"]],
+         ratio("train")],
+        [f"predict {out['n_samples']} samples (s)", cli["predict_s"], gui["predict_s"], ratio("predict")],
     ]
     lat = out["latency_while_training"]
     lines = [
@@ -299,7 +329,9 @@ def markdown(out: dict[str, Any]) -> str:
         "",
         f"Data: {out['data']}, calibration {out['shapes']['calibration']}, training images {out['shapes']['train']}, "
         f"predicted image {out['shapes']['predict']}. "
-        f"Command-line seconds leave out the interpreter start-up ({fmt(cli['startup_s'])} s).",
+        f"Command-line seconds leave out the interpreter start-up ({fmt(cli['startup_s'])} s). "
+        + (f"Medians of {out['repeats']} alternating repeats (ratio range in brackets)." if out.get("repeats", 1) > 1
+           else "One run."),
         "",
         markdown_table(["work", "command line", "panels", f"panels / command line (target >= {TARGET_RATIO})"],
                        rows),
@@ -320,9 +352,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=FMD_DIR, help="FMD folder (default: %(default)s)")
     parser.add_argument("--train-minutes", type=float, default=None, help="training budget (default 1; quick 0.1)")
     parser.add_argument("--samples", type=int, default=None, help="samples per prediction (default 100; quick 5)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating command-line/panel repeats (default 3)")
     parser.add_argument("--out-dir", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args()
-    out = run(args.quick, args.data, args.train_minutes, args.samples)
+    out = run(args.quick, args.data, args.train_minutes, args.samples, repeats=1 if args.quick else args.repeats)
     text = markdown(out)
     kwargs = {"out_dir": args.out_dir} if args.out_dir is not None else {}
     for path in write_results("gui_quick" if args.quick else "gui", out, text, **kwargs):
