@@ -104,7 +104,7 @@ def group_steps(events: Iterator[Any], interval_s: float = STEP_GROUP_INTERVAL_S
 
 
 #: Noise-fit progress reaches the GUI thread at most this often (seconds).
-FIT_PROGRESS_INTERVAL_S = 0.5
+FIT_PROGRESS_INTERVAL_S = UI_UPDATE_INTERVAL_S
 
 
 def latest_every(events: Iterator[Any], kind: type, interval_s: float) -> Iterator[Any]:
