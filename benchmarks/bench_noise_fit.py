@@ -134,12 +134,13 @@ def run(quick: bool = False) -> dict:
     s = torch.as_tensor(np.broadcast_to(train_s, train_x.shape).reshape(-1)[:200_000], dtype=torch.float64)
     x = torch.as_tensor(train_x.reshape(-1)[:200_000], dtype=torch.float64)
     wt = result.model.weight.detach().double().clone().requires_grad_(True)
-    from napari_divnoising.noise_model_fitting import _gmm_log_likelihood
+    from napari_divnoising.noise_models import gmm_log_likelihood
 
+    model = result.model
     floors = []
     for _ in range(5):
         t0 = time.perf_counter()
-        (-_gmm_log_likelihood(wt, result.model, x, s).mean()).backward()
+        (-gmm_log_likelihood(wt, model.min_signal, model.max_signal, float(model.min_variance), x, s).mean()).backward()
         floors.append(time.perf_counter() - t0)
     floor = float(np.median(floors))
 

@@ -194,6 +194,33 @@ def test_store_of_another_model_is_refused_unless_confirmed(panel, wait_for, tmp
     assert ome.done_units(out).all()
 
 
+def test_a_store_of_other_layer_data_is_not_resumed(panel, wait_for, tmp_path, notes, monkeypatch, units_run):
+    from qtpy.QtWidgets import QMessageBox
+
+    viewer, w = panel
+    computed, _ = units_run
+    layer = viewer.add_image(stack(3), name="st")
+    out = tmp_path / "st.ome.zarr"
+    to_store(w, out)
+    w.predict_button.click()
+    wait_for(w.runner)
+    assert len(computed) == 3 and ome.done_units(out).all()
+    layer.data = stack(3) + 5.0  # the layer now holds other pixels of the same shape
+    asked: list[str] = []
+
+    def question(_parent, _title, text, *args, **kwargs):
+        asked.append(text)
+        return QMessageBox.StandardButton.Yes
+
+    monkeypatch.setattr(QMessageBox, "question", question)
+    w.predict_button.click()
+    wait_for(w.runner)
+    assert len(asked) == 1 and "other image data" in asked[0]
+    assert not errors(notes), notes
+    assert len(computed) == 6  # started over: every unit computed for the new pixels
+    assert ome.read_info(out)["input"]["fingerprint"] == ome.content_fingerprint(layer.data, layer.data.shape)
+
+
 def test_a_zarr_store_that_is_not_a_results_store_is_never_replaced(panel, tmp_path, notes, monkeypatch):
     from qtpy.QtWidgets import QMessageBox
 

@@ -81,6 +81,17 @@ def test_run_speed_handles_missing_and_failing_scripts(tmp_path):
     assert all(r[-1].startswith("not measured") for r in rows)
 
 
+@pytest.mark.parametrize("script", ["bench_train_step", "bench_predict", "bench_noise_fit"])
+def test_speed_scripts_run_against_the_current_package(script, monkeypatch, tmp_path):
+    # Quick mode on synthetic data: catches a script left behind by a change of the package's API.
+    monkeypatch.setenv("DIVNOISING_FMD_DIR", str(tmp_path))  # no real data: the synthetic path
+    out = _load(script).run(True)
+    figures = {"bench_train_step": out.get("step_median_s"),
+               "bench_predict": (out.get("predict") or {}).get("ours_median_s"),
+               "bench_noise_fit": out.get("ours_seconds_median")}
+    assert figures[script] is not None and figures[script] > 0
+
+
 def test_speed_scaling_child_measures_time_and_memory(common):
     run_speed = _load("run_speed")
     ballast = np.ones(64 * 2**20)  # 512 MiB resident in this process: must not show in the child's peak

@@ -92,6 +92,29 @@ def test_resume_computes_only_the_missing_units(tmp_path, model_file, stack_zarr
     np.testing.assert_array_equal(read_results(out)["mmse"][0][...], before)
 
 
+def test_a_store_of_other_data_of_the_same_shape_is_not_resumed(tmp_path, model_file, stack, capsys):
+    from napari_divnoising.scale.arrays import write_array_store
+    from napari_divnoising.scale.ome import read_info
+
+    data = write_array_store(tmp_path / "stack.ome.zarr", stack, ("t", "y", "x"))
+    out = tmp_path / "r.ome.zarr"
+    settings = ZarrPredictionSettings(n_samples=2, keep_samples=0, seed=4)
+    predict_to_zarr(model_file, data, out, settings)
+    before = read_info(out)
+    assert before["input"]["fingerprint"]
+    changed = stack.copy()
+    changed[len(stack) // 2] += 1  # same shape and dtype, another middle frame
+    write_array_store(tmp_path / "changed.ome.zarr", changed, ("t", "y", "x"))
+    args = ["predict", "--model", str(model_file), "--input", str(tmp_path / "changed.ome.zarr"), "--out", str(out),
+            "--samples", "2", "--save-samples", "0", "--seed", "4"]
+    assert main(args) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other image data of the same shape" in err[0] and "--force" in err[0]
+    assert read_info(out) == before  # untouched
+    assert main([*args, "--force"]) == 0
+    assert read_info(out)["input"]["fingerprint"] != before["input"]["fingerprint"] and done_units(out).all()
+
+
 def test_full_disk_is_one_line_and_the_same_command_resumes(tmp_path, model_file, stack_zarr, capsys, monkeypatch):
     import errno
 

@@ -127,7 +127,7 @@ def test_other_model_or_settings_refused_unless_force(tmp_path, model_file, othe
         predict_to_zarr(other_model_file, stack_zarr, out, settings)
     with pytest.raises(DivNoisingError, match="n_samples 3 \\(this run: 4\\).*--force"):
         predict_to_zarr(model_file, stack_zarr, out, ZarrPredictionSettings(n_samples=4, keep_samples=0, seed=2))
-    with pytest.raises(DivNoisingError, match="--seed 2 \\(this run: 5\\)"):
+    with pytest.raises(DivNoisingError, match="seed 2 \\(this run: 5\\)"):
         predict_to_zarr(model_file, stack_zarr, out, ZarrPredictionSettings(n_samples=3, keep_samples=0, seed=5))
     np.testing.assert_array_equal(read_results(out)["mmse"][0][...], first)  # untouched by the refusals
 

@@ -148,6 +148,29 @@ class InputSource:
         index = self.frame_index(frame) + (slice(*rows), slice(*cols))
         return np.asarray(array[index], dtype=np.float32)
 
+    def fingerprint(self) -> str:
+        """:func:`content_fingerprint` of this input (reads at most three frames)."""
+        array = self.open()
+        return content_fingerprint(array, self.shape)
+
+
+def content_fingerprint(array: Any, shape: tuple[int, ...]) -> str:
+    """A sha256 of an image's shape, dtype and its first, middle and last frame, as stored.
+
+    Tells a results store whether it was written for this very image data, not only for data of the
+    same shape: a stack whose contents were replaced is noticed. Reading three frames keeps it cheap
+    for inputs of any size (an edit that touches no sampled frame goes unnoticed). ``array`` is
+    anything indexable over its leading axes (numpy, dask, zarr).
+    """
+    lead = tuple(int(n) for n in shape[:-2])
+    n_frames = int(np.prod(lead, dtype=np.int64)) if lead else 1
+    digest = hashlib.sha256(repr((tuple(int(n) for n in shape), np.dtype(array.dtype).str)).encode())
+    for frame in sorted({0, n_frames // 2, n_frames - 1}):
+        index = tuple(int(i) for i in np.unravel_index(frame, lead)) if lead else ()
+        pixels = np.ascontiguousarray(np.asarray(array[index]))
+        digest.update(pixels.astype(pixels.dtype.newbyteorder("<"), copy=False).tobytes())
+    return digest.hexdigest()
+
 
 def _axes_tuple(axes: list[dict[str, Any]]) -> tuple[tuple[tuple[str, str], ...], ...]:
     return tuple(tuple(sorted((str(k), str(v)) for k, v in a.items() if v is not None)) for a in axes)
@@ -190,7 +213,7 @@ def open_input(path: str | os.PathLike) -> InputSource:
     if not Multiscales.matches(location):
         raise DivNoisingError(
             f"{p} has no OME-Zarr image metadata (no 'multiscales'); write it as OME-Zarr (e.g. with ome-zarr) "
-            "or point --input at the image group inside it."
+            "or open the image group inside it."
         )
     try:
         node = Node(location, None)
@@ -328,7 +351,9 @@ def _image_arrays(
 
 
 def _permission_denied(path: Path) -> DivNoisingError:
-    return DivNoisingError(f"Cannot write {path}: permission denied (read-only location?); choose another --out.")
+    return DivNoisingError(
+        f"Cannot write {path}: permission denied (read-only location?); choose another place for the results."
+    )
 
 
 def create_results(path: str | os.PathLike, source: InputSource, info: dict[str, Any]) -> None:
@@ -407,7 +432,7 @@ def remove_store(path: str | os.PathLike) -> None:
         except OSError as exc:
             raise DivNoisingError(f"Cannot remove {p} to start over: {exc.strerror or exc}") from None
     elif p.exists():
-        raise DivNoisingError(f"{p} is a file, not a Zarr store; remove it or choose another --out.")
+        raise DivNoisingError(f"{p} is a file, not a Zarr store; remove it or choose another place for the results.")
 
 
 def done_units(path: str | os.PathLike) -> np.ndarray:

@@ -96,7 +96,7 @@ def _describe_mismatch(stored: dict[str, Any], wanted: dict[str, Any]) -> str:
 
 def existing_store_problem(
     out: str | os.PathLike, model_sha256: str, model_label: str, shape: tuple[int, ...], dtype: str,
-    settings: ZarrPredictionSettings,
+    settings: ZarrPredictionSettings, fingerprint: str | None = None,
 ) -> tuple[dict[str, Any] | None, str | None]:
     """What is at ``out`` compared with the job about to run (reads metadata only; changes nothing).
 
@@ -110,6 +110,9 @@ def existing_store_problem(
         Shape and dtype (``numpy.dtype.str``) of the input.
     settings
         The job's :class:`ZarrPredictionSettings`.
+    fingerprint
+        :func:`~napari_divnoising.scale.ome.content_fingerprint` of the input; a store written for
+        other data of the same shape is then refused (stores written before fingerprints: not checked).
 
     Returns
     -------
@@ -130,7 +133,7 @@ def existing_store_problem(
     if not (out.is_dir() and any((out / name).exists() for name in ("zarr.json", ".zgroup"))):
         if out.is_dir() and not any(out.iterdir()):
             return None, None
-        raise DivNoisingError(f"{out} exists and is not a Zarr store; choose another results store (--out).")
+        raise DivNoisingError(f"{out} exists and is not a Zarr store; choose another results store.")
     info = read_info(out)
     if info is None:
         problem = f"{out} exists but is not a DivNoising results store (or its creation was interrupted)"
@@ -141,10 +144,12 @@ def existing_store_problem(
         )
     elif info["input"]["shape"] != list(shape) or info["input"]["dtype"] != dtype:
         problem = f"{out} was written for another input (shape {tuple(info['input']['shape'])})"
+    elif fingerprint is not None and info["input"].get("fingerprint", fingerprint) != fingerprint:
+        problem = f"{out} was written for other image data of the same shape"
     elif info["settings"] != wanted:
         problem = f"{out} was written with other settings: {_describe_mismatch(info['settings'], wanted)}"
     elif settings.seed is not None and info["seed"] != settings.seed:
-        problem = f"{out} was written with --seed {info['seed']} (this run: {settings.seed})"
+        problem = f"{out} was written with seed {info['seed']} (this run: {settings.seed})"
     else:
         return info, None
     return None, problem
@@ -158,7 +163,8 @@ def _existing_store(
     Refuses (one line) a store of another model, input or settings unless ``force``, and anything at
     ``out`` that is not a Zarr store, even with ``force``. Deletes nothing.
     """
-    info, problem = existing_store_problem(out, sha, model_path.name, source.shape, source.dtype, settings)
+    info, problem = existing_store_problem(out, sha, model_path.name, source.shape, source.dtype, settings,
+                                           fingerprint=source.fingerprint() if out.exists() else None)
     if problem is not None and not force:
         raise DivNoisingError(f"{problem}; pass --force to start over (deletes it) or choose another --out.")
     return info
@@ -181,7 +187,8 @@ def _create_store(
     out_dtype = in_dtype.str if settings.dtype == "input" and np.issubdtype(in_dtype, np.integer) else "<f4"
     info = {
         "model": {"sha256": sha, "name": model.name, "file": model_path.name},
-        "input": {"path": source.path, "shape": list(source.shape), "dtype": source.dtype},
+        "input": {"path": source.path, "shape": list(source.shape), "dtype": source.dtype,
+                  "fingerprint": source.fingerprint()},
         "settings": wanted,
         "seed": int(seed),
         "clip_min": _clip_min(source) if settings.clip else None,
