@@ -47,6 +47,9 @@ PARTS: dict[str, tuple[str, list[tuple[str, tuple[str, ...], bool]]]] = {
     ]),
 }
 
+#: Differences below this fraction count as equal whatever the repeats' spread (timers, rounding).
+NOISE_FLOOR = 0.01
+
 CHILD = r"""
 import json, sys
 tree, script = sys.argv[1], sys.argv[2]
@@ -118,7 +121,7 @@ def compare(old: str, new: str, repeats: int, parts: list[str]) -> dict[str, Any
             old_values, new_values = values[name]["old"], values[name]["new"]
             old_median, new_median = statistics.median(old_values), statistics.median(new_values)
             ratio = new_median / old_median if old_median else float("nan")
-            spread = max(_spread(old_values), _spread(new_values))
+            spread = max(_spread(old_values), _spread(new_values), NOISE_FLOOR)
             rows.append({"figure": name, "old": old_median, "new": new_median, "ratio": ratio,
                          "spread": spread, "within_noise": abs(ratio - 1) <= spread,
                          "old_all": old_values, "new_all": new_values, "smaller_is_better": smaller_is_better})

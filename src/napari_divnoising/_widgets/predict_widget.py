@@ -54,7 +54,7 @@ MODEL_FILE = "From file"
 OUTPUT_MEMORY = "In memory"
 OUTPUT_STORE = "OME-Zarr store"
 #: A results store being written is re-read for the viewer at most this often (milliseconds).
-STORE_REFRESH_MS = 500
+STORE_REFRESH_MS = int(1000 * UI_UPDATE_INTERVAL_S)
 
 
 class PredictWidget(QWidget):

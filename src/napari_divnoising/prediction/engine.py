@@ -127,11 +127,19 @@ def decode_samples(
 
         def decode_group() -> torch.Tensor | None:
             (r0, r1, _, _), (c0, c1, _, _) = group[0]
-            z = torch.empty((len(group) * k, net.z_dim, r1 - r0, c1 - c0), device=mu.device,
-                            memory_format=torch.channels_last)
-            for t, ((r0, r1, _, _), (c0, c1, _, _)) in enumerate(group):  # z = mu + std * eps, written once
-                eps = noise.crop(samples, (r0, r1), (c0, c1))
-                torch.addcmul(mu[..., r0:r1, c0:c1], std[..., r0:r1, c0:c1], eps, out=z[t * k : (t + 1) * k])
+            if mu.is_cuda:
+                z = torch.empty((len(group) * k, net.z_dim, r1 - r0, c1 - c0), device=mu.device,
+                                memory_format=torch.channels_last)
+                for t, ((r0, r1, _, _), (c0, c1, _, _)) in enumerate(group):  # z = mu + std * eps, written once
+                    eps = noise.crop(samples, (r0, r1), (c0, c1))
+                    torch.addcmul(mu[..., r0:r1, c0:c1], std[..., r0:r1, c0:c1], eps, out=z[t * k : (t + 1) * k])
+            else:
+                # On a CPU, writing channels-last directly is several times slower than converting afterwards.
+                latents = [torch.addcmul(mu[..., r0:r1, c0:c1], std[..., r0:r1, c0:c1],
+                                         noise.crop(samples, (r0, r1), (c0, c1)))
+                           for (r0, r1, _, _), (c0, c1, _, _) in group]
+                z = (latents[0] if len(latents) == 1 else torch.cat(latents)).contiguous(
+                    memory_format=torch.channels_last)
             decoded = net.decode(z)[:, 0]
             if out is None:
                 return model.denormalize(decoded.float())

@@ -59,10 +59,16 @@ class RunningMoments:
         k = b.shape[0]
         if k == 0:
             return
-        # One pass over the batch (Welford inside the reduction), merged into the float64 totals.
-        b_var, b_mean = torch.var_mean(b, dim=0, correction=0)
-        b_mean = b_mean.to(torch.float64)
-        b_m2 = b_var.to(torch.float64) * k
+        # The batch's mean and squared deviations, merged into the float64 totals. On a GPU in one pass
+        # (Welford inside the reduction); on a CPU that reduction over the batch axis is not vectorised
+        # and two passes are many times faster (``benchmarks/compare_commits.py``).
+        if b.is_cuda:
+            b_var, b_mean32 = torch.var_mean(b, dim=0, correction=0)
+            b_m2 = b_var.to(torch.float64) * k
+        else:
+            b_mean32 = b.mean(0)
+            b_m2 = ((b - b_mean32) ** 2).sum(0).to(torch.float64)
+        b_mean = b_mean32.to(torch.float64)
         n = self.count + k
         delta = b_mean - self._mean
         self._mean += delta * (k / n)
