@@ -60,6 +60,7 @@ class LossPlot(PlotCanvas):
         self._timer.timeout.connect(self.redraw)
         with _style():
             ax = self.ax
+            ax.clear()  # the axes were made before the style applied: their labels take its sizes now
             (self.train_line,) = ax.plot([], [], color="tab:blue", linewidth=0.8, label="training")
             (self.val_line,) = ax.plot([], [], "o-", color="tab:orange", markersize=3, label="validation")
             ax.set_xlabel("training step")
@@ -112,6 +113,7 @@ class LossPlot(PlotCanvas):
         self._placeholder.set_visible(not has_points)
         self._legend.set_visible(has_points)
         ax = self.ax
+        ax.tick_params(labelbottom=has_points, labelleft=has_points)
         if has_points:
             first = min(self.train_steps[:1] + self.val_steps[:1])
             last = max(self.train_steps[-1:] + self.val_steps[-1:])
