@@ -206,3 +206,27 @@ def test_events_follow_the_shared_protocol(tmp_path, model_file, stack_zarr):
                       seen.append)
     assert path == str(out) and sum(isinstance(e, UnitDone) for e in seen) == 5
     assert all(e.worker and e.peak_rss > 0 for e in seen if isinstance(e, UnitDone))
+
+
+def test_content_fingerprint_reads_bounded_crops_and_notices_changed_pixels():
+    from napari_divnoising.scale.ome import FINGERPRINT_CROP, content_fingerprint
+
+    class Recording:
+        """An array that records how many pixels each read asks for."""
+
+        def __init__(self, data):
+            self.data, self.dtype, self.read = data, data.dtype, []
+
+        def __getitem__(self, index):
+            part = self.data[index]
+            self.read.append(part.size)
+            return part
+
+    image = np.random.default_rng(0).integers(0, 255, (2048, 1536), dtype=np.uint16)
+    recorded = Recording(image)
+    first = content_fingerprint(recorded, image.shape)
+    assert max(recorded.read) <= FINGERPRINT_CROP**2 and sum(recorded.read) <= 3 * FINGERPRINT_CROP**2
+    changed = image.copy()
+    changed[1024, 768] += 1  # one pixel in the centre crop
+    assert content_fingerprint(changed, changed.shape) != first
+    assert content_fingerprint(image.copy(), image.shape) == first

@@ -125,9 +125,7 @@ class LossPlot(PlotCanvas):
             values = np.asarray(self.train_loss + self.val_loss, dtype=float)
             values = values[np.isfinite(values)]
             if values.size:
-                lo, hi = float(values.min()), float(values.max())
-                pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi) * 0.05, 1e-3)
-                ax.set_ylim(lo - pad, hi + pad)
+                ax.set_ylim(*_padded(float(values.min()), float(values.max())))
         self.draw_idle()
         self._dirty = False
         self._last_draw = time.monotonic()
@@ -157,7 +155,11 @@ def loss_limits(train: list[float], val: list[float], skip: float = 0.1) -> tupl
     later = later[np.isfinite(later)]
     if later.size < 5:
         return None
-    lo, hi = float(later.min()), float(np.percentile(later, 98))
+    return _padded(float(later.min()), float(np.percentile(later, 98)))
+
+
+def _padded(lo: float, hi: float) -> tuple[float, float]:
+    """``lo``..``hi`` widened by 5 % of the range on each side (5 % of the value, at least 1e-3, when flat)."""
     margin = 0.05 * (hi - lo) if hi > lo else max(abs(hi) * 0.05, 1e-3)
     return lo - margin, hi + margin
 

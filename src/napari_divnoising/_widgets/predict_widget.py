@@ -321,7 +321,13 @@ class PredictWidget(QWidget):
 
     def _start_store_prediction(self, model: Any, layer: Any, device: str) -> None:
         """Predict ``layer`` into the OME-Zarr store chosen in the panel (resuming a store of the same job)."""
-        from ..scale.arrays import array_shape_dtype, matching_source, predict_array_to_zarr_iter, stack_axis_name
+        from ..scale.arrays import (
+            array_shape_dtype,
+            full_resolution,
+            matching_source,
+            predict_array_to_zarr_iter,
+            stack_axis_name,
+        )
         from ..scale.ome import content_fingerprint, file_sha256, is_zarr_path, read_info
         from ..scale.runner import ZarrPredictionSettings, existing_store_problem
         from ._layers import check_layer_axes
@@ -343,8 +349,7 @@ class PredictWidget(QWidget):
         model_path = self._model_file_for_store(model)
         shape, dtype = array_shape_dtype(data)
         input_path = matching_source(source, data)  # the layer's own file when it holds this array: no copy
-        level = data[0] if isinstance(data, (list, tuple)) else data
-        fingerprint = content_fingerprint(level, shape) if out.exists() else None
+        fingerprint = content_fingerprint(full_resolution(data), shape) if out.exists() else None
         _, problem = existing_store_problem(out, file_sha256(model_path), model_path.name, shape, dtype, settings,
                                             fingerprint=fingerprint)
         force = False

@@ -26,9 +26,14 @@ from .runner import ZarrPredictionSettings, predict_to_zarr_iter
 STACK_AXES = ("t", "z")
 
 
+def full_resolution(data: Any) -> Any:
+    """A layer's full-resolution array: level 0 of a multiscale list, else the data itself."""
+    return data[0] if isinstance(data, (list, tuple)) else data
+
+
 def array_shape_dtype(data: Any) -> tuple[tuple[int, ...], str]:
     """Shape and dtype string of a layer's data (level 0 of a multiscale list)."""
-    level = data[0] if isinstance(data, (list, tuple)) else data
+    level = full_resolution(data)
     return tuple(int(n) for n in level.shape), np.dtype(level.dtype).str
 
 
@@ -78,7 +83,7 @@ def write_array_store(
     from ome_zarr.writer import write_multiscales_metadata
 
     shape, dtype = array_shape_dtype(data)
-    level = data[0] if isinstance(data, (list, tuple)) else data
+    level = full_resolution(data)
     if len(shape) not in (2, 3) or len(axes) != len(shape) or tuple(axes[-2:]) != ("y", "x"):
         raise DivNoisingError(f"Expected a 2-D image or 3-D stack with axes [t|z,] y, x; got shape {shape}.")
     scale = [1.0] * len(shape) if scale is None else [float(s) for s in scale]

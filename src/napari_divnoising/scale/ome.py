@@ -149,26 +149,35 @@ class InputSource:
         return np.asarray(array[index], dtype=np.float32)
 
     def fingerprint(self) -> str:
-        """:func:`content_fingerprint` of this input (reads at most three frames)."""
+        """:func:`content_fingerprint` of this input (reads a few crops of at most three frames)."""
         array = self.open()
         return content_fingerprint(array, self.shape)
 
 
+#: Side of the square crops (pixels) a content fingerprint reads from each sampled frame.
+FINGERPRINT_CROP = 256
+
+
 def content_fingerprint(array: Any, shape: tuple[int, ...]) -> str:
-    """A sha256 of an image's shape, dtype and its first, middle and last frame, as stored.
+    """A sha256 of an image's shape, dtype and a few crops of its first, middle and last frame, as stored.
 
     Tells a results store whether it was written for this very image data, not only for data of the
-    same shape: a stack whose contents were replaced is noticed. Reading three frames keeps it cheap
-    for inputs of any size (an edit that touches no sampled frame goes unnoticed). ``array`` is
+    same shape: a stack whose contents were replaced is noticed. From each sampled frame only three
+    crops of at most ``FINGERPRINT_CROP`` pixels square are read (top left, centre, bottom right), so
+    the cost stays small for frames of any size; an edit outside them goes unnoticed. ``array`` is
     anything indexable over its leading axes (numpy, dask, zarr).
     """
     lead = tuple(int(n) for n in shape[:-2])
+    height, width = int(shape[-2]), int(shape[-1])
     n_frames = int(np.prod(lead, dtype=np.int64)) if lead else 1
+    ch, cw = min(height, FINGERPRINT_CROP), min(width, FINGERPRINT_CROP)
+    corners = sorted({(0, 0), ((height - ch) // 2, (width - cw) // 2), (height - ch, width - cw)})
     digest = hashlib.sha256(repr((tuple(int(n) for n in shape), np.dtype(array.dtype).str)).encode())
     for frame in sorted({0, n_frames // 2, n_frames - 1}):
         index = tuple(int(i) for i in np.unravel_index(frame, lead)) if lead else ()
-        pixels = np.ascontiguousarray(np.asarray(array[index]))
-        digest.update(pixels.astype(pixels.dtype.newbyteorder("<"), copy=False).tobytes())
+        for row, col in corners:
+            pixels = np.ascontiguousarray(np.asarray(array[(*index, slice(row, row + ch), slice(col, col + cw))]))
+            digest.update(pixels.astype(pixels.dtype.newbyteorder("<"), copy=False).tobytes())
     return digest.hexdigest()
 
 
