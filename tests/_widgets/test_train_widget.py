@@ -85,11 +85,17 @@ def test_bad_settings_are_reported_not_raised(widget, wait_for, monkeypatch):
     assert w.train_button.isEnabled() and not w.runner.running
 
 
-def test_bootstrap_trains_twice_and_ends_with_a_gmm(widget, wait_for):
+def test_bootstrap_trains_twice_and_ends_with_a_gmm(widget, wait_for, monkeypatch):
     viewer, w = widget
+    from functools import partial
+
+    import napari_divnoising.workflows as workflows
     from napari_divnoising._widgets._session import NOISE_BOOTSTRAP
     from napari_divnoising.noise_models import GMMNoiseModel
 
+    # The panel's wiring is tested here, the fit itself in tests/test_workflows.py: a short fit will do.
+    monkeypatch.setattr(workflows, "fit_gmm_iter",
+                        partial(workflows.fit_gmm_iter, explore_iterations=100, polish_iterations=10))
     get_session(viewer).set_noise_choice(NOISE_BOOTSTRAP)
     w.budget_value.setValue(160)
     w.train_button.click()
