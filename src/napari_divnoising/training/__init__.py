@@ -4,13 +4,17 @@
 - :mod:`.engine`: :func:`train_iter` (events) and :func:`train` (the model);
 - :mod:`.events`: the events the loop yields;
 - :mod:`.schedule`: budget clock, KL annealing, validation schedule, collapse monitor;
-- :mod:`.loss`: the DivNoising loss;
+- :mod:`.loss`: the DivNoising loss; :mod:`.loss_log`: the per-step losses, read back in groups;
+- :mod:`.optimiser`: Adam with the plateau schedule and the end-of-budget decay;
+- :mod:`.feed`: training batches and the fixed validation set;
+- :mod:`.checkpoints`: the best model in memory and the checkpoint files;
 - :mod:`.noise_setup`: choosing and checking the noise model;
 - :mod:`.sampling`: training patches cut on an accelerator.
 """
 
+from .checkpoints import Checkpointer
 from .config import TrainingConfig, device_defaults, field_default, field_metadata
-from .engine import Checkpointer, train, train_iter
+from .engine import train, train_iter
 from .events import (
     STOP_REASONS,
     CheckpointSaved,
