@@ -20,7 +20,8 @@ def batch_source(data: TrainingData, config: TrainingConfig, device: torch.devic
     """A function returning the next training batch, shape (batch, 1, patch, patch), on ``device``.
 
     On a GPU the patches are cut on the device when the training data fit there; otherwise they are
-    cut on the host (into pinned memory on a GPU, so the copy overlaps with compute).
+    cut on the host (into pinned memory on a GPU, so the copy overlaps with compute). On a CPU each
+    batch reuses the previous one's memory: use a batch before asking for the next.
     """
     on_cpu = device.type == "cpu"
     if not on_cpu and DevicePatchSampler.fits(data.train_regions, device):
