@@ -240,8 +240,10 @@ def _print_summary(done, out: Path, last: Path) -> None:
           f"{done.elapsed_s / 60:.1f} min and {100 * done.budget_used:.0f}% of its budget.")
     if done.best_val_loss is not None:
         print(f"Best validation loss {done.best_val_loss:.4f} at step {done.best_step}.")
+    from ..noise_models import GaussianNoiseModel
+
     nm = done.model.noise_model
-    if getattr(nm, "kind", None) == "gaussian" and nm.alpha.requires_grad:
+    if isinstance(nm, GaussianNoiseModel) and nm.alpha.requires_grad:
         print(f"Learned noise model: variance = {nm.a:.4g} * signal + {nm.b:.4g} "
               f"(floor sigma {float(nm.sigma_min):.3g}).")
     print(f"Model (best): {out}")
