@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -67,7 +67,7 @@ class Optimiser:
         """The learning rate of the next step."""
         return self.optimizer.param_groups[0]["lr"]
 
-    def step(self, loss: torch.Tensor, before_update: Any = None) -> None:
+    def step(self, loss: torch.Tensor, before_update: Callable[[], None] | None = None) -> None:
         """Back-propagate ``loss`` and update the weights; ``before_update()`` runs between the two."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
