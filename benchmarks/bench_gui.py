@@ -25,9 +25,10 @@ virtual display the size of a 1080p screen:
     xvfb-run -a -s "-screen 0 1920x1080x24" python benchmarks/bench_gui.py [--quick] [--data DIR]
 
 Data: the FMD folder (``calibration_fov01.tif``, ``train_noisy.tif``; ``--data`` or
-``DIVNOISING_FMD_DIR``, default ``data/fmd_bpae_b``), or the plugin's synthetic sample when the folder
-is missing or with ``--quick``. ``--quick`` is a smoke run (tiny budgets, seconds per part; the numbers
-mean nothing). Writes ``results/gui.json`` and ``results/gui.md`` (``gui_quick.*`` with ``--quick``).
+``DIVNOISING_FMD_DIR``, default ``data/fmd_bpae_b``; a missing folder is an error), or the plugin's
+synthetic sample with ``--sample`` or ``--quick``. ``--quick`` is a smoke run (tiny budgets, seconds
+per part; the numbers mean nothing). Writes ``results/gui.json`` and ``results/gui.md``
+(``gui_quick.*`` with ``--quick``).
 Budget: ``--train-minutes`` (default 1) for the command line's model and the panel's, half of it
 for the probed run, plus the fits and predictions: about 4 minutes on 2 CPU cores per repeat
 (``--repeats``, default 3: the command line and the panels alternate and medians are reported).
@@ -393,8 +394,14 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=None, help="results folder (default benchmarks/results)")
     parser.add_argument("--wait", choices=WAIT_MODES, default=WAIT_MODE,
                         help="how the script waits for a panel (default: %(default)s, as napari runs)")
+    parser.add_argument("--sample", action="store_true", help="use the plugin's synthetic sample, not the FMD data")
     args = parser.parse_args()
     WAIT_MODE = args.wait
+    if args.sample:
+        args.data = None
+    elif not args.quick and not (args.data / "calibration_fov01.tif").exists():
+        parser.exit(2, f"bench_gui: no FMD data in {args.data} (calibration_fov01.tif): give --data DIR or set "
+                       "DIVNOISING_FMD_DIR, or --sample for the plugin's synthetic sample.\n")
     out = run(args.quick, args.data, args.train_minutes, args.samples, repeats=1 if args.quick else args.repeats)
     text = markdown(out)
     kwargs = {"out_dir": args.out_dir} if args.out_dir is not None else {}
