@@ -15,11 +15,19 @@ import pytest
 import napari_divnoising._widgets._core as core
 from napari_divnoising._widgets._session import NOISE_COLEARN, get_session
 from napari_divnoising._widgets.train_widget import TrainWidget
+from napari_divnoising.model import DivNoisingModel
+from napari_divnoising.network import DivNoisingVAE
+from napari_divnoising.noise_models import GaussianNoiseModel
 from napari_divnoising.training import TrainingConfig, TrainingDone, TrainingStarted, TrainStep, Validation
 
 
+def tiny_model() -> DivNoisingModel:
+    network = DivNoisingVAE(depth=1, start_filters=4, z_dim=2)
+    return DivNoisingModel(network, GaussianNoiseModel(a=0.0, b=1.0, trainable=False), 0.0, 1.0)
+
+
 def scripted_training(n_steps: int, fail_at: int | None = None, delay: float = 0.01):
-    model = object()
+    model = tiny_model()
 
     def events(images, noise_model, config, resume=None, bootstrap=False):
         assert all(isinstance(i, np.ndarray) for i in images)

@@ -395,7 +395,7 @@ class TrainWidget(QWidget):
             if done is not None and not self.runner.failed:
                 self._show_advice(done.history or {}, done.steps)
             elif stopped and self.model is not None and not self.runner.failed:
-                self._show_advice(getattr(self.model, "history", None) or {}, self._last_step)
+                self._show_advice(self.model.history or {}, self._last_step)
             self.update_estimate()
             if self.runner.failed:
                 kept = " The last good model is kept (Save model...)." if self.model is not None else ""
