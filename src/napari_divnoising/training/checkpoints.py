@@ -65,6 +65,10 @@ class BestModel:
         self.validations_without_improvement = 0 if improved else self.validations_without_improvement + 1
         return self.validations_without_improvement
 
+    def reset_count(self) -> None:
+        """Start counting validations without improvement afresh (a new start from new weights)."""
+        self.validations_without_improvement = 0
+
 
 class Checkpointer:
     """Writes the best and the last model during training; a failed write warns and training goes on.

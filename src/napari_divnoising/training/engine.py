@@ -272,7 +272,7 @@ def train_iter(
                     history.setdefault("collapse_restarts", []).append(step)
                     history.pop("kl_annealing_done", None)
                     # The best model so far stays the best until the new start beats it on the same validation.
-                    best.validations_without_improvement = 0
+                    best.reset_count()
                     continue
                 yield _collapse_warning(step, window, config, restarts_done, may_restart and not restart_fits)
                 if config.stop_on_collapse:
@@ -281,16 +281,15 @@ def train_iter(
 
             if validations.due(done_here, progress):
                 losses.read_back()
-                with averaged():
+                with averaged():  # validated, kept and saved: the averaged weights, swapped in once
                     val_loss, val_recon, val_kl = validation_set.loss(model, autocast, memory_format)
-                history["val_steps"].append(step)
-                history["val_loss"].append(val_loss)
-                saved_events = []
-                with averaged():
+                    history["val_steps"].append(step)
+                    history["val_loss"].append(val_loss)
                     is_best = best.consider(model, val_loss, step)
                     history["steps"] = step
-                    for kind in ("best", "last") if is_best else ("last",):
-                        saved_events.append(checkpoints.save(model, kind, optimiser.state(), step))
+                    state = optimiser.state()
+                    saved_events = [checkpoints.save(model, kind, state, step)
+                                    for kind in (("best", "last") if is_best else ("last",))]
                 yield Validation(step, val_loss, best.val_loss, is_best, val_recon, val_kl)
                 for event in saved_events:
                     if event is not None:
