@@ -139,8 +139,8 @@ def pump(seconds: float) -> None:
 
 
 #: How the script waits for a panel: "event-loop" runs Qt's event loop as napari does (the main thread
-#: sleeps until an event comes); "polling" calls processEvents() every 5 ms (this script's way until
-#: it was found to hold the GIL and a core's slices from the worker thread).
+#: sleeps until an event comes); "polling" calls processEvents() every 5 ms from the main thread, which
+#: napari never does (this script's way until the event loop replaced it; kept to compare the two).
 WAIT_MODES = ("event-loop", "polling")
 WAIT_MODE = "event-loop"
 
