@@ -54,3 +54,24 @@ def wait_for(qtbot):
         qtbot.wait(50)
 
     return wait
+
+
+@pytest.fixture(autouse=True)
+def train_in_this_process(monkeypatch):
+    """The Train panel trains in this process in the widget tests, unless a test asks for the child.
+
+    Many tests replace the training events with scripted ones, which exist only in this process,
+    and each child costs the start of an interpreter with torch (seconds). The child process
+    itself is tested in ``test_train_widget.py`` (the panel) and ``tests/test_child_process.py``.
+    """
+    from napari_divnoising._widgets import _core
+
+    monkeypatch.setattr(_core, "TRAIN_IN_CHILD_PROCESS", False)
+
+
+@pytest.fixture
+def train_in_a_child_process(monkeypatch):
+    """The Train panel trains in a child process, as it does for the user."""
+    from napari_divnoising._widgets import _core
+
+    monkeypatch.setattr(_core, "TRAIN_IN_CHILD_PROCESS", True)

@@ -58,3 +58,20 @@ def test_group_steps_hands_every_step_on_in_groups(monkeypatch):
     assert [s.step for s in out[1].steps] == [2, 3] and out[2] == Other("validation")
     assert [s.step for s in out[3].steps] == [4] and [s.step for s in out[4].steps] == [5]
     assert sum(len(group.steps) for group in out if isinstance(group, core.TrainSteps)) == 5
+
+
+def test_training_runs_in_napari_when_the_child_process_cannot_start(monkeypatch):
+    import sys
+
+    import numpy as np
+
+    from napari_divnoising.training import TrainingConfig, TrainingDone, TrainingWarning
+
+    monkeypatch.setattr(core, "TRAIN_IN_CHILD_PROCESS", True)
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    images = [np.random.default_rng(0).normal(100, 20, (32, 32)).astype(np.float32)]
+    config = TrainingConfig(patch_size=16, batch_size=2, start_filters=8, z_dim=8, max_minutes=None, max_steps=3,
+                            n_validation_patches=4, device="cpu", seed=0)
+    events = list(core.training_source(images, None, config))
+    assert isinstance(events[0], TrainingWarning) and "inside napari instead" in events[0].message
+    assert isinstance(events[-1], TrainingDone) and events[-1].steps == 3

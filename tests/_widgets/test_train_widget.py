@@ -27,7 +27,7 @@ def widget(make_napari_viewer, qtbot, noisy_clean_pair):
     w.runner.stop_and_wait()
 
 
-def test_colearned_training_save_load_continue(widget, wait_for, monkeypatch, tmp_path):
+def test_colearned_training_save_load_continue(widget, wait_for, monkeypatch, tmp_path, train_in_a_child_process):
     viewer, w = widget
     from qtpy.QtWidgets import QFileDialog
 
@@ -54,6 +54,43 @@ def test_colearned_training_save_load_continue(widget, wait_for, monkeypatch, tm
     w.continue_button.click()
     wait_for(w.runner, timeout=120_000)
     assert w.loss_plot.train_steps[-3:] == [7, 8, 9]  # continues the step count of the loaded model
+    assert get_session(viewer).trained_model.history["steps"] == 9  # the child's final state came back
+
+
+def test_stop_in_a_child_process_keeps_the_model_so_far(widget, wait_for, qtbot, train_in_a_child_process):
+    viewer, w = widget
+    get_session(viewer).set_noise_choice(NOISE_COLEARN)
+    w.budget_value.setValue(100_000)
+    w.train_button.click()
+    qtbot.waitUntil(lambda: w._last_step >= 3, timeout=120_000)
+    source = w.runner._source
+    w.stop_button.click()
+    wait_for(w.runner, timeout=60_000)
+    assert source.exit_code is not None
+    model = get_session(viewer).trained_model
+    assert model is w.model and model.history["steps"] == w._last_step >= 3  # the child's final state came back
+    assert w.status.text().startswith(f"Stopped at step {w._last_step}")
+
+
+def test_closing_the_panel_stops_the_child_process(make_napari_viewer, qtbot, wait_for, noisy_clean_pair,
+                                                   train_in_a_child_process):
+    viewer = make_napari_viewer()
+    viewer.add_image(noisy_clean_pair[0], name="noisy")
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Train")
+    w.images.set_checked(["noisy"])
+    w.budget_unit.setCurrentText("steps")
+    w.budget_value.setValue(100_000)
+    w.patch_size.setValue(32)
+    w.batch_size.setValue(4)
+    get_session(viewer).set_noise_choice(NOISE_COLEARN)
+    w.train_button.click()
+    qtbot.waitUntil(lambda: w._last_step >= 1, timeout=120_000)
+    source = w.runner._source
+    viewer.window.remove_dock_widget(w)
+    wait_for(w.runner, timeout=60_000)
+    assert source.exit_code is not None
+    assert w.model.history["steps"] == w._last_step
 
 
 def test_training_with_the_fitted_gmm(widget, wait_for, calibration_stack):

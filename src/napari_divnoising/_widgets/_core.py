@@ -7,6 +7,7 @@ this module only turns widget settings into their arguments.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 from .._writer import _unit_name
 from ..export import write_tiff
 from ..model import DivNoisingModel
-from ..training import COLEARN, TrainingConfig, TrainStep, train_iter
+from ..training import COLEARN, TrainingConfig, TrainingWarning, TrainStep, train_iter
 from ..workflows import bootstrap_iter, split_budget
 from ._outputs import Geometry
 
@@ -56,6 +57,33 @@ def training_events(
         half = split_budget(config)
         return bootstrap_iter(images, half, first_config=half)
     return train_iter(images, COLEARN if noise_model is None else noise_model, config)
+
+
+#: The Train panel trains in a child process (:mod:`napari_divnoising.child_process`): there training
+#: does not share its interpreter, main thread and cores with the viewer (``benchmarks/bench_gui.py``).
+TRAIN_IN_CHILD_PROCESS = True
+
+
+def training_source(
+    images: list[np.ndarray], noise_model: Any, config: TrainingConfig, *,
+    resume: DivNoisingModel | None = None, bootstrap: bool = False,
+) -> Iterator[Any]:
+    """:func:`training_events`, run in a child process when :data:`TRAIN_IN_CHILD_PROCESS` is set.
+
+    In a child, the models in the events are mirrors that follow the child's (updated at every
+    validation and at the end). If the child cannot start (an interpreter that cannot be run
+    again, e.g. a frozen application), training runs in this process after a warning.
+    """
+    if TRAIN_IN_CHILD_PROCESS:
+        from ..child_process import ChildEvents, ChildStartError
+
+        try:
+            return ChildEvents(training_events, images, noise_model, config, resume=resume, bootstrap=bootstrap)
+        except ChildStartError as exc:
+            note = TrainingWarning(f"{exc} Training runs inside napari instead (slower).")
+            return itertools.chain([note], training_events(images, noise_model, config, resume=resume,
+                                                           bootstrap=bootstrap))
+    return training_events(images, noise_model, config, resume=resume, bootstrap=bootstrap)
 
 
 #: Long runs update the panels at most this often (seconds). Every update repaints the window around

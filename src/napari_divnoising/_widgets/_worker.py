@@ -49,6 +49,11 @@ class WorkerRunner:
     ``make_events()`` in a napari thread worker; every yielded event goes to
     ``on_event`` in the GUI thread; errors become notifications (``action``
     names the work); ``on_done(stopped)`` runs at the end, whatever happened.
+
+    An event source with a ``request_stop()`` method (work in a child process,
+    :class:`~napari_divnoising.child_process.ChildEvents`) is stopped by asking it: it
+    then sends its remaining events and ends, and the worker hands them all on. Other
+    generators are stopped after their current event and closed in the GUI thread.
     """
 
     def __init__(self, action: str) -> None:
@@ -59,6 +64,8 @@ class WorkerRunner:
         self.failed = False
         #: True once the last run's events and its ``on_done`` have been handled in the GUI thread.
         self.settled = True
+        self._source: Any = None
+        self._stop_requested = False
 
     @property
     def running(self) -> bool:
@@ -70,19 +77,27 @@ class WorkerRunner:
         on_event: Callable[[Any], None],
         on_done: Callable[[bool], None],
         on_error: Callable[[BaseException], None] | None = None,
+        wrap: Callable[[Iterator[Any]], Iterator[Any]] | None = None,
     ) -> Any:
+        """Start the worker; ``wrap`` (e.g. grouping events) is applied to the source's events."""
         from napari.qt.threading import create_worker
 
         if self.running:
             raise RuntimeError("a worker is already running")
         self.failed = False
         self.settled = False
+        self._source = None
+        self._stop_requested = False
         done = threading.Event()
         self._done = done
 
         def events() -> Iterator[Any]:
             try:
-                yield from make_events()
+                source = make_events()
+                self._source = source
+                if self._stop_requested and hasattr(source, "request_stop"):
+                    source.request_stop()
+                yield from (wrap(source) if wrap is not None else source)
             except Exception as exc:
                 raise WorkerFailure(exc) from exc
 
@@ -106,7 +121,7 @@ class WorkerRunner:
     def _finish(self, worker: Any, on_done: Callable[[bool], None]) -> None:
         try:
             self._close_generator(worker)
-            on_done(worker.abort_requested)
+            on_done(worker.abort_requested or self._stop_requested)
         finally:
             self.settled = True
 
@@ -126,7 +141,13 @@ class WorkerRunner:
 
     def stop(self) -> None:
         """Ask the worker to stop after its current step (the result so far is kept)."""
-        if self.worker is not None and self.running:
+        if self.worker is None or not self.running:
+            return
+        self._stop_requested = True
+        source = self._source
+        if source is not None and hasattr(source, "request_stop"):
+            source.request_stop()
+        else:
             self.worker.quit()
 
     def stop_and_wait(self, timeout: float = 30.0) -> bool:
@@ -162,10 +183,6 @@ class StopWhenRemoved(QObject):
         return False
 
 
-#: Speed (percent of normal) of napari's "in progress" animation while a panel's run is shown in the activity dock.
-ACTIVITY_ANIMATION_SPEED_PERCENT = 2
-
-
 class ActivityProgress:
     """A progress bar in napari's activity dock (bottom right) mirroring a panel's progress bar.
 
@@ -174,17 +191,16 @@ class ActivityProgress:
     handler. So the bar is only touched from its own zero-delay timer, outside any handler, and a
     close requested while it updates waits until the update returns.
 
-    While a bar is shown, napari animates an "in progress" image in the status bar at ~33 frames a
-    second, and each frame repaints the window around the viewer's OpenGL canvas. Without a GPU
-    (software OpenGL, remote desktops) that takes most of the CPU time training needs
-    (``benchmarks/bench_gui.py``), so with ``panel`` (a widget in the viewer's window) given, the
-    animation runs slower while our bar is shown.
+    While a bar is shown, napari animates an "in progress" image in the status bar, and each frame
+    repaints the window around the viewer's OpenGL canvas. Without a GPU (software OpenGL, remote
+    desktops) that takes CPU time training needs (``benchmarks/bench_gui.py``; even slowed down the
+    animation kept costing it), so with ``panel`` (a widget in the viewer's window) given, the
+    animation is paused while our bar is shown: the bar itself shows that work goes on.
     """
 
     def __init__(self, panel: Any = None) -> None:
         self._panel = panel
         self._movie: Any = None
-        self._movie_speed: int | None = None
         self._bar: Any = None
         self._value = 0
         self._target = 0
@@ -198,7 +214,7 @@ class ActivityProgress:
 
         self._close_now()
         self._bar = progress(total=max(1, int(total)), desc=description)
-        self._slow_animation()
+        self._pause_animation()
         self._value = self._target = 0
         self._total = None
         self._close_requested = False
@@ -227,6 +243,7 @@ class ActivityProgress:
             if self._target != self._value:
                 delta, self._value = self._target - self._value, self._target
                 bar.update(delta)
+            self._keep_paused()
         finally:
             self._updating = False
         if self._close_requested:
@@ -253,8 +270,8 @@ class ActivityProgress:
             bar.close()
         self._restore_animation()
 
-    def _slow_animation(self) -> None:
-        """Slow napari's "in progress" animation, found as the animated label of the panel's window."""
+    def _pause_animation(self) -> None:
+        """Pause napari's "in progress" animation, found as the animated label of the panel's window."""
         if self._panel is None or self._movie is not None:
             return
         try:
@@ -264,16 +281,23 @@ class ActivityProgress:
             if not movies:
                 return
             movie = movies[0]
-            speed = int(movie.speed())
-            movie.setSpeed(ACTIVITY_ANIMATION_SPEED_PERCENT)
+            movie.setPaused(True)
         except RuntimeError:  # the window is being deleted
             return
-        self._movie, self._movie_speed = movie, speed
+        self._movie = movie
+
+    def _keep_paused(self) -> None:
+        """Pause the animation again if napari restarted it (e.g. for another progress bar)."""
+        try:
+            if self._movie is not None and self._movie.state() == self._movie.MovieState.Running:
+                self._movie.setPaused(True)
+        except RuntimeError:  # the window is gone
+            self._movie = None
 
     def _restore_animation(self) -> None:
         movie, self._movie = self._movie, None
-        if movie is not None and self._movie_speed is not None:
+        if movie is not None:
             try:
-                movie.setSpeed(self._movie_speed)
+                movie.setPaused(False)
             except RuntimeError:  # the window is gone
                 pass

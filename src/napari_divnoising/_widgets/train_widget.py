@@ -294,7 +294,7 @@ class TrainWidget(QWidget):
 
     def start_training(self, resume: bool = False) -> None:
         """Start (or continue) training in a thread worker."""
-        from ._core import group_steps, training_events
+        from . import _core
 
         if self.runner.running:
             return
@@ -326,10 +326,10 @@ class TrainWidget(QWidget):
         self.activity.start("DivNoising training", 1000)
         bootstrap = choice == NOISE_BOOTSTRAP and not resume
         self.runner.start(
-            lambda: group_steps(training_events(images, noise_model, config, resume=resume_model,
-                                                bootstrap=bootstrap)),
+            lambda: _core.training_source(images, noise_model, config, resume=resume_model, bootstrap=bootstrap),
             self._on_event,
             self._on_done,
+            wrap=_core.group_steps,
         )
 
     def _on_event(self, event: Any) -> None:
