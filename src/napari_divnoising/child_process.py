@@ -9,9 +9,11 @@ events as in-process, in the same order:
   through ``torch.save``) and read back with ``torch.load(weights_only=True)``, so nothing that
   arrives from the child can run code; a noise model travels as its config and tensors;
 - every model that came through an event is *mirrored* in the parent: one object per model of
-  the child, updated in place after each :class:`~napari_divnoising.training.Validation` and
-  when the run ends (the in-process loop hands out the live model; its mirror here holds the
-  weights of the last validation while the run goes on, and the final ones after it);
+  the child, whose weights are updated in place after a
+  :class:`~napari_divnoising.training.Validation` (at most every :data:`SNAPSHOT_INTERVAL_S`)
+  and which gets the child's whole final state when the run ends (the in-process loop hands out
+  the live model; its mirror here holds recent weights while the run goes on, the final ones
+  and the history after it);
 - a model passed *to* the child is mirrored too (a model sent back under its name updates it);
 - :meth:`ChildEvents.request_stop` (any thread) asks the child to stop after its current event;
   the child then closes its generator (the workflow's own clean-up runs: a training records its
@@ -42,6 +44,7 @@ import secrets
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,6 +58,8 @@ from torch import nn
 from .errors import DivNoisingError
 from .model import DivNoisingModel
 
+#: The parent's mirror of a training model gets the child's weights at most this often (seconds).
+SNAPSHOT_INTERVAL_S = 10.0
 #: Seconds :meth:`ChildEvents.close` waits for the child's clean-up before ending it by force.
 CLOSE_TIMEOUT_S = 60.0
 
@@ -94,6 +99,14 @@ class _LiveState:
 
 
 @dataclass(frozen=True)
+class _LiveWeights:
+    """The current weights of a model the parent mirrors: network and noise model tensors only."""
+
+    ident: str
+    data: bytes
+
+
+@dataclass(frozen=True)
 class _Failure:
     """The child's work raised: the exception (pickled, if it could be) and its text."""
 
@@ -116,6 +129,10 @@ def _tensor_bytes(obj: Any) -> bytes:
 
 def _from_bytes(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in state.items()}
 
 
 class _Packer:
@@ -176,6 +193,19 @@ class _Packer:
             return {k: self.unpack(v) for k, v in obj.items()}
         return obj
 
+    def weights(self, model: DivNoisingModel) -> _LiveWeights:
+        state = {"network": model.network.state_dict(), "noise_model": model.noise_model.state_dict()}
+        return _LiveWeights(self.ident(model), _tensor_bytes({k: _cpu(v) for k, v in state.items()}))
+
+    def update_weights(self, message: _LiveWeights) -> None:
+        model = self.models.get(message.ident)
+        if model is None:
+            return
+        state = _from_bytes(message.data)
+        with torch.no_grad():
+            model.network.load_state_dict(state["network"])
+            model.noise_model.load_state_dict(state["noise_model"])
+
     def update(self, payload: ModelPayload) -> DivNoisingModel:
         """The model ``payload`` names, created or updated in place from its bytes."""
         from .model_io import model_from_dict
@@ -207,9 +237,10 @@ def _events_models(event: Any) -> list[DivNoisingModel]:
 
 def _run_job(conn: Connection) -> None:
     """In the child: receive the job, send its events packed, stop when asked, then the final states."""
-    target_name, args, kwargs, snapshot_after = conn.recv()
+    target_name, args, kwargs, snapshot_after, snapshot_interval_s = conn.recv()
     packer = _Packer("child")
     latest: DivNoisingModel | None = None
+    last_snapshot = time.monotonic()
     try:
         module_name, _, qualname = target_name.partition(":")
         target: Any = importlib.import_module(module_name)
@@ -221,8 +252,10 @@ def _run_job(conn: Connection) -> None:
                 models = _events_models(event)
                 latest = models[-1] if models else latest
                 conn.send(packer.pack(event))
-                if latest is not None and type(event).__name__ in snapshot_after:
-                    conn.send(_LiveState(packer.model_payload(latest)))
+                if (latest is not None and type(event).__name__ in snapshot_after
+                        and time.monotonic() - last_snapshot >= snapshot_interval_s):
+                    conn.send(packer.weights(latest))
+                    last_snapshot = time.monotonic()
                 if conn.poll() and conn.recv() == _STOP:
                     break
         finally:
@@ -283,9 +316,10 @@ class ChildEvents:
     args, kwargs
         Its arguments; :class:`~napari_divnoising.model.DivNoisingModel` and noise models
         in them travel as payloads, the rest is pickled.
-    snapshot_after
-        Names of the event types after which the child sends the current state of the latest
-        model it passed on, so the parent's mirror follows the run.
+    snapshot_after, snapshot_interval_s
+        Names of the event types after which the child sends the current weights of the latest
+        model it passed on (at most every ``snapshot_interval_s``), so the parent's mirror
+        follows the run; its history and other facts come with the final state.
     close_timeout_s
         How long :meth:`close` waits for the child's clean-up before ending it by force.
 
@@ -296,7 +330,8 @@ class ChildEvents:
     """
 
     def __init__(self, target: Callable[..., Iterator[Any]], *args: Any,
-                 snapshot_after: tuple[str, ...] = ("Validation",), close_timeout_s: float = CLOSE_TIMEOUT_S,
+                 snapshot_after: tuple[str, ...] = ("Validation",), snapshot_interval_s: float = SNAPSHOT_INTERVAL_S,
+                 close_timeout_s: float = CLOSE_TIMEOUT_S,
                  **kwargs: Any) -> None:
         self._packer = _Packer("parent")
         self._close_timeout_s = close_timeout_s
@@ -326,7 +361,7 @@ class ChildEvents:
             raise ChildStartError(f"The worker process did not answer ({type(exc).__name__}: {exc}).") from None
         try:
             self._conn.send((f"{target.__module__}:{target.__qualname__}", self._packer.pack(args),
-                             self._packer.pack(kwargs), tuple(snapshot_after)))
+                             self._packer.pack(kwargs), tuple(snapshot_after), float(snapshot_interval_s)))
         except BaseException:
             self._kill()
             raise
@@ -376,6 +411,9 @@ class ChildEvents:
             if isinstance(message, _LiveState):
                 self._packer.update(message.model)
                 continue
+            if isinstance(message, _LiveWeights):
+                self._packer.update_weights(message)
+                continue
             if isinstance(message, _Failure):
                 self._finish()
                 raise self._exception(message)
@@ -412,6 +450,8 @@ class ChildEvents:
                 message = self._conn.recv()
                 if isinstance(message, _LiveState):
                     self._packer.update(message.model)
+                elif isinstance(message, _LiveWeights):
+                    self._packer.update_weights(message)
                 elif isinstance(message, (_End, _Failure)):
                     break
         except (EOFError, OSError):

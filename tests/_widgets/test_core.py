@@ -53,11 +53,23 @@ def test_group_steps_hands_every_step_on_in_groups(monkeypatch):
     fake_clock(monkeypatch, [0.0, 0.5, 1.0, 2.5, 3.0])
     steps = [TrainStep(step=i, max_steps=5, loss=1.0 / i, reconstruction=1.0, kl=0.0, kl_weight=1.0, lr=1e-3,
                        elapsed_s=0.0, eta_s=0.0, fraction=i / 5) for i in range(1, 6)]
-    out = list(core.group_steps(iter([*steps[:3], Other("validation"), *steps[3:]]), interval_s=2.0))
+    out = list(core.group_steps(iter([*steps[:3], Other("warning"), *steps[3:]]), interval_s=2.0))
     assert isinstance(out[0], core.TrainSteps) and [s.step for s in out[0].steps] == [1]
-    assert [s.step for s in out[1].steps] == [2, 3] and out[2] == Other("validation")
+    assert [s.step for s in out[1].steps] == [2, 3] and out[2] == Other("warning")
     assert [s.step for s in out[3].steps] == [4] and [s.step for s in out[4].steps] == [5]
     assert sum(len(group.steps) for group in out if isinstance(group, core.TrainSteps)) == 5
+
+
+def test_group_steps_keeps_validations_in_the_group(monkeypatch):
+    """A short run validates every second or so: validations must not cost a GUI update each."""
+    from napari_divnoising.training import Validation
+
+    fake_clock(monkeypatch, [0.0, 0.5, 1.0, 1.5, 2.5])
+    steps = [TrainStep(step=i, max_steps=5, loss=1.0 / i, reconstruction=1.0, kl=0.0, kl_weight=1.0, lr=1e-3,
+                       elapsed_s=0.0, eta_s=0.0, fraction=i / 5) for i in range(1, 4)]
+    validation = Validation(step=2, val_loss=0.5, best_val_loss=0.5, is_best=True, reconstruction=0.5, kl=0.0)
+    out = list(core.group_steps(iter([steps[0], steps[1], validation, steps[2], validation]), interval_s=2.0))
+    assert [([s.step for s in g.steps], len(g.validations)) for g in out] == [([1], 0), ([2, 3], 2)]
 
 
 def test_training_runs_in_napari_when_the_child_process_cannot_start(monkeypatch):

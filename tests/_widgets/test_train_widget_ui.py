@@ -296,6 +296,10 @@ def test_training_progress_shows_in_the_activity_dock(widget, qtbot, wait_for, m
     from qtpy.QtGui import QMovie
     from qtpy.QtWidgets import QLabel
 
+    from napari_divnoising._widgets import _worker
+
+    monkeypatch.setattr(_worker, "ACTIVITY_UPDATE_INTERVAL_S", 0.0)
+
     viewer.window.add_dock_widget(w, name="Train")  # the panel pauses the animation of its own window
     movies = [label.movie() for label in w.window().findChildren(QLabel) if label.movie() is not None]
     (animation,) = [movie for movie in movies if movie.fileName().endswith("loading.gif")]
@@ -308,3 +312,28 @@ def test_training_progress_shows_in_the_activity_dock(widget, qtbot, wait_for, m
     assert not w.activity.active
     assert not any(bar.desc == "DivNoising training" for bar in progress._all_instances)
     assert animation.state() != QMovie.MovieState.Paused
+
+
+def test_the_activity_bar_moves_at_most_every_interval(make_napari_viewer, qtbot, monkeypatch):
+    """napari repaints the whole window for each move of the activity bar: it moves rarely, and when full."""
+    from napari_divnoising._widgets import _worker
+
+    make_napari_viewer()
+    clock = [100.0]
+    monkeypatch.setattr(_worker, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    bar = _worker.ActivityProgress()
+    bar.start("test", 100)
+    try:
+        bar.set(1)
+        qtbot.waitUntil(lambda: bar.value == 1, timeout=2000)
+        clock[0] += _worker.ACTIVITY_UPDATE_INTERVAL_S / 2
+        bar.set(2)
+        qtbot.wait(50)
+        assert bar.value == 1  # too soon
+        bar.set(100)
+        qtbot.waitUntil(lambda: bar.value == 100, timeout=2000)  # full: shown at once
+        clock[0] += _worker.ACTIVITY_UPDATE_INTERVAL_S
+        bar.set(50, 200)
+        qtbot.waitUntil(lambda: bar.value == 50, timeout=2000)
+    finally:
+        bar.close()

@@ -18,7 +18,7 @@ import numpy as np
 from .._writer import _unit_name
 from ..export import write_tiff
 from ..model import DivNoisingModel
-from ..training import COLEARN, TrainingConfig, TrainingWarning, TrainStep, train_iter
+from ..training import COLEARN, TrainingConfig, TrainingWarning, TrainStep, Validation, train_iter
 from ..workflows import bootstrap_iter, split_budget
 from ._outputs import Geometry
 
@@ -96,35 +96,40 @@ STEP_GROUP_INTERVAL_S = UI_UPDATE_INTERVAL_S
 
 @dataclasses.dataclass(frozen=True)
 class TrainSteps:
-    """Consecutive :class:`~napari_divnoising.training.TrainStep` events, handed to the GUI thread at once."""
+    """Consecutive :class:`~napari_divnoising.training.TrainStep` events and the
+    :class:`~napari_divnoising.training.Validation` events among them, handed to the GUI thread at once."""
 
     steps: tuple[TrainStep, ...]
+    validations: tuple[Validation, ...] = ()
 
 
 def group_steps(events: Iterator[Any], interval_s: float = STEP_GROUP_INTERVAL_S) -> Iterator[Any]:
-    """Pass ``events`` on, with the per-step events grouped into :class:`TrainSteps` at most every ``interval_s``.
+    """Pass ``events`` on, with the per-step and validation events grouped into :class:`TrainSteps`
+    at most every ``interval_s``.
 
-    A training step takes milliseconds on a GPU; one cross-thread signal and GUI update per step would
-    cost the event loop (and the GIL) more than the step itself. No step is dropped: every group is
-    handed on before any other event, and at the end. Closing this generator closes ``events``.
+    A training step takes milliseconds on a GPU, and a short run validates every second or so; one
+    cross-thread signal and GUI update (a repaint of the window) per event would cost more than the
+    work. No event is dropped: a group is handed on before any other event, and at the end. Closing
+    this generator closes ``events``.
     """
-    pending: list[TrainStep] = []
+    steps: list[TrainStep] = []
+    validations: list[Validation] = []
     last = -float("inf")
     try:
         for event in events:
-            if isinstance(event, TrainStep):
-                pending.append(event)
+            if isinstance(event, (TrainStep, Validation)):
+                (steps if isinstance(event, TrainStep) else validations).append(event)
                 now = time.monotonic()
-                if now - last >= interval_s:
-                    yield TrainSteps(tuple(pending))
-                    pending, last = [], now
+                if now - last >= interval_s and steps:
+                    yield TrainSteps(tuple(steps), tuple(validations))
+                    steps, validations, last = [], [], now
                 continue
-            if pending:
-                yield TrainSteps(tuple(pending))
-                pending = []
+            if steps or validations:
+                yield TrainSteps(tuple(steps), tuple(validations))
+                steps, validations = [], []
             yield event
-        if pending:
-            yield TrainSteps(tuple(pending))
+        if steps or validations:
+            yield TrainSteps(tuple(steps), tuple(validations))
     finally:
         close = getattr(events, "close", None)
         if close is not None:

@@ -183,6 +183,10 @@ class StopWhenRemoved(QObject):
         return False
 
 
+#: The activity dock's bar for a panel's run moves at most this often (seconds).
+ACTIVITY_UPDATE_INTERVAL_S = 10.0
+
+
 class ActivityProgress:
     """A progress bar in napari's activity dock (bottom right) mirroring a panel's progress bar.
 
@@ -208,6 +212,7 @@ class ActivityProgress:
         self._updating = False
         self._close_requested = False
         self._scheduled = False
+        self._last_apply = -float("inf")
 
     def start(self, description: str, total: int) -> None:
         from napari.utils import progress
@@ -218,11 +223,19 @@ class ActivityProgress:
         self._value = self._target = 0
         self._total = None
         self._close_requested = False
+        self._last_apply = -float("inf")
 
     def set(self, value: int, total: int | None = None) -> None:
-        """Ask for ``value`` (of ``total``) to be shown; applied once the current handler returned."""
+        """Ask for ``value`` (of ``total``) to be shown; applied once the current handler returned.
+
+        The bar moves at most every :data:`ACTIVITY_UPDATE_INTERVAL_S` (and when it is full): napari
+        repaints the whole window for each change of its value.
+        """
         self._target, self._total = int(value), total
-        self._schedule()
+        bar_total = total if total is not None else (self._bar.total if self._bar is not None else None)
+        full = bar_total is not None and self._target >= bar_total
+        if full or time.monotonic() - self._last_apply >= ACTIVITY_UPDATE_INTERVAL_S:
+            self._schedule()
 
     def _schedule(self) -> None:
         if not self._scheduled:
@@ -236,6 +249,7 @@ class ActivityProgress:
         bar = self._bar
         if bar is None or self._updating:
             return
+        self._last_apply = time.monotonic()
         self._updating = True
         try:
             if self._total is not None and self._total != bar.total:

@@ -347,7 +347,10 @@ class TrainWidget(QWidget):
         elif isinstance(event, TrainSteps):
             for step in event.steps:
                 self.loss_plot.add_train(step.step, step.loss)
-            self._on_step(event.steps[-1])
+            for validation in event.validations:
+                self.loss_plot.add_validation(validation.step, validation.val_loss)
+            if event.steps:
+                self._on_step(event.steps[-1])
         elif isinstance(event, TrainStep):
             self.loss_plot.add_train(event.step, event.loss)
             self._on_step(event)
