@@ -15,6 +15,10 @@ The budget is a number of steps (``--steps``) or minutes (``--minutes``). A step
 runs comparable on a busy machine: measure each setting's idle step rate first
 (``--rate-only``), then give every setting the steps it makes in the same wall-clock time.
 
+``--with-targets`` adds the noisy frames that are scored (both sets) to the training frames:
+adapting to the images being denoised, which an unsupervised method may do (no clean image is
+used).
+
 Examples::
 
     python benchmarks/quality_ablation.py --rate-only --set ema_decay=0.999
@@ -193,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-samples", type=int, default=100)
     parser.add_argument("--data", type=Path, default=FMD_DIR)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "ablation_runs.jsonl")
+    parser.add_argument("--with-targets", action="store_true",
+                        help="also train on the noisy frames that are scored (both sets): adapting to the images "
+                             "being denoised, as an unsupervised method may")
     parser.add_argument("--rate-only", action="store_true", help="only measure the idle step rate")
     parser.add_argument("--table", type=Path, default=None, help="summarise a runs file as markdown")
     args = parser.parse_args(argv)
@@ -200,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         print(summarise(args.table))
         return 0
     data = load_sets(args.data)
+    if args.with_targets:
+        data["train"] = np.concatenate([data["train"], *(noisy for noisy, _ in data["sets"].values())])
     settings = parse_settings(args.settings)
     if args.rate_only:
         rate = step_rate(data, settings, args.threads)
@@ -212,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         model, info = train_once(data, args.noise, settings, seed, args.steps, args.minutes, args.threads)
         record = {"label": args.label, "settings": settings, "noise": args.noise, "seed": seed, "budget": budget,
-                  "threads": args.threads, **info}
+                  "threads": args.threads, "with_targets": bool(args.with_targets), **info}
         for name, (noisy, gt) in data["sets"].items():
             record[name] = score(model, noisy, gt, args.n_samples)
         record["machine"] = machine_info()

@@ -100,8 +100,10 @@ def test_closing_the_iterator_stops_the_child():
 def test_an_error_in_the_child_is_raised_here():
     events = ChildEvents(failing_events, "the data is empty")
     assert next(events) == "started"
-    with pytest.raises(DivNoisingError, match="the data is empty"):
+    with pytest.raises(DivNoisingError, match="the data is empty") as caught:
         next(events)
+    notes = "".join(getattr(caught.value, "__notes__", []))
+    assert "Raised in the worker process" in notes and "failing_events" in notes
 
 
 def test_a_child_that_dies_is_reported_in_one_line():
@@ -139,3 +141,13 @@ def test_a_child_that_cannot_start_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(child_process.sys, "executable", "/nonexistent/python")
     with pytest.raises(ChildStartError, match="could not start"):
         ChildEvents(failing_events, "never runs")
+
+
+def niceness_events():
+    yield os.nice(0) if hasattr(os, "nice") else 0
+
+
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="Unix niceness")
+def test_the_child_runs_at_a_lower_priority():
+    (child_niceness,) = list(ChildEvents(niceness_events))
+    assert child_niceness >= min(os.nice(0) + child_process.CHILD_NICENESS, 19)

@@ -21,8 +21,8 @@ events as in-process, in the same order:
   iterator ends after passing on every event the child sent. Closing the iterator does the same
   and waits for the child (then ends it by force after ``close_timeout_s``);
 - an exception in the child is raised again in the parent (the same exception where it can be
-  pickled, else a :class:`~napari_divnoising.errors.DivNoisingError` with its text); a child
-  that dies (killed, out of memory) is reported in one line.
+  pickled, else a ``RuntimeError`` with its text; either way with the child's traceback as a
+  note); a child that dies (killed, out of memory) is reported in one line.
 
 The child is a fresh interpreter with the parent's ``sys.path`` (forking a process that runs
 Qt or CUDA is unsafe, and unlike ``multiprocessing``'s spawn it never runs the parent's main
@@ -58,6 +58,9 @@ from torch import nn
 from .errors import DivNoisingError
 from .model import DivNoisingModel
 
+#: The child runs at a lower priority (Unix niceness; "below normal" on Windows): when the viewer
+#: has to draw, it gets the cores first, and the work takes what is left (``benchmarks/bench_gui.py``).
+CHILD_NICENESS = 5
 #: The parent's mirror of a training model gets the child's weights at most this often (seconds).
 SNAPSHOT_INTERVAL_S = 10.0
 #: Seconds :meth:`ChildEvents.close` waits for the child's clean-up before ending it by force.
@@ -291,6 +294,11 @@ _BOOTSTRAP = (
 
 def serve() -> None:
     """The child's main: read the key, tell the parent where to connect, run one job."""
+    if hasattr(os, "nice"):
+        try:
+            os.nice(CHILD_NICENESS)
+        except OSError:
+            pass
     key = bytes.fromhex(sys.stdin.readline().strip())
     with Listener(authkey=key) as listener:
         sys.stdout.write(json.dumps(listener.address) + "\n")
@@ -341,7 +349,8 @@ class ChildEvents:
         key = secrets.token_bytes(32)
         try:
             self._process = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP], stdin=subprocess.PIPE,
-                                             stdout=subprocess.PIPE)
+                                             stdout=subprocess.PIPE,
+                                             creationflags=getattr(subprocess, "BELOW_NORMAL_PRIORITY_CLASS", 0))
         except OSError as exc:
             self._ended = True
             raise ChildStartError(f"The worker process could not start ({exc}).") from None
@@ -422,14 +431,19 @@ class ChildEvents:
 
     @staticmethod
     def _exception(failure: _Failure) -> BaseException:
+        """The child's exception, carrying the child's traceback as a note (shown with unexpected errors)."""
+        exc: BaseException | None = None
         if failure.exception is not None:
             try:
-                exc = pickle.loads(failure.exception)
-                if isinstance(exc, BaseException):
-                    return exc
+                loaded = pickle.loads(failure.exception)
+                exc = loaded if isinstance(loaded, BaseException) else None
             except Exception:
-                pass
-        return DivNoisingError(f"{failure.type_name}: {failure.message}")
+                exc = None
+        if exc is None:
+            exc = RuntimeError(f"{failure.type_name}: {failure.message}")
+        if hasattr(exc, "add_note"):  # Python 3.11+
+            exc.add_note(f"Raised in the worker process:\n{failure.traceback}")
+        return exc
 
     def _finish(self) -> None:
         self._ended = True
