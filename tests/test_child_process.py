@@ -80,7 +80,7 @@ def test_stop_ends_the_run_after_the_current_step_and_keeps_the_model_so_far():
 
 
 def test_continuing_a_model_trains_a_copy_as_in_process():
-    first = list(ChildEvents(train_iter, noisy_images(), COLEARN, tiny_config(max_steps=4)))[-1].model
+    first = list(train_iter(noisy_images(), COLEARN, tiny_config(max_steps=4)))[-1].model
     before = weights(first)
     continued = list(ChildEvents(train_iter, noisy_images(), None, tiny_config(max_steps=4), resume=first))[-1].model
     assert continued is not first and continued.history["steps"] == 8
