@@ -158,3 +158,19 @@ def test_bootstrap_with_too_short_a_budget_explains_and_keeps_the_first_model(wi
     wait_for(w.runner, timeout=180_000)
     assert errors and "Bootstrapping stopped" in errors[0] and "larger budget" in errors[0]
     assert isinstance(get_session(viewer).trained_model, DivNoisingModel)
+
+
+def test_stop_right_after_train_ends_the_child_without_freezing(widget, wait_for, qtbot, train_in_a_child_process):
+    """Stop before the child process has started: the worker asks it to stop as soon as it exists."""
+    import time
+
+    viewer, w = widget
+    get_session(viewer).set_noise_choice(NOISE_COLEARN)
+    w.budget_value.setValue(100_000)
+    w.train_button.click()
+    t0 = time.monotonic()
+    w.stop_button.click()
+    assert time.monotonic() - t0 < 1.0  # the GUI thread does not wait for the child
+    wait_for(w.runner, timeout=60_000)
+    assert w.runner._source.exit_code is not None
+    assert w.progress.format() in ("stopped", "done")

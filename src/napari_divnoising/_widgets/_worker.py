@@ -94,9 +94,12 @@ class WorkerRunner:
         def events() -> Iterator[Any]:
             try:
                 source = make_events()
-                self._source = source
-                if self._stop_requested and hasattr(source, "request_stop"):
-                    source.request_stop()
+                self._source = source  # set before the flag is read; stop() sets the flag before reading this
+                if self._stop_requested:
+                    if hasattr(source, "request_stop"):
+                        source.request_stop()
+                    else:
+                        worker.quit()
                 yield from (wrap(source) if wrap is not None else source)
             except Exception as exc:
                 raise WorkerFailure(exc) from exc
@@ -145,7 +148,9 @@ class WorkerRunner:
             return
         self._stop_requested = True
         source = self._source
-        if source is not None and hasattr(source, "request_stop"):
+        if source is None:
+            return  # the worker has not made its source yet: it reads the flag once it has
+        if hasattr(source, "request_stop"):
             source.request_stop()
         else:
             self.worker.quit()
