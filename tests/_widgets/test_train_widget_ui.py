@@ -337,3 +337,10 @@ def test_the_activity_bar_moves_at_most_every_interval(make_napari_viewer, qtbot
         qtbot.waitUntil(lambda: bar.value == 50, timeout=2000)
     finally:
         bar.close()
+
+
+def test_the_status_shows_the_co_learned_noise_line_with_its_sign(widget):
+    _, w = widget
+    w._update_progress(TrainStep(step=7, max_steps=10, loss=1.0, reconstruction=1.0, kl=0.1, kl_weight=1.0, lr=1e-3,
+                                 elapsed_s=1.0, eta_s=1.0, fraction=0.7, noise_a=3.69, noise_b=-242.0))
+    assert "variance = 3.69 x signal - 242" in w.status.text()

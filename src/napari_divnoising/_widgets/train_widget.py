@@ -385,7 +385,8 @@ class TrainWidget(QWidget):
         if event.steps_per_s > 0:
             text += f", {event.steps_per_s:.1f} steps/s"
         if event.noise_a is not None and event.noise_b is not None:
-            text += f"; co-learned noise variance = {event.noise_a:.3g} x signal + {event.noise_b:.3g}"
+            sign = "-" if event.noise_b < 0 else "+"
+            text += f"; co-learned noise variance = {event.noise_a:.3g} x signal {sign} {abs(event.noise_b):.3g}"
         self.status.setText(text)
 
     def _on_done(self, stopped: bool) -> None:
