@@ -71,8 +71,9 @@ def training_source(
     """:func:`training_events`, run in a child process when :data:`TRAIN_IN_CHILD_PROCESS` is set.
 
     In a child, the models in the events are mirrors of the child's: their weights follow its
-    validations, and its whole final state (history included) arrives at the end. If the child cannot start (an interpreter that cannot be run
-    again, e.g. a frozen application), training runs in this process after a warning.
+    validations, and its whole final state (history included) arrives at the end. If the child
+    cannot start (an interpreter that cannot be run again, e.g. a frozen application), training
+    runs in this process after a warning.
     """
     if TRAIN_IN_CHILD_PROCESS:
         from ..child_process import ChildEvents, ChildStartError
