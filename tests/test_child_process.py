@@ -80,6 +80,21 @@ def test_stop_ends_the_run_after_the_current_step_and_keeps_the_model_so_far():
     assert events.exit_code == 0
 
 
+def test_the_mirror_follows_the_childs_validations_while_it_trains():
+    events = ChildEvents(train_iter, noisy_images(), COLEARN, tiny_config(max_steps=100_000, validation_interval=3),
+                         snapshot_interval_s=0.0)
+    started = next(events)
+    before = weights(started.model)
+    for event in events:
+        if isinstance(event, TrainStep) and event.step >= 7:
+            break  # a validation at step 3 or 6 has been followed by a snapshot
+    model = started.model
+    assert model.history["val_steps"] and model.history["steps"] >= 3  # the history came with the weights
+    assert any(not torch.equal(before[k], v) for k, v in weights(model).items())
+    events.close()
+    assert events.exit_code == 0
+
+
 def test_continuing_a_model_trains_a_copy_as_in_process():
     first = list(train_iter(noisy_images(), COLEARN, tiny_config(max_steps=4)))[-1].model
     before = weights(first)

@@ -9,11 +9,11 @@ events as in-process, in the same order:
   through ``torch.save``) and read back with ``torch.load(weights_only=True)``, so nothing that
   arrives from the child can run code; a noise model travels as its config and tensors;
 - every model that came through an event is *mirrored* in the parent: one object per model of
-  the child, whose weights are updated in place after a
+  the child, whose weights and history are updated in place after a
   :class:`~napari_divnoising.training.Validation` (at most every :data:`SNAPSHOT_INTERVAL_S`)
   and which gets the child's whole final state when the run ends (the in-process loop hands out
-  the live model; its mirror here holds recent weights while the run goes on, the final ones
-  and the history after it);
+  the live model; its mirror here holds a recent state while the run goes on, the final one
+  after it);
 - a model passed *to* the child is mirrored too (a model sent back under its name updates it);
 - :meth:`ChildEvents.request_stop` (any thread) asks the child to stop after its current event;
   the child then closes its generator (the workflow's own clean-up runs: a training records its
@@ -103,10 +103,11 @@ class _LiveState:
 
 @dataclass(frozen=True)
 class _LiveWeights:
-    """The current weights of a model the parent mirrors: network and noise model tensors only."""
+    """The current weights (network and noise model tensors) and history of a model the parent mirrors."""
 
     ident: str
     data: bytes
+    history: dict
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,8 @@ class _Packer:
 
     def weights(self, model: DivNoisingModel) -> _LiveWeights:
         state = {"network": model.network.state_dict(), "noise_model": model.noise_model.state_dict()}
-        return _LiveWeights(self.ident(model), _tensor_bytes({k: _cpu(v) for k, v in state.items()}))
+        return _LiveWeights(self.ident(model), _tensor_bytes({k: _cpu(v) for k, v in state.items()}),
+                            dict(model.history))
 
     def update_weights(self, message: _LiveWeights) -> None:
         model = self.models.get(message.ident)
@@ -208,6 +210,7 @@ class _Packer:
         with torch.no_grad():
             model.network.load_state_dict(state["network"])
             model.noise_model.load_state_dict(state["noise_model"])
+        model.history = message.history
 
     def update(self, payload: ModelPayload) -> DivNoisingModel:
         """The model ``payload`` names, created or updated in place from its bytes."""
@@ -325,9 +328,9 @@ class ChildEvents:
         Its arguments; :class:`~napari_divnoising.model.DivNoisingModel` and noise models
         in them travel as payloads, the rest is pickled.
     snapshot_after, snapshot_interval_s
-        Names of the event types after which the child sends the current weights of the latest
-        model it passed on (at most every ``snapshot_interval_s``), so the parent's mirror
-        follows the run; its history and other facts come with the final state.
+        Names of the event types after which the child sends the current weights and history of
+        the latest model it passed on (at most every ``snapshot_interval_s``), so the parent's
+        mirror follows the run; the rest of its state comes with the final state.
     close_timeout_s
         How long :meth:`close` waits for the child's clean-up before ending it by force.
 
