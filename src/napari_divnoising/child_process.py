@@ -30,6 +30,7 @@ script again, from which a user's script without a ``__main__`` guard would open
 viewer). Its start costs an interpreter and the imports (seconds). The processes talk over a
 :mod:`multiprocessing.connection` (a local socket or named pipe that only a holder of a random
 key can open); ``target`` is named by module and name and must be a module-level function.
+The child runs at a lower priority (:data:`CHILD_NICENESS`), so the viewer draws first.
 """
 
 from __future__ import annotations
