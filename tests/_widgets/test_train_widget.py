@@ -160,10 +160,15 @@ def test_bootstrap_with_too_short_a_budget_explains_and_keeps_the_first_model(wi
     assert isinstance(get_session(viewer).trained_model, DivNoisingModel)
 
 
-def test_stop_right_after_train_ends_the_child_without_freezing(widget, wait_for, qtbot, train_in_a_child_process):
-    """Stop before the child process has started: the worker asks it to stop as soon as it exists."""
+@pytest.mark.parametrize("in_child", [True, False], ids=["child process", "napari's process"])
+def test_stop_right_after_train_ends_the_run_without_freezing(widget, wait_for, qtbot, monkeypatch, in_child):
+    """Stop before the worker has made its event source (e.g. a child process that is starting):
+    the worker asks the source to stop (or quits) as soon as it exists."""
     import time
 
+    from napari_divnoising._widgets import _core
+
+    monkeypatch.setattr(_core, "TRAIN_IN_CHILD_PROCESS", in_child)
     viewer, w = widget
     get_session(viewer).set_noise_choice(NOISE_COLEARN)
     w.budget_value.setValue(100_000)
@@ -172,5 +177,7 @@ def test_stop_right_after_train_ends_the_child_without_freezing(widget, wait_for
     w.stop_button.click()
     assert time.monotonic() - t0 < 1.0  # the GUI thread does not wait for the child
     wait_for(w.runner, timeout=60_000)
-    assert w.runner._source.exit_code is not None
+    if in_child:
+        assert w.runner._source.exit_code is not None
     assert w.progress.format() in ("stopped", "done")
+    assert w.model is None or w.model.history.get("steps", 0) < 100_000
