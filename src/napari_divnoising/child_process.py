@@ -136,8 +136,22 @@ def _from_bytes(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
-def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in state.items()}
+def _map_leaves(obj: Any, leaf: Callable[[Any], Any]) -> Any:
+    """``obj`` with ``leaf`` applied to everything that is not a dataclass, list, tuple or dict.
+
+    ``leaf`` returns its argument unchanged, or a replacement (which is not walked into).
+    """
+    replaced = leaf(obj)
+    if replaced is not obj:
+        return replaced
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {f.name: _map_leaves(getattr(obj, f.name), leaf) for f in dataclasses.fields(obj) if f.init}
+        return dataclasses.replace(obj, **changes)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_leaves(v, leaf) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _map_leaves(v, leaf) for k, v in obj.items()}
+    return obj
 
 
 class _Packer:
@@ -164,23 +178,25 @@ class _Packer:
         return ModelPayload(self.ident(model), _tensor_bytes(model_to_dict(model)))
 
     def pack(self, obj: Any) -> Any:
+        """``obj`` with its models, noise models and tensors turned into payloads."""
+        return _map_leaves(obj, self._pack_leaf)
+
+    def unpack(self, obj: Any) -> Any:
+        """``obj`` with its payloads turned back into models, noise models and tensors."""
+        return _map_leaves(obj, self._unpack_leaf)
+
+    def _pack_leaf(self, obj: Any) -> Any:
+        from .model_io import cpu_state_copy
+
         if isinstance(obj, DivNoisingModel):
             return self.model_payload(obj)
         if isinstance(obj, nn.Module) and hasattr(obj, "to_config"):
-            state = {k: v.detach().cpu() for k, v in obj.state_dict().items()}
-            return NoiseModelPayload(obj.to_config(), _tensor_bytes(state))
+            return NoiseModelPayload(obj.to_config(), _tensor_bytes(cpu_state_copy(obj.state_dict())))
         if isinstance(obj, torch.Tensor):
             return TensorPayload(_tensor_bytes(obj.detach().cpu()))
-        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            changes = {f.name: self.pack(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
-            return dataclasses.replace(obj, **changes)
-        if isinstance(obj, (list, tuple)):
-            return type(obj)(self.pack(v) for v in obj)
-        if isinstance(obj, dict):
-            return {k: self.pack(v) for k, v in obj.items()}
         return obj
 
-    def unpack(self, obj: Any) -> Any:
+    def _unpack_leaf(self, obj: Any) -> Any:
         if isinstance(obj, ModelPayload):
             return self.update(obj)
         if isinstance(obj, NoiseModelPayload):
@@ -189,33 +205,27 @@ class _Packer:
             return noise_model_from_config(obj.config, _from_bytes(obj.data))
         if isinstance(obj, TensorPayload):
             return _from_bytes(obj.data)
-        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            changes = {f.name: self.unpack(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
-            return dataclasses.replace(obj, **changes)
-        if isinstance(obj, (list, tuple)):
-            return type(obj)(self.unpack(v) for v in obj)
-        if isinstance(obj, dict):
-            return {k: self.unpack(v) for k, v in obj.items()}
         return obj
 
     def weights(self, model: DivNoisingModel) -> _LiveWeights:
-        state = {"network": model.network.state_dict(), "noise_model": model.noise_model.state_dict()}
-        return _LiveWeights(self.ident(model), _tensor_bytes({k: _cpu(v) for k, v in state.items()}),
-                            dict(model.history))
+        from .training.checkpoints import state_copy
+
+        return _LiveWeights(self.ident(model), _tensor_bytes(state_copy(model)), dict(model.history))
 
     def update_weights(self, message: _LiveWeights) -> None:
+        from .training.checkpoints import load_state
+
         model = self.models.get(message.ident)
         if model is None:
             return
-        state = _from_bytes(message.data)
         with torch.no_grad():
-            model.network.load_state_dict(state["network"])
-            model.noise_model.load_state_dict(state["noise_model"])
+            load_state(model, _from_bytes(message.data))
         model.history = message.history
 
     def update(self, payload: ModelPayload) -> DivNoisingModel:
         """The model ``payload`` names, created or updated in place from its bytes."""
         from .model_io import model_from_dict
+        from .training.checkpoints import load_state
 
         fresh = model_from_dict(_from_bytes(payload.data), source="the model from the other process")
         model = self.models.get(payload.ident)
@@ -224,8 +234,7 @@ class _Packer:
             self.ident_of[id(fresh)] = payload.ident
             return fresh
         with torch.no_grad():
-            model.network.load_state_dict(fresh.network.state_dict())
-            model.noise_model.load_state_dict(fresh.noise_model.state_dict())
+            load_state(model, {"network": fresh.network.state_dict(), "noise_model": fresh.noise_model.state_dict()})
         model.data_mean, model.data_std = fresh.data_mean, fresh.data_std
         model.config, model.history, model.name = fresh.config, fresh.history, fresh.name
         model.training_state = fresh.training_state
@@ -421,17 +430,23 @@ class ChildEvents:
             if isinstance(message, _End):
                 self._finish()
                 break
-            if isinstance(message, _LiveState):
-                self._packer.update(message.model)
-                continue
-            if isinstance(message, _LiveWeights):
-                self._packer.update_weights(message)
+            if self._mirror(message):
                 continue
             if isinstance(message, _Failure):
                 self._finish()
                 raise self._exception(message)
             return self._packer.unpack(message)
         raise StopIteration
+
+    def _mirror(self, message: Any) -> bool:
+        """Apply a model state the child sent to its mirror; False for any other message."""
+        if isinstance(message, _LiveState):
+            self._packer.update(message.model)
+        elif isinstance(message, _LiveWeights):
+            self._packer.update_weights(message)
+        else:
+            return False
+        return True
 
     @staticmethod
     def _exception(failure: _Failure) -> BaseException:
@@ -466,11 +481,7 @@ class ChildEvents:
         try:
             while self._conn.poll(self._close_timeout_s):
                 message = self._conn.recv()
-                if isinstance(message, _LiveState):
-                    self._packer.update(message.model)
-                elif isinstance(message, _LiveWeights):
-                    self._packer.update_weights(message)
-                elif isinstance(message, (_End, _Failure)):
+                if not self._mirror(message) and isinstance(message, (_End, _Failure)):
                     break
         except (EOFError, OSError):
             pass

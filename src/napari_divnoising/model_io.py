@@ -44,7 +44,8 @@ def last_checkpoint_path(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.last{path.suffix or '.pt'}")
 
 
-def _cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def cpu_state_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A host copy of a ``state_dict`` (detached; never aliasing the module's own tensors)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
@@ -79,8 +80,8 @@ def model_to_dict(model: DivNoisingModel, training_state: dict | None = None) ->
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "meta": meta_json,
-        "network": _cpu_state(net.state_dict()),
-        "noise_model": _cpu_state(model.noise_model.state_dict()),
+        "network": cpu_state_copy(net.state_dict()),
+        "noise_model": cpu_state_copy(model.noise_model.state_dict()),
     }
     if state is not None:
         out["training_state"] = _to_cpu(state)

@@ -75,16 +75,16 @@ def training_source(
     cannot start (an interpreter that cannot be run again, e.g. a frozen application), training
     runs in this process after a warning.
     """
-    if TRAIN_IN_CHILD_PROCESS:
-        from ..child_process import ChildEvents, ChildStartError
+    args, kwargs = (images, noise_model, config), {"resume": resume, "bootstrap": bootstrap}
+    if not TRAIN_IN_CHILD_PROCESS:
+        return training_events(*args, **kwargs)
+    from ..child_process import ChildEvents, ChildStartError
 
-        try:
-            return ChildEvents(training_events, images, noise_model, config, resume=resume, bootstrap=bootstrap)
-        except ChildStartError as exc:
-            note = TrainingWarning(f"{exc} Training runs inside napari instead (slower).")
-            return itertools.chain([note], training_events(images, noise_model, config, resume=resume,
-                                                           bootstrap=bootstrap))
-    return training_events(images, noise_model, config, resume=resume, bootstrap=bootstrap)
+    try:
+        return ChildEvents(training_events, *args, **kwargs)
+    except ChildStartError as exc:
+        note = TrainingWarning(f"{exc} Training runs inside napari instead (slower).")
+        return itertools.chain([note], training_events(*args, **kwargs))
 
 
 #: Long runs update the panels at most this often (seconds). Every update repaints the window around

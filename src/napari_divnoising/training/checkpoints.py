@@ -15,10 +15,10 @@ from .events import CheckpointSaved, TrainingEvent, TrainingWarning
 
 def state_copy(model: DivNoisingModel) -> dict[str, dict[str, torch.Tensor]]:
     """A host copy of the network's and the noise model's weights."""
-    return {
-        "network": {k: v.detach().to("cpu", copy=True) for k, v in model.network.state_dict().items()},
-        "noise_model": {k: v.detach().to("cpu", copy=True) for k, v in model.noise_model.state_dict().items()},
-    }
+    from ..model_io import cpu_state_copy
+
+    return {"network": cpu_state_copy(model.network.state_dict()),
+            "noise_model": cpu_state_copy(model.noise_model.state_dict())}
 
 
 def load_state(model: DivNoisingModel, state: dict[str, dict[str, torch.Tensor]]) -> None:
