@@ -1,6 +1,26 @@
 """Suite-wide test configuration."""
 
 import gc
+import os
+
+
+def _threads_per_worker() -> int | None:
+    """Torch threads for one pytest-xdist worker: the cores shared out, so that workers do not oversubscribe."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not workers:
+        return None
+    return max(1, (os.cpu_count() or 1) // int(workers))
+
+
+def pytest_configure(config):
+    threads = _threads_per_worker()
+    if threads is not None:
+        # Set before torch starts its thread pools; child processes the tests start inherit it.
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        os.environ["MKL_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def pytest_collection_finish(session):

@@ -122,11 +122,14 @@ def test_an_error_in_the_child_is_raised_here():
     assert "Raised in the worker process" in notes and "failing_events" in notes
 
 
-def test_a_child_that_dies_is_reported_in_one_line():
+def test_a_child_that_dies_is_reported_in_one_line_and_leaves_no_files():
     events = ChildEvents(dying_events)
+    socket_dir = events._socket_dir
     assert next(events) == "started"
+    assert os.name != "posix" or os.path.isdir(socket_dir)
     with pytest.raises(DivNoisingError, match=r"ended unexpectedly \(exit code 3\)"):
         next(events)
+    assert not socket_dir or not os.path.exists(socket_dir)  # the dead child could not clean up
 
 
 class _Exploit:

@@ -66,8 +66,10 @@ class Result:
         return lines[0]
 
 
-def _env() -> dict[str, str]:
+def _env(temp_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
+    # A model the command cannot write is rescued to the temporary folder: the test's, not the machine's.
+    env["TMPDIR"] = str(temp_dir)
     env["PYTHONPATH"] = os.pathsep.join([str(SRC)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("DIVNOISING_FAULTS_FRESH", None)
@@ -77,14 +79,15 @@ def _env() -> dict[str, str]:
 class Cli:
     """The command line in a subprocess: one long-lived server for quick cases, or a fresh process."""
 
-    def __init__(self) -> None:
+    def __init__(self, temp_dir: Path) -> None:
         self._server: subprocess.Popen | None = None
+        self._temp_dir = temp_dir
 
     def _serve(self) -> subprocess.Popen:
         if self._server is None or self._server.poll() is not None:
             self._server = subprocess.Popen(
                 [sys.executable, str(DRIVER), "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL, text=True, env=_env(),
+                stderr=subprocess.DEVNULL, text=True, env=_env(self._temp_dir),
             )
         return self._server
 
@@ -92,7 +95,7 @@ class Cli:
         args = [str(a) for a in argv]
         if fresh:
             cmd = [sys.executable, str(DRIVER)] + (["--patch", patch] if patch else []) + ["--", *args]
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(self._temp_dir))
             return Result(done.returncode, done.stdout, done.stderr)
         server = self._serve()
         server.stdin.write(json.dumps({"argv": args, "patch": patch}) + "\n")
@@ -114,8 +117,8 @@ class Cli:
 
 
 @pytest.fixture(scope="session")
-def cli():
-    runner = Cli()
+def cli(tmp_path_factory):
+    runner = Cli(tmp_path_factory.mktemp("cli-temp"))
     yield runner
     runner.close()
 
@@ -623,13 +626,19 @@ def test_resume_with_another_noise_model_is_not_ignored(cli, data, tmp_path):
 # ---------------------------------------------------------------------- signals
 
 
+@pytest.fixture
+def child_temp(tmp_path_factory) -> Path:
+    """The temporary folder of a command run in its own process."""
+    return tmp_path_factory.mktemp("child-temp")
+
+
 class _Running:
     """A command in a fresh process; its stderr collected in the background."""
 
-    def __init__(self, *argv: object):
+    def __init__(self, *argv: object, temp_dir: Path):
         self.proc = subprocess.Popen(
             [sys.executable, str(DRIVER), "--", *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=_env(),
+            text=True, env=_env(temp_dir),
         )
         self.err = ""
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -654,12 +663,12 @@ class _Running:
         return Result(self.proc.returncode, out, self.err)
 
 
-def test_sigint_during_training_keeps_a_resumable_model(cli, data, tmp_path):
+def test_sigint_during_training_keeps_a_resumable_model(cli, data, tmp_path, child_temp):
     from napari_divnoising.model_io import load_model
 
     out = tmp_path / "m.pt"
     run = _Running("train", "--data", data / "noisy.tif", "--co-learn", "--out", out, "--max-steps", "100000",
-                   "--patch-size", "16", "--batch-size", "2")
+                   "--patch-size", "16", "--batch-size", "2", temp_dir=child_temp)
     run.wait_for(lambda: "step 3," in run.err)
     run.proc.send_signal(signal.SIGINT)
     result = run.finish()
@@ -674,12 +683,12 @@ def test_sigint_during_training_keeps_a_resumable_model(cli, data, tmp_path):
     assert load_model(out).history["steps"] == steps + 2
 
 
-def test_sigkill_during_training_leaves_loadable_files(cli, data, tmp_path):
+def test_sigkill_during_training_leaves_loadable_files(cli, data, tmp_path, child_temp):
     from napari_divnoising.model_io import load_model
 
     out = tmp_path / "m.pt"
     run = _Running("train", "--data", data / "noisy.tif", "--co-learn", "--out", out, "--max-steps", "250",
-                   "--patch-size", "16", "--batch-size", "2")
+                   "--patch-size", "16", "--batch-size", "2", temp_dir=child_temp)
     run.wait_for(lambda: (tmp_path / "m.last.pt").exists())
     run.proc.send_signal(signal.SIGKILL)
     result = run.finish()
@@ -692,11 +701,11 @@ def test_sigkill_during_training_leaves_loadable_files(cli, data, tmp_path):
     assert resumed.rc == 0, resumed.text
 
 
-def test_sigint_during_prediction_keeps_the_old_set(data, tmp_path):
+def test_sigint_during_prediction_keeps_the_old_set(data, tmp_path, child_temp):
     _old_set(tmp_path)
     before = snapshot(tmp_path)
     run = _Running("predict", "--model", data / "model.pt", "--input", data / "cells.tif", "--out-dir", tmp_path,
-                   "--samples", "1000000", "--save-samples", "2", "--force")
+                   "--samples", "1000000", "--save-samples", "2", "--force", temp_dir=child_temp)
     run.wait_for(lambda: "sample" in run.err)
     run.proc.send_signal(signal.SIGINT)
     result = run.finish()

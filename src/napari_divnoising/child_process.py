@@ -42,8 +42,10 @@ import json
 import os
 import pickle
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -313,7 +315,10 @@ def serve() -> None:
         except OSError:
             pass
     key = bytes.fromhex(sys.stdin.readline().strip())
-    with Listener(authkey=key) as listener:
+    socket_dir = json.loads(sys.stdin.readline())
+    # A socket in the parent's folder, which the parent removes even when this process is killed.
+    address = os.path.join(socket_dir, "socket") if socket_dir else None
+    with Listener(address, "AF_UNIX" if socket_dir else None, authkey=key) as listener:
         sys.stdout.write(json.dumps(listener.address) + "\n")
         sys.stdout.flush()
         # Anything printed from now on goes where errors go: nobody reads stdout any more.
@@ -360,15 +365,24 @@ class ChildEvents:
         self._send_lock = threading.Lock()
         self.stop_requested = False
         key = secrets.token_bytes(32)
+        self._socket_dir = ""
+        if os.name == "posix":
+            try:
+                self._socket_dir = tempfile.mkdtemp(prefix="divnoising-")
+            except OSError as exc:
+                self._ended = True
+                raise ChildStartError(f"The worker process could not start: no temporary folder ({exc}).") from None
         try:
             self._process = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP], stdin=subprocess.PIPE,
                                              stdout=subprocess.PIPE,
                                              creationflags=getattr(subprocess, "BELOW_NORMAL_PRIORITY_CLASS", 0))
         except OSError as exc:
             self._ended = True
+            self._remove_socket_dir()
             raise ChildStartError(f"The worker process could not start ({exc}).") from None
         try:
-            self._process.stdin.write(json.dumps(list(sys.path)).encode() + b"\n" + key.hex().encode() + b"\n")
+            self._process.stdin.write(json.dumps(list(sys.path)).encode() + b"\n" + key.hex().encode() + b"\n"
+                                      + json.dumps(self._socket_dir).encode() + b"\n")
             self._process.stdin.close()
             line = self._process.stdout.readline()
             self._process.stdout.close()
@@ -392,6 +406,11 @@ class ChildEvents:
         self._ended = True
         self._process.kill()
         self._process.wait()
+        self._remove_socket_dir()
+
+    def _remove_socket_dir(self) -> None:
+        if self._socket_dir:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     @property
     def pid(self) -> int:
@@ -472,6 +491,7 @@ class ChildEvents:
             self._process.kill()
             self._process.wait()
         self._conn.close()
+        self._remove_socket_dir()
 
     def close(self) -> None:
         """Stop the child, apply the models' final states it sends, and wait for it to end."""
@@ -491,5 +511,6 @@ class ChildEvents:
         try:
             if not self._ended and self._process.poll() is None:
                 self._process.kill()
+            self._remove_socket_dir()
         except Exception:
             pass

@@ -47,8 +47,16 @@ def _live_weights_per_step(images, config):
     return per_step
 
 
-def test_trained_and_saved_model_hold_the_averaged_weights(tmp_path):
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread while the test runs (the same sums in the same order), the suite's setting after."""
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_trained_and_saved_model_hold_the_averaged_weights(tmp_path, one_torch_thread):
     images = np.random.default_rng(0).normal(100, 10, (4, 32, 32)).astype(np.float32)
     decay = 0.9
     live = _live_weights_per_step(images, _config())
