@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                              "being denoised, as an unsupervised method may")
     parser.add_argument("--rate-only", action="store_true", help="only measure the idle step rate")
     parser.add_argument("--table", type=Path, default=None, help="summarise a runs file as markdown")
+    parser.add_argument("--save-models", type=Path, default=None, metavar="DIR",
+                        help="also save each trained model there (LABEL-seedN.pt), for later prediction experiments")
     args = parser.parse_args(argv)
     if args.table:
         print(summarise(args.table))
@@ -220,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
     for seed in args.seeds:
         model, info = train_once(data, args.noise, settings, seed, args.steps, args.minutes, args.threads)
+        if args.save_models:
+            from napari_divnoising.model_io import save_model
+
+            args.save_models.mkdir(parents=True, exist_ok=True)
+            save_model(model, args.save_models / f"{args.label.replace(' ', '_')}-seed{seed}.pt")
         record = {"label": args.label, "settings": settings, "noise": args.noise, "seed": seed, "budget": budget,
                   "threads": args.threads, "with_targets": bool(args.with_targets), **info}
         for name, (noisy, gt) in data["sets"].items():

@@ -98,13 +98,22 @@ def test_step_budget_reports_its_use_and_the_rate(images):
     assert done.history["runs"][-1]["budget_used"] == pytest.approx(1.0)
 
 
-def test_device_defaults_fill_patch_and_batch_size(images):
-    assert device_defaults("cpu") == {"patch_size": 64, "batch_size": 8}
+def test_device_defaults_fill_patch_batch_size_and_filters(images):
+    assert device_defaults("cpu") == {"patch_size": 64, "batch_size": 8, "start_filters": 16}
     started = next(iter(train_iter(np.zeros((2, 80, 80), np.float32) + np.arange(80), 10.0,
                                    TrainingConfig(max_steps=1, device="cpu"))))
     assert isinstance(started, TrainingStarted)
     assert started.config["patch_size"] == 64 and started.config["batch_size"] == 8
+    assert started.config["start_filters"] == 16 and started.model.network.start_filters == 16
     assert started.config["log_interval"] == 1
+
+
+def test_a_continued_model_keeps_its_filters_when_they_are_left_to_the_device(images):
+    wide = next(iter(train_iter(images, 10.0, tiny_config(max_steps=1, start_filters=32)))).model
+    started = next(iter(train_iter(images, None, tiny_config(max_steps=1, start_filters=None), resume=wide)))
+    assert started.model.network.start_filters == 32 and started.config["start_filters"] == 32
+    with pytest.raises(DivNoisingError, match="start_filters 32"):
+        next(iter(train_iter(images, None, tiny_config(max_steps=1, start_filters=16), resume=wide)))
 
 
 def test_log_interval_reads_losses_back_in_blocks(images):

@@ -16,8 +16,8 @@ from typing import Any
 
 from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLineEdit, QSpinBox, QWidget
 
-#: Fields whose empty value means "chosen for the device".
-DEVICE_CHOSEN = ("patch_size", "batch_size")
+from ..training.config import DEVICE_CHOSEN
+
 #: Spin-box steps where 1 is not useful.
 SINGLE_STEPS = {"patch_size": 16}
 #: The largest number a spin box offers (Qt's int spin boxes are 32-bit).

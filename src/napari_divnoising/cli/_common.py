@@ -23,8 +23,12 @@ def checkpoint_bytes(config: Any) -> int:
     :class:`~napari_divnoising.training.TrainingConfig`): the best and the last checkpoint with the
     optimizer state, plus one temporary copy while a checkpoint is replaced."""
     from ..model_io import estimate_file_bytes
+    from ..training.config import CPU_DEFAULTS, GPU_DEFAULTS, SMALL_GPU_DEFAULTS
 
-    return 3 * estimate_file_bytes(config.depth, config.start_filters, config.z_dim)
+    filters = config.start_filters
+    if filters is None:  # chosen for the device when training starts: count the widest
+        filters = max(d["start_filters"] for d in (CPU_DEFAULTS, GPU_DEFAULTS, SMALL_GPU_DEFAULTS))
+    return 3 * estimate_file_bytes(config.depth, filters, config.z_dim)
 
 
 def check_output_path(

@@ -86,13 +86,15 @@ def add_config_options(
 
 def settings_table(config_cls: type, names: Iterable[str]) -> str:
     """A Markdown table (setting, default, what it does) of the fields ``names``, as the user guide shows it."""
+    from ..training.config import DEVICE_CHOSEN
+
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     lines = ["| setting | default | what it does |", "| --- | --- | --- |"]
     for name in names:
         field = fields[name]
         label = field.metadata.get("label") or name
         default = default_text(field)
-        if default == "auto" and name in ("patch_size", "batch_size"):
+        if default == "auto" and name in DEVICE_CHOSEN:
             default = "auto (device)"
         lines.append(f"| {label} | {default} | {field.metadata.get('help', '')} |")
     return "\n".join(lines)

@@ -11,8 +11,8 @@ or a range is written once. Each field's ``metadata`` holds:
   "Advanced" in the panel);
 - ``choices``: allowed values for strings.
 
-``patch_size`` and ``batch_size`` left at ``None`` are chosen for the device
-by :func:`device_defaults` when training starts.
+``patch_size``, ``batch_size`` and ``start_filters`` left at ``None`` are chosen
+for the device by :func:`device_defaults` when training starts.
 """
 
 from __future__ import annotations
@@ -28,11 +28,14 @@ import torch
 from ..device import DEVICE_CHOICES
 from ..errors import DivNoisingError
 
-#: Patch and batch size per device type: measured on a 2-core CPU (more, smaller steps learn
-#: faster on a CPU budget) and on an H200 (batch 32 x 128^2 costs about what 8 x 64^2 does).
-CPU_DEFAULTS = {"patch_size": 64, "batch_size": 8}
-GPU_DEFAULTS = {"patch_size": 128, "batch_size": 32}
-SMALL_GPU_DEFAULTS = {"patch_size": 128, "batch_size": 16}
+#: Patch size, batch size and first-level filters per device type. On a CPU, which is compute-bound,
+#: more and cheaper steps learn more in a time budget (benchmarks/results/ablation.md); a GPU is not
+#: compute-bound at these sizes (on an H200, batch 32 x 128^2 costs about what 8 x 64^2 does).
+CPU_DEFAULTS = {"patch_size": 64, "batch_size": 8, "start_filters": 16}
+GPU_DEFAULTS = {"patch_size": 128, "batch_size": 32, "start_filters": 32}
+SMALL_GPU_DEFAULTS = {"patch_size": 128, "batch_size": 16, "start_filters": 32}
+#: The settings whose empty value means "chosen for the device".
+DEVICE_CHOSEN = tuple(CPU_DEFAULTS)
 #: GPUs with less memory than this get :data:`SMALL_GPU_DEFAULTS`.
 SMALL_GPU_BYTES = 6 * 1024**3
 
@@ -69,8 +72,9 @@ class TrainingConfig:
         label="Batch size", minimum=1, maximum=1024)
     depth: int = _field(2, help="Network depth (down-sampling levels): 2 for most images, 3 for large structures.",
                         label="Depth", minimum=1, maximum=6)
-    start_filters: int = _field(32, help="Convolution filters at the first level (doubling per level).",
-                                label="Filters", minimum=4, maximum=256, advanced=True)
+    start_filters: int | None = _field(
+        None, help="Convolution filters at the first level (doubling per level); empty: chosen for the device "
+        "(16 on a CPU, 32 on a GPU).", label="Filters", minimum=4, maximum=256, advanced=True)
     z_dim: int = _field(64, help="Latent channels.", label="Latent channels", minimum=1, maximum=512, advanced=True)
     beta: float = _field(1.0, help="Weight of the KL term: larger gives smoother, more diverse samples.",
                          label="KL weight (beta)", minimum=0.0, maximum=1e6, advanced=True)
@@ -149,7 +153,7 @@ class TrainingConfig:
         return dataclasses.asdict(self)
 
     def resolved(self, device: torch.device) -> TrainingConfig:
-        """A copy with the device-dependent settings (patch and batch size, log interval) filled in."""
+        """A copy with the device-dependent settings (patch and batch size, filters, log interval) filled in."""
         defaults = device_defaults(device)
         changes: dict[str, Any] = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         if self.log_interval is None:
@@ -212,7 +216,8 @@ def check_ranges(config: Any) -> None:
 
 
 def device_defaults(device: torch.device | str) -> dict[str, int]:
-    """Patch and batch size that fill ``device``: the measured CPU defaults, or larger batches on a GPU."""
+    """Patch size, batch size and filters for ``device``: the measured CPU defaults, or a wider network and
+    larger batches that fill a GPU."""
     device = torch.device(device)
     if device.type == "cuda":
         try:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -133,8 +134,8 @@ def train_iter(
         number: the sigma of a fixed Gaussian noise model. With ``resume``, ``None`` (or the model's own
         noise model) continues with the model's noise model; another one is refused.
     config
-        The settings; defaults to ``TrainingConfig()``. Patch and batch size left at ``None`` are
-        chosen for the device (:func:`~napari_divnoising.training.config.device_defaults`).
+        The settings; defaults to ``TrainingConfig()``. Patch size, batch size and filters left at
+        ``None`` are chosen for the device (:func:`~napari_divnoising.training.config.device_defaults`).
     resume
         A model to continue training: same network, normalisation and noise model; its optimizer
         state is restored when it was saved with one. It is copied, not modified.
@@ -151,6 +152,8 @@ def train_iter(
     check_train_args(**locals())  # types of every argument: one clear DivNoisingError line
     config = copy.deepcopy(config) if config is not None else TrainingConfig()
     config.validate()
+    if resume is not None and config.start_filters is None:  # a continued model keeps its network
+        config = dataclasses.replace(config, start_filters=resume.network.start_filters)
     device = resolve_device(config.device)
     config = config.resolved(device)
     config.validate()
