@@ -102,12 +102,13 @@ def imagej_dtype(array: np.ndarray) -> np.ndarray:
 
 def result_metadata(
     kind: str, *, source: str | None = None, model_name: str | None = None, n_samples: int | None = None,
-    seed: int | None = None,
+    seed: int | None = None, orientations: int | None = None,
 ) -> dict[str, Any]:
     """The ``layer.metadata`` entry that marks a layer as a DivNoising result of ``kind``, with provenance."""
     output_kind(kind)
     facts: dict[str, Any] = {"kind": kind}
-    for key, value in (("source", source), ("model", model_name), ("n_samples", n_samples), ("seed", seed)):
+    for key, value in (("source", source), ("model", model_name), ("n_samples", n_samples), ("seed", seed),
+                       ("orientations", orientations)):
         if value is not None:
             facts[key] = value
     return {METADATA_KEY: facts}

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DivNoisingError
+from .orientations import ORIENTATION_CHOICES
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
@@ -124,6 +125,7 @@ def check_predict_args(
     keep_samples: Any = 10,
     compute_map: Any = False,
     precision: Any = "auto",
+    orientations: Any = 8,
     name: Any = "image",
     **_others: Any,
 ) -> None:
@@ -143,6 +145,8 @@ def check_predict_args(
     check_bool(compute_map, "compute_map")
     if precision not in PRECISIONS:
         raise DivNoisingError(f"precision must be one of {', '.join(PRECISIONS)}; got {_describe(precision)}.")
+    if isinstance(orientations, bool) or orientations not in ORIENTATION_CHOICES:
+        raise DivNoisingError(f"the number of orientations must be 1, 2, 4 or 8; got {_describe(orientations)}.")
     if not isinstance(name, str):
         raise DivNoisingError(f"name must be a string; got {_describe(name)}.")
 

@@ -121,3 +121,24 @@ def test_map_layer_when_asked(widget, wait_for):
     # The mode lies within the range of the samples, pixel by pixel.
     mmse, var = viewer.layers["img_mmse"].data, viewer.layers["img_variance"].data
     assert np.all(np.abs(map_layer.data - mmse) <= 6 * np.sqrt(var) + 1e-3)
+
+
+@pytest.mark.parametrize("orientations", ["8", "1"])
+def test_the_chosen_orientations_are_used_and_recorded(widget, wait_for, orientations):
+    from napari_divnoising.outputs import result_facts
+    from napari_divnoising.prediction import predict
+
+    viewer, w = widget
+    assert w.orientations.currentText() == "8"  # the default
+    image = np.random.default_rng(3).normal(50, 20, (24, 32)).astype(np.float32)
+    viewer.add_image(image, name="img")
+    w.n_samples.setValue(8)
+    w.orientations.setCurrentText(orientations)
+    w.predict_button.click()
+    wait_for(w.runner)
+    facts = result_facts(viewer.layers["img_mmse"].metadata)
+    assert facts["orientations"] == int(orientations)
+    expected = predict(tiny_model(), image, 8, seed=facts["seed"], orientations=int(orientations))
+    np.testing.assert_allclose(viewer.layers["img_mmse"].data, expected.mmse, rtol=1e-4, atol=1e-3)
+    other = predict(tiny_model(), image, 8, seed=facts["seed"], orientations=9 - int(orientations))
+    assert not np.allclose(viewer.layers["img_mmse"].data, other.mmse, rtol=1e-4, atol=1e-3)

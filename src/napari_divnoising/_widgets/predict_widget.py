@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
 from ..device import DEVICE_CHOICES
 from ..errors import DivNoisingError
 from ..events import Progress
+from ..orientations import DEFAULT_ORIENTATIONS, ORIENTATION_CHOICES
 from ..outputs import OUTPUT_KINDS, PREDICTION_KINDS, result_metadata
 from ..prediction import PredictionDone, PriorBatch, PriorDone, generate_prior_iter
 from ..validation import prediction_range_warning
@@ -75,6 +76,7 @@ class PredictWidget(QWidget):
         self._n_samples_done = 0
         self._n_per_frame = 0
         self._seed: int | None = None
+        self._orientations: int | None = None
         self._input_limits: tuple[float, float] | None = None
         self._started = 0.0
         self._last_done = 0
@@ -128,6 +130,14 @@ class PredictWidget(QWidget):
         self.compute_map = QCheckBox("MAP estimate")
         self.compute_map.setToolTip("Also compute the most likely image: the mode of the samples, by mean shift.")
         form.addRow("", self.compute_map)
+        self.orientations = QComboBox()
+        self.orientations.addItems([str(n) for n in sorted(ORIENTATION_CHOICES, reverse=True)])
+        self.orientations.setCurrentText(str(DEFAULT_ORIENTATIONS))
+        self.orientations.setToolTip(
+            "The samples of each frame are spread over this many rotations and mirror images of it, which\n"
+            "averages the network's orientation-dependent errors out of the MMSE (1: the frame as it is).\n"
+            "An OME-Zarr store uses 1.")
+        form.addRow("Orientations", self.orientations)
         self.device = QComboBox()
         self.device.addItems(list(DEVICE_CHOICES))
         self.device.setEditable(True)  # e.g. cuda:1
@@ -478,6 +488,8 @@ class PredictWidget(QWidget):
             show_warning(far)
         n_samples, keep = self.n_samples.value(), self.keep_samples.value()
         want_map = self.compute_map.isChecked()
+        orientations = int(self.orientations.currentText())
+        self._orientations = min(orientations, n_samples)
         self.outputs = {}
         self._model_name = model.name
         self._n_samples_done = 0
@@ -494,7 +506,7 @@ class PredictWidget(QWidget):
         self.activity.start(f"DivNoising prediction of {layer.name}", n_samples)
         self.runner.start(
             lambda: stream_prediction(model, image, n_samples, keep_samples=keep, compute_map=want_map,
-                                      device=device, min_interval_s=READ_INTERVAL_S),
+                                      device=device, orientations=orientations, min_interval_s=READ_INTERVAL_S),
             self._on_event,
             self._on_done,
         )
@@ -502,7 +514,7 @@ class PredictWidget(QWidget):
     def _metadata(self, kind: str) -> dict[str, Any]:
         assert self._geometry is not None
         return result_metadata(kind, source=self._geometry.name, model_name=self._model_name,
-                               n_samples=self._n_samples_done, seed=self._seed)
+                               n_samples=self._n_samples_done, seed=self._seed, orientations=self._orientations)
 
     def _on_event(self, event: Any) -> None:
         geometry = self._geometry

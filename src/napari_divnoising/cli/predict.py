@@ -11,6 +11,7 @@ import numpy as np
 
 from ..atomic import StagedFiles, check_output_dir
 from ..errors import DivNoisingError
+from ..orientations import DEFAULT_ORIENTATIONS, ORIENTATION_CHOICES
 
 DESCRIPTION = """\
 Denoise TIFF images or stacks with a trained DivNoising model.
@@ -75,6 +76,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="compute precision (default auto: float16 on CUDA GPUs, float32 elsewhere)")
     p.add_argument("--seed", type=int, help="random seed for reproducible samples (default: random)")
+    p.add_argument("--orientations", type=int, choices=ORIENTATION_CHOICES, metavar="{1,2,4,8}",
+                   help=f"spread each frame's samples over this many rotations and mirror images of it, which "
+                        f"averages the network's orientation-dependent errors out of the MMSE (default "
+                        f"{DEFAULT_ORIENTATIONS}; with --out: 1)")
     p.add_argument("--clip", action="store_true",
                    help="clip MMSE, MAP and samples at the data's physical minimum: 0 for unsigned or "
                         "non-negative input, else the input's minimum")
@@ -180,6 +185,9 @@ def run(args: argparse.Namespace) -> int:
     if args.out or any(is_zarr_path(name) for name in args.input):
         from ..scale.cli import run_zarr
 
+        if args.orientations not in (None, 1):
+            raise DivNoisingError("--orientations is not available with --out (OME-Zarr results): leave it out.")
+
         return run_zarr(args)
     if not args.out_dir:
         raise DivNoisingError("Give --out-dir DIR for TIFF results, or --out results.ome.zarr for an OME-Zarr store.")
@@ -215,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
             for event in predict_iter(
                 model, squeezed, args.samples, batch_size=args.batch_size, tile_size=args.tile_size,
                 seed=args.seed, keep_samples=args.save_samples, compute_map=args.map, precision=args.precision,
-                name=str(path),
+                orientations=args.orientations or DEFAULT_ORIENTATIONS, name=str(path),
             ):
                 if isinstance(event, SampleBatch):
                     bar.update(event.frame * event.total + event.done - bar.n)

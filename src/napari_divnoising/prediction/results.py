@@ -104,6 +104,8 @@ class PredictionResult:
         Samples drawn per frame (0 when not known).
     seed
         Seed of the latent noise (None when not known).
+    orientations
+        Orientations of each frame the samples were spread over (1: the frame as it is).
     """
 
     mmse: np.ndarray
@@ -112,6 +114,7 @@ class PredictionResult:
     samples: np.ndarray | None = None
     n_samples: int = 0
     seed: int | None = None
+    orientations: int = 1
 
 
 class PredictionDone(Done):

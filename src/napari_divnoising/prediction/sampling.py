@@ -21,6 +21,7 @@ from ..errors import DivNoisingError
 from ..events import Progress, run_to_end
 from ..io import as_image_stack
 from ..network import pad_to_multiple
+from ..orientations import DEFAULT_ORIENTATIONS, orient, oriented_shape, restore, split_samples
 from ..validation import check_predict_args
 from . import memory
 from .engine import (
@@ -105,6 +106,7 @@ def predict_iter(
     keep_samples: int = 10,
     compute_map: bool = False,
     precision: str = "auto",
+    orientations: int = DEFAULT_ORIENTATIONS,
     name: str = "image",
 ) -> Iterator[Progress | SampleBatch | PredictionDone]:
     """Stream posterior samples of a 2-D image or a 3-D stack and their running MMSE and variance.
@@ -139,6 +141,11 @@ def predict_iter(
         keeps all samples of one frame in memory (on the GPU when they fit there, else on the host).
     precision
         ``"float32"``, ``"bfloat16"``, ``"float16"`` (autocast) or ``"auto"`` (float16 on CUDA, else float32).
+    orientations
+        1, 2, 4 or 8: the samples of each frame are spread evenly over this many orientations of it
+        (rotations by 90 degrees, then mirror images; :mod:`napari_divnoising.orientations`), each encoded once and its
+        samples turned back, which averages the network's orientation-dependent errors out of the MMSE.
+        Samples come in orientation order (the first ones from the frame as it is).
     name
         How to call the image in messages.
 
@@ -177,7 +184,17 @@ def predict_iter(
             else torch.device("cpu")
         if map_device.type == "cpu":
             memory.check_map_memory(n_samples, frame_shape, memory.available_memory())
-    job = _Job(model, net, dev, plan, autocast_for(dev, resolved), n_samples, frame_shape, plan.batch)
+    autocast = autocast_for(dev, resolved)
+    jobs = {frame_shape: _Job(model, net, dev, plan, autocast, n_samples, frame_shape, plan.batch)}
+
+    def job_for(shape: tuple[int, int]) -> _Job:
+        if shape not in jobs:  # a turned frame that is not square: plan its shape too
+            turned = plan_decoding(net, shape, n_samples, dev, tile_size=tile, batch_size=batch_size,
+                                   tiles_per_call=tiles_per_call, half=resolved != "float32")
+            jobs[shape] = _Job(model, net, dev, turned, autocast, n_samples, shape, turned.batch)
+        return jobs[shape]
+
+    counts = split_samples(n_samples, orientations)
     base_seed = new_seed(seed)
 
     n_frames = stack.shape[0]
@@ -194,15 +211,22 @@ def predict_iter(
                 all_samples = run(lambda: torch.empty((n_samples, *frame_shape), device=dev))
             elif map_device is not None:
                 all_samples = np.empty((n_samples, *frame_shape), np.float32)
+            moments = run(lambda: RunningMoments(frame_shape, dev))
+            frame_kept = None if kept is None else kept[:, f]
+            job = jobs[frame_shape]
+            start = 0
             try:
-                mu, std = yield from _encode(job, stack[f], label)
-                noise = frame_noise(frame_seed(base_seed, f, n_frames), net.z_dim, mu.shape[-2:], dev)
-                frame_kept = None if kept is None else kept[:, f]
-                moments = yield from _sample(job, mu, std, noise, (f, n_frames), frame_kept, all_samples, copies,
-                                             label)
+                for index, count in enumerate(counts):
+                    job = job_for(oriented_shape(frame_shape, index))
+                    view = label if len(counts) == 1 else f"{label}, orientation {index + 1}/{len(counts)}"
+                    mu, std = yield from _encode(job, stack[f] if index == 0 else orient(stack[f], index), view)
+                    noise = frame_noise(frame_seed(base_seed, f, n_frames), net.z_dim, mu.shape[-2:], dev)
+                    yield from _sample(job, mu, std, noise, (f, n_frames), (start, start + count, n_samples), index,
+                                       moments, frame_kept, all_samples, copies, label)
+                    start += count
             except Exception as exc:
                 if memory.is_oom(exc):
-                    raise memory.oom_error(plan.tile, job.batch, frame_shape) from None
+                    raise memory.oom_error(job.plan.tile, job.batch, frame_shape) from None
                 raise
             copies.copy(mmse[f], run(moments.mean_tensor))  # overlaps the next frame's work
             copies.copy(variance[f], run(moments.variance_tensor))
@@ -227,6 +251,7 @@ def predict_iter(
         samples=None if kept is None else kept.reshape((keep, *out_shape)),
         n_samples=n_samples,
         seed=base_seed,
+        orientations=len(counts),
     )
     yield PredictionDone(result)
 
@@ -266,21 +291,24 @@ def _sample(
     std: torch.Tensor,
     noise: Any,
     frame: tuple[int, int],
+    samples_range: tuple[int, int, int],
+    orientation: int,
+    moments: RunningMoments,
     kept: np.ndarray | None,
     all_samples: Any,
     copies: HostCopies,
     label: str,
-) -> Generator[Progress | SampleBatch, None, RunningMoments]:
-    """Draw the frame's samples batch by batch; yields Progress and SampleBatch, returns the running moments.
+) -> Generator[Progress | SampleBatch, None, None]:
+    """Draw samples ``start`` to ``stop`` (of ``total``) of a frame encoded in ``orientation``, batch by batch.
 
-    The first ``len(kept)`` samples go to ``kept`` (host) and all of them to ``all_samples`` when given.
+    Yields Progress and SampleBatch; the samples, turned back to the frame's orientation, are added to
+    ``moments``; those with an index below ``len(kept)`` go to ``kept`` (host) and all of them to
+    ``all_samples`` when given.
     """
     h, w = job.frame_shape
-    n = job.n_samples
-    moments = run(lambda: RunningMoments(job.frame_shape, job.device))
-    done = 0
-    while done < n:
-        k = min(job.batch, n - done)
+    done, stop, total = samples_range
+    while done < stop:
+        k = min(job.batch, stop - done)
         decoded = None
         try:
             for item in decode_samples(job.model, job.net, mu, std, range(done, done + k), noise, job.plan,
@@ -298,6 +326,8 @@ def _sample(
                 continue
             raise
         samples = decoded[:, :h, :w]
+        if orientation:
+            samples = run(lambda: restore(samples, orientation).contiguous())
         run(lambda: moments.update(samples))
         if kept is not None and done < len(kept):
             take = min(len(kept) - done, k)
@@ -308,8 +338,7 @@ def _sample(
             copies.copy(all_samples[done : done + k], samples)
         done += k
         mean, variance = run(lambda: (moments.mean_tensor(), moments.variance_tensor()))
-        yield SampleBatch(frame[0], frame[1], samples, done, n, mean, variance)
-    return moments
+        yield SampleBatch(frame[0], frame[1], samples, done, total, mean, variance)
 
 
 def predict(model: Any, image: np.ndarray, n_samples: int = 100, **kwargs: Any) -> PredictionResult:
