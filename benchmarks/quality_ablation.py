@@ -77,15 +77,17 @@ def parse_settings(pairs: list[str]) -> dict[str, Any]:
     return settings
 
 
-def score(model: Any, noisy: np.ndarray, gt: np.ndarray, n_samples: int, data_range: float = 255.0) -> dict:
-    """MMSE, MAP, single-sample PSNR and diversity of ``model`` on the frames ``noisy``."""
+def score(model: Any, noisy: np.ndarray, gt: np.ndarray, n_samples: int, data_range: float = 255.0,
+          orientations: int = 1) -> dict:
+    """MMSE, MAP, single-sample PSNR and diversity of ``model`` on the frames ``noisy`` (samples spread over
+    ``orientations`` orientations of each frame)."""
     from napari_divnoising.map_estimate import map_estimate
     from napari_divnoising.metrics import psnr
     from napari_divnoising.prediction import predict
 
     mmse, map_, single, spread = [], [], [], []
     for i, frame in enumerate(noisy):
-        result = predict(model, frame, n_samples, keep_samples=n_samples, seed=i)
+        result = predict(model, frame, n_samples, keep_samples=n_samples, seed=i, orientations=orientations)
         mmse.append(psnr(np.clip(result.mmse, 0, data_range), gt, data_range))
         map_.append(psnr(np.clip(map_estimate(result.samples), 0, data_range), gt, data_range))
         per_sample = [psnr(np.clip(s, 0, data_range), gt, data_range) for s in result.samples]
@@ -158,7 +160,8 @@ def summarise(path: Path) -> str:
         for name in ("val", "holdout"):
             row += [ms([g[name]["mmse"] for g in group]), ms([g[name]["map"] for g in group]),
                     ms([g[name]["single"] for g in group]), ms([g[name]["diversity"] for g in group])]
-        row += [int(np.mean([g["steps"] for g in group])), int(np.mean([g["train_seconds"] for g in group]))]
+        seconds = [g["train_seconds"] for g in group if np.isfinite(g.get("train_seconds", np.nan))]
+        row += [int(np.mean([g["steps"] for g in group])), int(np.mean(seconds)) if seconds else "–"]
         if "noise_a" in group[0]:
             row[-1] = f"{row[-1]}; a,b = " + ", ".join(f"{g['noise_a']:.2f}/{g['noise_b']:.1f}" for g in group)
         rows.append(row)
@@ -202,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
                              "being denoised, as an unsupervised method may")
     parser.add_argument("--rate-only", action="store_true", help="only measure the idle step rate")
     parser.add_argument("--table", type=Path, default=None, help="summarise a runs file as markdown")
+    parser.add_argument("--orientations", type=int, nargs="+", default=[1], metavar="K",
+                        help="score with the samples spread over K orientations of each frame (1: as the rows "
+                             "recorded so far; several values: one record each)")
+    parser.add_argument("--score-models", type=Path, nargs="+", default=None, metavar="MODEL.pt",
+                        help="only score these saved models (from --save-models; their label and seed are "
+                             "taken from the file name)")
     parser.add_argument("--save-models", type=Path, default=None, metavar="DIR",
                         help="also save each trained model there (LABEL-seedN.pt), for later prediction experiments")
     args = parser.parse_args(argv)
@@ -209,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         print(summarise(args.table))
         return 0
     data = load_sets(args.data)
+    if args.score_models:
+        return score_saved(data, args)
     if args.with_targets:
         data["train"] = np.concatenate([data["train"], *(noisy for noisy, _ in data["sets"].values())])
     settings = parse_settings(args.settings)
@@ -229,14 +240,44 @@ def main(argv: list[str] | None = None) -> int:
             save_model(model, args.save_models / f"{args.label.replace(' ', '_')}-seed{seed}.pt")
         record = {"label": args.label, "settings": settings, "noise": args.noise, "seed": seed, "budget": budget,
                   "threads": args.threads, "with_targets": bool(args.with_targets), **info}
-        for name, (noisy, gt) in data["sets"].items():
-            record[name] = score(model, noisy, gt, args.n_samples)
-        record["machine"] = machine_info()
-        with open(args.out, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(f"{args.label} seed {seed}: val {record['val']['mmse']:.2f} (MAP {record['val']['map']:.2f}), "
-              f"holdout {record['holdout']['mmse']:.2f}, {info['steps']} steps, "
-              f"{info['train_seconds']:.0f} s", flush=True)
+        for orientations in args.orientations:
+            scored = dict(record, orientations=orientations)
+            if orientations != 1:
+                scored["label"] = f"{args.label}, {orientations} orientations"
+            for name, (noisy, gt) in data["sets"].items():
+                scored[name] = score(model, noisy, gt, args.n_samples, orientations=orientations)
+            write_record(scored, args.out)
+    return 0
+
+
+def write_record(record: dict, out: Path) -> None:
+    record["machine"] = machine_info()
+    with open(out, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(f"{record['label']} seed {record['seed']}: val {record['val']['mmse']:.2f} (MAP {record['val']['map']:.2f}), "
+          f"holdout {record['holdout']['mmse']:.2f}, {record.get('steps', '?')} steps", flush=True)
+
+
+def score_saved(data: dict, args: argparse.Namespace) -> int:
+    """Score saved models (``LABEL-seedN.pt``) with each of ``--orientations``: prediction settings at equal
+    training."""
+    import torch
+
+    from napari_divnoising.model_io import load_model
+
+    torch.set_num_threads(args.threads)
+    for path in args.score_models:
+        label, _, seed = path.stem.rpartition("-seed")
+        model = load_model(path)
+        for orientations in args.orientations:
+            record = {"label": f"{label}, {orientations} orientation{'s' if orientations > 1 else ''}",
+                      "settings": {"start_filters": model.network.start_filters}, "noise": args.noise,
+                      "seed": int(seed), "budget": f"{model.history.get('steps', 0)} steps", "threads": args.threads,
+                      "steps": int(model.history.get("steps", 0)), "train_seconds": float("nan"),
+                      "orientations": orientations, "scored_saved_model": path.name}
+            for name, (noisy, gt) in data["sets"].items():
+                record[name] = score(model, noisy, gt, args.n_samples, orientations=orientations)
+            write_record(record, args.out)
     return 0
 
 

@@ -225,3 +225,37 @@ def test_quality_run_end_to_end_on_synthetic_folder(tmp_path, monkeypatch):
     json.dumps(run_quality.to_markdown(results))  # renders
     with pytest.raises(ValueError, match="unknown part"):
         run_quality.run(quick=True, data_dir=tmp_path, skip=("nope",), verbose=False)
+
+
+def test_quality_ablation_trains_saves_and_scores_with_orientations(tmp_path, monkeypatch):
+    import functools
+
+    import tifffile
+
+    import napari_divnoising.noise_model_fitting as fitting
+
+    monkeypatch.setattr(fitting, "fit_gmm_from_calibration", functools.partial(
+        fitting.fit_gmm_from_calibration, explore_pairs=4000, explore_iterations=200, polish_iterations=20))
+    ablation = _load("quality_ablation")
+    rng = np.random.default_rng(4)
+    signals = [_smooth_signal((64, 64), rng) for _ in range(3)]
+    calibration = np.stack([_poisson_gaussian(signals[0], 4.0, 2.0, rng) for _ in range(10)]).astype(np.float32)
+    train = np.stack([calibration[0], _poisson_gaussian(signals[1], 4.0, 2.0, rng)]).astype(np.float32)
+    tifffile.imwrite(tmp_path / "train_noisy.tif", train)
+    tifffile.imwrite(tmp_path / "calibration_fov01.tif", calibration)
+    tifffile.imwrite(tmp_path / "val_noisy.tif",
+                     np.stack([_poisson_gaussian(signals[2], 4.0, 2.0, rng) for _ in range(2)]).astype(np.float32))
+    tifffile.imwrite(tmp_path / "val_gt.tif", signals[2].astype(np.float32))
+    runs, models = tmp_path / "runs.jsonl", tmp_path / "models"
+    common = ["--data", str(tmp_path), "--threads", "1", "--n-samples", "2", "--out", str(runs)]
+    assert ablation.main([*common, "--label", "tiny", "--seeds", "0", "--steps", "3", "--save-models", str(models),
+                          "--set", "start_filters=8", "--set", "z_dim=8", "--set", "patch_size=32",
+                          "--set", "batch_size=2", "--orientations", "1", "8"]) == 0
+    assert ablation.main([*common, "--score-models", str(models / "tiny-seed0.pt"), "--orientations", "2"]) == 0
+    records = [json.loads(line) for line in runs.read_text().splitlines()]
+    assert [(r["label"], r["orientations"]) for r in records] == [
+        ("tiny", 1), ("tiny, 8 orientations", 8), ("tiny, 2 orientations", 2)]
+    assert all(np.isfinite(r[name]["mmse"]) for r in records for name in ("val", "holdout"))
+    assert records[2]["steps"] == 3 and records[2]["settings"]["start_filters"] == 8
+    table = ablation.summarise(runs)
+    assert "| tiny, 2 orientations | calibration | 3 steps | 1 |" in table
