@@ -3,13 +3,27 @@
 import gc
 import os
 
+#: Most pytest-xdist workers ``-n auto`` starts: each holds torch, napari and its viewers (about 1 GB).
+MAX_WORKERS = 4
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def pytest_xdist_auto_num_workers(config):
+    return max(1, min(_usable_cores(), MAX_WORKERS))
+
 
 def _threads_per_worker() -> int | None:
     """Torch threads for one pytest-xdist worker: the cores shared out, so that workers do not oversubscribe."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not workers:
         return None
-    return max(1, (os.cpu_count() or 1) // int(workers))
+    return max(1, _usable_cores() // int(workers))
 
 
 def pytest_configure(config):
