@@ -101,7 +101,9 @@ def test_speed_scaling_child_measures_time_and_memory(common):
     row = rows[0]
     assert "error" not in row, row
     assert row["finite"] and row["seconds"] > 0 and row["floor_s"] > 0
-    assert row["peak_rss_mib"] >= row["rss_before_mib"] > 10
+    # The kernel sums its per-CPU resident-memory counters lazily: a peak read later can come out a
+    # fraction of a MiB below an earlier reading.
+    assert row["rss_before_mib"] > 10 and row["peak_rss_mib"] > row["rss_before_mib"] - 1
     assert row["peak_rss_mib"] < parent_peak - 256
     markdown = run_speed.to_markdown({"machine": {"cpu": "x"}, "quick": True,
                                       "matmul_gflops": {"before": 50.0, "after_scripts": 40.0},
