@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 from ..device import DEVICE_CHOICES
 from ..errors import DivNoisingError
 from ..events import Progress
-from ..orientations import DEFAULT_ORIENTATIONS, ORIENTATION_CHOICES
+from ..orientations import DEFAULT_ORIENTATIONS, ORIENTATION_CHOICES, split_samples
 from ..outputs import OUTPUT_KINDS, PREDICTION_KINDS, result_metadata
 from ..prediction import PredictionDone, PriorBatch, PriorDone, generate_prior_iter
 from ..validation import prediction_range_warning
@@ -489,7 +489,7 @@ class PredictWidget(QWidget):
         n_samples, keep = self.n_samples.value(), self.keep_samples.value()
         want_map = self.compute_map.isChecked()
         orientations = int(self.orientations.currentText())
-        self._orientations = min(orientations, n_samples)
+        self._orientations = len(split_samples(n_samples, orientations))  # fewer samples: fewer orientations
         self.outputs = {}
         self._model_name = model.name
         self._n_samples_done = 0

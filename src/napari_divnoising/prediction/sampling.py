@@ -176,24 +176,24 @@ def predict_iter(
     tile = check_tile_size(tile_size, net)
     resolved = resolve_precision(precision, dev)
     frame_shape = stack.shape[1:]
-    plan = plan_decoding(net, frame_shape, n_samples, dev, tile_size=tile, batch_size=batch_size,
-                         tiles_per_call=tiles_per_call, half=resolved != "float32")
+    autocast = autocast_for(dev, resolved)
+    jobs: dict[tuple[int, int], _Job] = {}
+
+    def job_for(shape: tuple[int, int]) -> _Job:
+        """The decoding job of frames of ``shape`` (a turned frame that is not square has its own plan)."""
+        if shape not in jobs:
+            plan = plan_decoding(net, shape, n_samples, dev, tile_size=tile, batch_size=batch_size,
+                                 tiles_per_call=tiles_per_call, half=resolved != "float32")
+            jobs[shape] = _Job(model, net, dev, plan, autocast, shape, plan.batch)
+        return jobs[shape]
+
+    job_for(frame_shape)  # planned before any work, so that bad settings are refused first
     map_device = None
     if compute_map:
         map_device = dev if memory.map_fits_on_device(n_samples, frame_shape, dev, default_chunk_bytes(dev)) \
             else torch.device("cpu")
         if map_device.type == "cpu":
             memory.check_map_memory(n_samples, frame_shape, memory.available_memory())
-    autocast = autocast_for(dev, resolved)
-    jobs = {frame_shape: _Job(model, net, dev, plan, autocast, n_samples, frame_shape, plan.batch)}
-
-    def job_for(shape: tuple[int, int]) -> _Job:
-        if shape not in jobs:  # a turned frame that is not square: plan its shape too
-            turned = plan_decoding(net, shape, n_samples, dev, tile_size=tile, batch_size=batch_size,
-                                   tiles_per_call=tiles_per_call, half=resolved != "float32")
-            jobs[shape] = _Job(model, net, dev, turned, autocast, n_samples, shape, turned.batch)
-        return jobs[shape]
-
     counts = split_samples(n_samples, orientations)
     base_seed = new_seed(seed)
 
@@ -213,7 +213,7 @@ def predict_iter(
                 all_samples = np.empty((n_samples, *frame_shape), np.float32)
             moments = run(lambda: RunningMoments(frame_shape, dev))
             frame_kept = None if kept is None else kept[:, f]
-            job = jobs[frame_shape]
+            job = job_for(frame_shape)
             start = 0
             try:
                 for index, count in enumerate(counts):
@@ -258,14 +258,13 @@ def predict_iter(
 
 @dataclass
 class _Job:
-    """What every frame of one prediction shares; ``batch`` shrinks when memory runs out."""
+    """What the frames of one shape share in one prediction; ``batch`` shrinks when memory runs out."""
 
     model: Any
     net: Any
     device: torch.device
     plan: DecodePlan
     autocast: Any
-    n_samples: int
     frame_shape: tuple[int, int]
     batch: int
 
