@@ -45,7 +45,8 @@ def test_result_layers_are_written_by_the_core_exporter(tmp_path):
 
     data = np.random.default_rng(1).random((5, 12, 12)).astype(np.float32)
     meta = {"name": "whatever", "scale": [1.0, 0.4, 0.4], "units": ["pixel", "micrometer", "micrometer"],
-            "metadata": result_metadata("samples", source="cells", model_name="m1", n_samples=5, seed=7)}
+            "metadata": result_metadata("samples", source="cells", model_name="m1", n_samples=5, seed=7,
+                                             orientations=4)}
     (path,) = write_single_image(str(tmp_path / "s.tif"), data, meta)
     info = read_tiff_metadata(path)
     np.testing.assert_allclose(tifffile.imread(path), data)
@@ -53,6 +54,7 @@ def test_result_layers_are_written_by_the_core_exporter(tmp_path):
     props = info["properties"]
     assert props["divnoising_kind"] == "samples" and props["divnoising_model"] == "m1"
     assert props["divnoising_n_samples"] == "5" and props["divnoising_seed"] == "7"
+    assert props["divnoising_orientations"] == "4"
     assert props["divnoising_source"] == "cells"
 
 

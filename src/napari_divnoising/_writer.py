@@ -14,7 +14,7 @@ import numpy as np
 
 from .atomic import StagedFiles, check_output_file, ensure_folder
 from .errors import DivNoisingError
-from .outputs import imagej_dtype, output_kind, result_facts
+from .outputs import imagej_dtype, output_kind, provenance_properties, result_facts
 
 TIFF_EXTENSIONS = (".tif", ".tiff")
 
@@ -121,6 +121,6 @@ def _write_single_image(path: str, data: Any, meta: dict) -> list[str]:
         pixel_size=(scale[-2], scale[-1]), unit=_unit_name(meta.get("units")),
         spacing=scale[-3] if input_ndim == 3 else None, n_samples=facts.get("n_samples"),
         model_name=facts.get("model"), source=facts.get("source") or str(meta.get("name")),
-        extra={"seed": facts["seed"]} if facts.get("seed") is not None else None,
+        extra=provenance_properties(facts),
     )
     return [str(written)]

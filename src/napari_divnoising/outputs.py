@@ -114,6 +114,13 @@ def result_metadata(
     return {METADATA_KEY: facts}
 
 
+def provenance_properties(facts: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The facts of a result beyond kind, model, source and sample count that its exported file records
+    (the latent noise's seed, the orientations the samples were spread over), or None when it has none."""
+    extra = {key: facts[key] for key in ("seed", "orientations") if facts.get(key) is not None}
+    return extra or None
+
+
 def result_facts(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     """The DivNoising facts of a layer's ``metadata`` (empty for layers DivNoising did not make)."""
     facts = (metadata or {}).get(METADATA_KEY)

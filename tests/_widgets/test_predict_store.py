@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import time
 
+import dask.array as da
 import numpy as np
 import pytest
 import tifffile
 import torch
 
-pytest.importorskip("zarr")
-pytest.importorskip("ome_zarr")
-da = pytest.importorskip("dask.array")
-
-from napari_divnoising._widgets._session import get_session  # noqa: E402
-from napari_divnoising._widgets.predict_widget import OUTPUT_STORE, PredictWidget  # noqa: E402
-from napari_divnoising.model import DivNoisingModel  # noqa: E402
-from napari_divnoising.network import DivNoisingVAE  # noqa: E402
-from napari_divnoising.noise_models import GaussianNoiseModel  # noqa: E402
-from napari_divnoising.outputs import result_kind  # noqa: E402
-from napari_divnoising.scale import ome, read_results, runner  # noqa: E402
+from napari_divnoising._widgets._session import get_session
+from napari_divnoising._widgets.predict_widget import OUTPUT_STORE, PredictWidget
+from napari_divnoising.model import DivNoisingModel
+from napari_divnoising.network import DivNoisingVAE
+from napari_divnoising.noise_models import GaussianNoiseModel
+from napari_divnoising.outputs import result_kind
+from napari_divnoising.scale import ome, read_results, runner
 
 
 def tiny_model(seed: int = 0, name: str = "tiny") -> DivNoisingModel:

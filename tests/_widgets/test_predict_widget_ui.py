@@ -183,6 +183,7 @@ def test_export_writes_tiffs_and_asks_before_overwriting(widget, wait_for, monke
     props = meta["properties"]
     assert props["divnoising_model"] == "fake" and props["divnoising_n_samples"] == "4"
     assert props["divnoising_seed"] == "3" and props["divnoising_source"] == "img"
+    assert props["divnoising_orientations"] == "4"  # 4 samples: one in each of 4 orientations
 
     asked = []
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a) or QMessageBox.StandardButton.No)

@@ -9,9 +9,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("zarr")
-pytest.importorskip("distributed")
-
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
 

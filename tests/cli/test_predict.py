@@ -55,6 +55,7 @@ def test_writes_all_outputs_with_metadata(tmp_path, model_file, image_tif, capsy
     assert meta["pixel_size"] == pytest.approx((0.3, 0.3)) and meta["unit"] == "um"
     assert meta["properties"]["divnoising_n_samples"] == "6"
     assert meta["properties"]["divnoising_model"] == "tiny-test"
+    assert meta["properties"]["divnoising_orientations"] == "6"  # 6 samples: one in each of 6 orientations
     assert read_tiff_metadata(out / "cells_samples.tif")["axes"] == "TYX"
     assert "wrote" in capsys.readouterr().out
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import ome_zarr  # noqa: F401 - the scale extra is part of the testing extra: missing is a failure, not a skip
 import pytest
 import torch
-
-pytest.importorskip("zarr")
-pytest.importorskip("ome_zarr")
+import zarr  # noqa: F401
 
 
 def make_model(seed: int = 0, name: str = "tiny-test"):
@@ -28,7 +27,6 @@ def make_model(seed: int = 0, name: str = "tiny-test"):
 
 def write_ome_zarr(path: Path, data: np.ndarray, axes: str, pixel_size: float = 0.3, chunks=None) -> Path:
     """Write ``data`` as a single-level OME-Zarr image (NGFF 0.5, Zarr v3) with ome-zarr's writer."""
-    import zarr
     from ome_zarr.writer import write_image
 
     root = zarr.open_group(str(path), mode="w")

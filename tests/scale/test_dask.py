@@ -9,14 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import distributed
 import numpy as np
 import pytest
 
 import napari_divnoising
 from napari_divnoising.cli import main
 from napari_divnoising.scale import ZarrPredictionSettings, predict_to_zarr, predict_to_zarr_iter, read_results
-
-distributed = pytest.importorskip("distributed")
 
 SRC = str(Path(napari_divnoising.__file__).resolve().parents[1])
 # CPU kernels may round differently with different torch thread counts: the same threads per process

@@ -9,8 +9,6 @@ from napari_divnoising.outputs import result_kind
 from napari_divnoising.scale import ZarrPredictionSettings, predict_to_zarr, read_results
 from napari_divnoising.scale.napari_reader import get_reader
 
-pytest.importorskip("dask")
-
 
 @pytest.fixture()
 def results_store(tmp_path, model_file, stack_zarr):

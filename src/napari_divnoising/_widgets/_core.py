@@ -18,6 +18,7 @@ import numpy as np
 from .._writer import _unit_name
 from ..export import write_tiff
 from ..model import DivNoisingModel
+from ..outputs import provenance_properties
 from ..training import COLEARN, TrainingConfig, TrainingWarning, TrainStep, Validation, train_iter
 from ..workflows import bootstrap_iter, split_budget
 from ._outputs import Geometry
@@ -191,5 +192,5 @@ def write_output_tiff(path: Path, data: np.ndarray, facts: dict[str, Any], geome
         n_samples=facts.get("n_samples"),
         model_name=facts.get("model"),
         source=facts.get("source", geometry.name),
-        extra={"seed": facts["seed"]} if facts.get("seed") is not None else None,
+        extra=provenance_properties(facts),
     )

@@ -239,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
         common = dict(
             input_axes=axes, pixel_size=meta["pixel_size"], unit=meta["unit"], spacing=meta["spacing"],
             frame_interval=meta["frame_interval"], n_samples=result.n_samples, model_name=model.name,
-            source=path.name, extra={"seed": result.seed},
+            source=path.name, extra={"seed": result.seed, "orientations": result.orientations},
         )
         # All files of this input land together, or none replaces the old set.
         with StagedFiles() as staged:
