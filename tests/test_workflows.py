@@ -72,6 +72,20 @@ def test_stream_prediction_throttled_reads_only_each_frames_last_batch_and_keeps
     np.testing.assert_allclose(kept, result.samples, rtol=1e-6)
 
 
+def test_stream_prediction_hands_every_batch_on_once_flush_says_so():
+    """Once Stop is pressed a worker thread must see the next batch at once, not after the interval."""
+    model, stack = make_model(), noisy_images(1, 24)
+    stop_pressed = []
+    updates = []
+    for event in stream_prediction(model, stack, 8, keep_samples=0, seed=7, batch_size=2, min_interval_s=1e6,
+                                   orientations=1, flush=lambda: bool(stop_pressed)):
+        if isinstance(event, PredictionUpdate):
+            updates.append(event.done)
+            stop_pressed.append(True)
+    # the first batch (nothing shown yet), then every batch
+    assert updates == [2, 4, 6, 8]
+
+
 def test_bootstrap_fits_a_gmm_to_the_first_models_denoising_and_trains_with_it():
     images, first = noisy_images(), make_model()
     events = list(bootstrap_iter(images, tiny_config(), first_model=first, n_samples=3, seed=500))

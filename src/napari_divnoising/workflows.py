@@ -15,7 +15,7 @@ generator stops the work after the current step. Qt-free.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,13 +172,14 @@ class PredictionUpdate:
 
 def stream_prediction(
     model: DivNoisingModel, image: np.ndarray, n_samples: int, *, keep_samples: int = 20,
-    min_interval_s: float = 0.0, **predict_kwargs: Any,
+    min_interval_s: float = 0.0, flush: Callable[[], bool] | None = None, **predict_kwargs: Any,
 ) -> Iterator[Any]:
     """:func:`~napari_divnoising.prediction.predict_iter` with whole-image running results.
 
     Yields a :class:`PredictionUpdate` after every sample batch (with ``min_interval_s`` > 0: at
     most that often, and always after a frame's last batch; the running mean and variance are only
-    read, a device-to-host copy on a GPU, for the updates yielded), the core's
+    read, a device-to-host copy on a GPU, for the updates yielded; and after every batch once
+    ``flush()`` returns True, e.g. once Stop was pressed, so that a worker thread sees it), the core's
     :class:`~napari_divnoising.events.Progress` events (encoding, tiles, MAP) unchanged,
     and last the core's ``PredictionDone`` (its ``result`` is the ``PredictionResult``).
     Other keyword arguments (``compute_map``, ``seed``, ``device``...) go to ``predict_iter``.
@@ -206,7 +207,8 @@ def stream_prediction(
                 kept[(slice(first, first + len(take)), *index)] = take
                 kept_changed = True
             now = time.monotonic()
-            if event.done < event.total and now - last_update < min_interval_s:
+            if (event.done < event.total and now - last_update < min_interval_s
+                    and not (flush is not None and flush())):
                 continue
             last_update = now
             mmse[index] = event.mean

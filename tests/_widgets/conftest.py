@@ -57,6 +57,21 @@ def wait_for(qtbot):
 
 
 @pytest.fixture(autouse=True)
+def quick_panel_updates(monkeypatch):
+    """Runs reach the panels every 0.1 s instead of every few seconds.
+
+    The panels group a run's events so that the window is repainted rarely; a test waiting for the
+    third step of a scripted run would otherwise wait for the second group. The grouping itself is
+    tested with explicit intervals in ``test_core.py``.
+    """
+    from napari_divnoising._widgets import _core, noise_model_widget, predict_widget
+
+    monkeypatch.setattr(_core, "STEP_GROUP_INTERVAL_S", 0.1)
+    monkeypatch.setattr(noise_model_widget, "FIT_PROGRESS_INTERVAL_S", 0.1)
+    monkeypatch.setattr(predict_widget, "READ_INTERVAL_S", 0.1)
+
+
+@pytest.fixture(autouse=True)
 def train_in_this_process(monkeypatch):
     """The Train panel trains in this process in the widget tests, unless a test asks for the child.
 

@@ -72,6 +72,62 @@ def test_group_steps_keeps_validations_in_the_group(monkeypatch):
     assert [([s.step for s in g.steps], len(g.validations)) for g in out] == [([1], 0), ([2, 3], 2)]
 
 
+def test_stop_makes_grouped_and_throttled_streams_yield_at_once(monkeypatch):
+    """A worker thread sees a stop request only when its generator yields: once Stop was pressed
+    (``flush``), the next event must come out, not wait for the interval."""
+    fake_clock(monkeypatch, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    steps = [TrainStep(step=i, max_steps=4, loss=1.0, reconstruction=1.0, kl=0.0, kl_weight=1.0, lr=1e-3,
+                       elapsed_s=0.0, eta_s=0.0, fraction=i / 4) for i in range(1, 5)]
+    stop_pressed = []
+    grouped = core.group_steps(iter(steps), interval_s=100.0, flush=lambda: bool(stop_pressed))
+    assert [s.step for s in next(grouped).steps] == [1]
+    stop_pressed.append(True)
+    assert [s.step for s in next(grouped).steps] == [2]  # without the flush: one group of 2-4 at the end
+    assert [[s.step for s in g.steps] for g in grouped] == [[3], [4]]
+
+    stop_pressed.clear()
+    throttled = core.latest_every(iter([Tick(1), Tick(2), Tick(3)]), Tick, interval_s=100.0,
+                                  flush=lambda: bool(stop_pressed))
+    assert next(throttled) == Tick(1)
+    stop_pressed.append(True)
+    assert next(throttled) == Tick(2)  # without the flush: Tick(2) would be replaced by Tick(3)
+
+
+def test_stop_ends_an_in_process_training_run_within_a_step(make_napari_viewer, qtbot, monkeypatch):
+    """In napari's process the training generator has no stop request of its own: the panel's Stop
+    quits the worker, which must see it at the next step, not at the next group of steps."""
+    import time
+
+    import numpy as np
+
+    from napari_divnoising._widgets import _core
+    from napari_divnoising._widgets._session import NOISE_COLEARN, get_session
+    from napari_divnoising._widgets.train_widget import TrainWidget
+
+    group_interval_s = 60.0
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).normal(100, 10, (32, 32)).astype(np.float32), name="img")
+    w = TrainWidget(viewer)
+    qtbot.addWidget(w)
+    w.images.set_checked(["img"])
+    get_session(viewer).set_noise_choice(NOISE_COLEARN)
+    w.budget_unit.setCurrentText("steps")
+    w.budget_value.setValue(100_000)
+    w.patch_size.setValue(16)
+    w.batch_size.setValue(2)
+    monkeypatch.setattr(_core, "STEP_GROUP_INTERVAL_S", group_interval_s)
+    try:
+        w.train_button.click()
+        qtbot.waitUntil(lambda: w._last_step >= 1, timeout=60_000)
+        started = time.monotonic()
+        w.stop_button.click()
+        qtbot.waitUntil(lambda: not w.runner.running and w.runner.settled, timeout=30_000)
+        assert time.monotonic() - started < group_interval_s / 2
+    finally:
+        w.runner.stop_and_wait()
+    assert "Stopped" in w.status.text()
+
+
 def test_training_runs_in_napari_when_the_child_process_cannot_start(monkeypatch):
     import sys
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +105,8 @@ class TrainSteps:
     validations: tuple[Validation, ...] = ()
 
 
-def group_steps(events: Iterator[Any], interval_s: float = STEP_GROUP_INTERVAL_S) -> Iterator[Any]:
+def group_steps(events: Iterator[Any], interval_s: float | None = None,
+                flush: Callable[[], bool] | None = None) -> Iterator[Any]:
     """Pass ``events`` on, with the per-step and validation events grouped into :class:`TrainSteps`
     at most every ``interval_s``.
 
@@ -113,7 +114,19 @@ def group_steps(events: Iterator[Any], interval_s: float = STEP_GROUP_INTERVAL_S
     cross-thread signal and GUI update (a repaint of the window) per event would cost more than the
     work. No event is dropped: a group is handed on before any other event, and at the end. Closing
     this generator closes ``events``.
+
+    Parameters
+    ----------
+    events
+        The training events.
+    interval_s
+        Least time between two groups; default :data:`STEP_GROUP_INTERVAL_S`.
+    flush
+        Once it returns True (Stop was pressed), every event is handed on at once: a worker thread
+        only sees a stop request when this generator yields.
     """
+    if interval_s is None:
+        interval_s = STEP_GROUP_INTERVAL_S
     steps: list[TrainStep] = []
     validations: list[Validation] = []
     last = -float("inf")
@@ -122,7 +135,7 @@ def group_steps(events: Iterator[Any], interval_s: float = STEP_GROUP_INTERVAL_S
             if isinstance(event, (TrainStep, Validation)):
                 (steps if isinstance(event, TrainStep) else validations).append(event)
                 now = time.monotonic()
-                if now - last >= interval_s and steps:
+                if steps and (now - last >= interval_s or (flush is not None and flush())):
                     yield TrainSteps(tuple(steps), tuple(validations))
                     steps, validations, last = [], [], now
                 continue
@@ -142,13 +155,15 @@ def group_steps(events: Iterator[Any], interval_s: float = STEP_GROUP_INTERVAL_S
 FIT_PROGRESS_INTERVAL_S = UI_UPDATE_INTERVAL_S
 
 
-def latest_every(events: Iterator[Any], kind: type, interval_s: float) -> Iterator[Any]:
+def latest_every(events: Iterator[Any], kind: type, interval_s: float,
+                 flush: Callable[[], bool] | None = None) -> Iterator[Any]:
     """Pass ``events`` on, but events of type ``kind`` at most every ``interval_s`` (the latest one).
 
     For progress events that each replace the one before (an iteration count, a loss): the noise-model
     fit makes hundreds a second, and every one handed to the GUI thread repaints the window. The last
     ``kind`` event before any other event, and at the end, is always passed on. Closing this
-    generator closes ``events``.
+    generator closes ``events``. Once ``flush()`` returns True (Stop was pressed), every event is
+    passed on at once, so that the worker thread sees the stop request at its next event.
     """
     pending: Any = None
     last = -float("inf")
@@ -156,7 +171,7 @@ def latest_every(events: Iterator[Any], kind: type, interval_s: float) -> Iterat
         for event in events:
             if isinstance(event, kind):
                 now = time.monotonic()
-                if now - last >= interval_s:
+                if now - last >= interval_s or (flush is not None and flush()):
                     pending, last = None, now
                     yield event
                 else:

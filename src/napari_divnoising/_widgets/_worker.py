@@ -71,6 +71,11 @@ class WorkerRunner:
     def running(self) -> bool:
         return not self._done.is_set()
 
+    def stop_requested(self) -> bool:
+        """Whether Stop was asked for in the current run: the ``flush`` of throttled event streams, which
+        must then yield at once for the worker thread to see the request."""
+        return self._stop_requested
+
     def start(
         self,
         make_events: Callable[[], Iterator[Any]],

@@ -262,7 +262,8 @@ class NoiseModelWidget(QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.status.setText(f"Preparing {description}...")
-        self.runner.start(lambda: latest_every(fit_events(), NoiseFitProgress, FIT_PROGRESS_INTERVAL_S),
+        self.runner.start(lambda: latest_every(fit_events(), NoiseFitProgress, FIT_PROGRESS_INTERVAL_S,
+                                                  flush=self.runner.stop_requested),
                           self._on_event, self._on_done)
 
     def _on_event(self, event: Any) -> None:

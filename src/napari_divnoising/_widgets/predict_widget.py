@@ -506,7 +506,8 @@ class PredictWidget(QWidget):
         self.activity.start(f"DivNoising prediction of {layer.name}", n_samples)
         self.runner.start(
             lambda: stream_prediction(model, image, n_samples, keep_samples=keep, compute_map=want_map,
-                                      device=device, orientations=orientations, min_interval_s=READ_INTERVAL_S),
+                                      device=device, orientations=orientations, min_interval_s=READ_INTERVAL_S,
+                                      flush=self.runner.stop_requested),
             self._on_event,
             self._on_done,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -329,7 +330,7 @@ class TrainWidget(QWidget):
             lambda: _core.training_source(images, noise_model, config, resume=resume_model, bootstrap=bootstrap),
             self._on_event,
             self._on_done,
-            wrap=_core.group_steps,
+            wrap=functools.partial(_core.group_steps, flush=self.runner.stop_requested),
         )
 
     def _on_event(self, event: Any) -> None:
