@@ -12,7 +12,7 @@ variance floor. The floor is one float64 likelihood forward+backward pass over
 our 200k fitting pairs.
 
 Run ``python benchmarks/bench_noise_fit.py`` (about 1.5 min on a 2-core CPU;
-``--quick`` runs a 100-iteration reference fit on synthetic data, seconds).
+``--quick`` checks the plumbing: short fits on a small synthetic stack, seconds).
 """
 
 from __future__ import annotations
@@ -90,11 +90,12 @@ def _split_pixels(stack: np.ndarray, heldout_fraction: float, seed: int):
     return signal[:, ~mask], flat[:, ~mask], signal[:, mask], flat[:, mask]
 
 
-def _synthetic_stack(seed: int = 0) -> np.ndarray:
+def _synthetic_stack(seed: int = 0, n_frames: int = 30) -> np.ndarray:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:96, 0:96]
     clean = 100 + 400 * (0.5 + 0.5 * np.sin(xx / 9.0) * np.cos(yy / 13.0))
-    frames = 2 * rng.poisson((clean - 100) / 2, size=(30, 96, 96)) + 100 + rng.normal(0, 3, (30, 96, 96))
+    shape = (n_frames, 96, 96)
+    frames = 2 * rng.poisson((clean - 100) / 2, size=shape) + 100 + rng.normal(0, 3, shape)
     return frames.astype(np.float32)
 
 
@@ -109,15 +110,18 @@ def run(quick: bool = False) -> dict:
         stack = tifffile.imread(FMD_CALIBRATION).astype(np.float32)
         data = FMD_CALIBRATION.name
     else:
-        stack = _synthetic_stack()
-        data = "synthetic Poisson-Gaussian stack (30, 96, 96)"
+        n_frames = 8 if quick else 30
+        stack = _synthetic_stack(n_frames=n_frames)
+        data = f"synthetic Poisson-Gaussian stack ({n_frames}, 96, 96)"
     train_s, train_x, test_s, test_x = _split_pixels(stack, 0.1, seed=1)
 
     repeats = 1 if quick else 3
+    # quick: the plumbing only (a short fit), for the smoke test
+    quick_fit = {"explore_iterations": 200, "polish_iterations": 30} if quick else {}
     ours_times, ours_nll, result = [], [], None
     for rep in range(repeats):
         t0 = time.perf_counter()
-        for event in fit_gmm_iter(train_s, train_x, heldout_pairs=0, seed=rep):
+        for event in fit_gmm_iter(train_s, train_x, heldout_pairs=0, seed=rep, **quick_fit):
             if isinstance(event, NoiseFitResult):
                 result = event
         ours_times.append(time.perf_counter() - t0)
