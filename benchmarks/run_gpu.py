@@ -180,6 +180,7 @@ def fmd_training(data_dir: Path, device: torch.device, minutes: float, work: Pat
 def run(data_dir: Path, device: torch.device, minutes: float, quick: bool) -> dict[str, Any]:
     from napari_divnoising.model import DivNoisingModel
     from napari_divnoising.noise_models import GaussianNoiseModel
+    from napari_divnoising.training import device_defaults
 
     log: list[str] = []
     results: dict[str, Any] = {"machine": machine_info(str(device)), "log": log}
@@ -195,14 +196,17 @@ def run(data_dir: Path, device: torch.device, minutes: float, quick: bool) -> di
     for batch, patch in configs:
         row = train_step_times(train_frames, device, batch, patch, steps)
         row["loop_steps_per_s"] = loop_rate(train_frames, device, batch, patch, steps)
-        row["gflop_per_step"] = 3 * 2 * conv_macs(DivNoisingVAE(depth=2), patch, patch) * batch / 1e9
+        network = DivNoisingVAE(depth=2, start_filters=device_defaults(device)["start_filters"])  # as trained
+        row["gflop_per_step"] = 3 * 2 * conv_macs(network, patch, patch) * batch / 1e9
         row["floor_s"] = row["gflop_per_step"] / yardstick
         row["ratio_to_floor"] = row["step_median_s"] / row["floor_s"]
         rows.append(row)
     results["train_steps"] = rows
+    results["start_filters"] = device_defaults(device)["start_filters"]
 
     torch.manual_seed(0)
-    model = DivNoisingModel(DivNoisingVAE(depth=2), GaussianNoiseModel(a=4.0, b=0.0), 20.0, 20.0)
+    network = DivNoisingVAE(depth=2, start_filters=device_defaults(device)["start_filters"])
+    model = DivNoisingModel(network, GaussianNoiseModel(a=4.0, b=0.0), 20.0, 20.0)
     small, large = (128, 256) if quick else (512, 4096)
     sampling = [sampling_speed(model, device, small, 10 if quick else 100),
                 sampling_speed(model, device, small, 20 if quick else 1000),
@@ -221,7 +225,8 @@ def markdown(results: dict[str, Any]) -> str:
     m = results["matmul_gflops"]
     lines = ["# GPU benchmark", "", machine_markdown(results["machine"]), "",
              f"Matrix-product yardstick: {fmt(m['float32'])} GFLOP/s float32, {fmt(m['bfloat16'])} GFLOP/s bfloat16.",
-             "", "## Training step (real loop, depth 2, bf16 autocast where supported)", ""]
+             "", f"## Training step (real loop, depth 2, {results['start_filters']} first-level filters as the "
+             "device default, bf16 autocast where supported)", ""]
     lines.append(markdown_table(
         ["batch x patch", "GFLOP/step", "floor (ms)", "step median (ms)", "ratio to floor", "loop steps/s",
          "peak GPU MiB"],
@@ -232,7 +237,9 @@ def markdown(results: dict[str, Any]) -> str:
         ["image", "samples", "MAP", "seconds", "samples/s", "Mpx-samples/s", "peak GPU MiB"],
         [[f"{s['size']}²", s["samples"], s["map"], s["seconds"], s["samples_per_s"], s["mpx_samples_per_s"],
           s["peak_gpu_mib"]] for s in results["sampling"]]))
-    lines += ["", f"Large-image rate relative to 512²: {fmt(results['big_image_rate_vs_512'])}.", ""]
+    big, small = results["sampling"][3]["size"], results["sampling"][0]["size"]
+    lines += ["", f"Samples/s rate per pixel at {big}² relative to {small}²: {fmt(results['big_image_rate_vs_512'])}.",
+              ""]
     f = results["fmd"]
     lines += ["## FMD training through the command line", "",
               f"`divnoising train --max-minutes {f['minutes']:g} --device {results['machine']['device']}` "

@@ -1,0 +1,54 @@
+"""The GPU benchmark's parts on the CPU, tiny sizes: it is run only where a GPU is lent, so a broken
+script must show here first."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load():
+    sys.path.insert(0, str(BENCH_DIR))
+    spec = importlib.util.spec_from_file_location("_smoke_run_gpu", BENCH_DIR / "run_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_times_sampling_speed_and_report_on_the_cpu():
+    import torch
+
+    from napari_divnoising.model import DivNoisingModel
+    from napari_divnoising.network import DivNoisingVAE
+    from napari_divnoising.noise_models import GaussianNoiseModel
+
+    run_gpu = _load()
+    cpu = torch.device("cpu")
+    frames = np.random.default_rng(0).poisson(40.0, (2, 48, 48)).astype(np.float32)
+    step = run_gpu.train_step_times(frames, cpu, batch=2, patch=16, steps=12)
+    assert step["step_median_s"] > 0 and step["peak_gpu_mib"] is None
+    assert run_gpu.loop_rate(frames, cpu, batch=2, patch=16, steps=12) > 0
+    model = DivNoisingModel(DivNoisingVAE(depth=2, start_filters=8, z_dim=8), GaussianNoiseModel(a=4.0, b=0.0),
+                            40.0, 10.0)
+    sampling = [run_gpu.sampling_speed(model, cpu, 32, 3, repeats=1) for _ in range(3)]
+    sampling.append(run_gpu.sampling_speed(model, cpu, 64, 2, repeats=1))
+    assert all(s["samples_per_s"] > 0 for s in sampling)
+
+    fmd = {"minutes": 0.1, "wall_s": 9.0, "steps": 5, "reason": "max_minutes", "budget_used": 1.0,
+           "train_elapsed_s": 6.0, "best_step": 5, "batch": 8, "patch": 64, "summary": "Done: 5 steps",
+           "predict_s_per_frame": 1.0, **{f"{k}_psnr_{s}": 30.0 for k in ("noisy", "mmse", "map")
+                                          for s in ("mean", "std")}}
+    results = {"machine": {"device": "cpu"}, "log": ["$ divnoising train ..."], "start_filters": 16,
+               "matmul_gflops": {"float32": 10.0, "bfloat16": 1.0},
+               "train_steps": [dict(step, gflop_per_step=1.0, floor_s=0.1, ratio_to_floor=2.0, loop_steps_per_s=5.0)],
+               "sampling": sampling, "big_image_rate_vs_512": 1.0, "fmd": fmd}
+    json.dumps(results)
+    text = run_gpu.markdown(results)
+    assert "| 2 x 16² |" in text and "relative to 32²" in text and "16 first-level filters" in text
+    assert "ended by max_minutes" in text
