@@ -185,7 +185,8 @@ def test_closing_the_viewer_stops_the_worker(make_napari_viewer, qtbot, monkeypa
     qtbot.waitUntil(lambda: len(w.loss_plot.train_steps) > 2, timeout=60_000)
     runner = w.runner
     viewer.close()
-    qtbot.waitUntil(lambda: not runner.running, timeout=60_000)
+    qtbot.waitUntil(lambda: not runner.running, timeout=60_000)  # raises when the run goes on
+    assert runner.worker is not None and not runner.running
 
 
 def test_plugin_docks_share_one_session(make_napari_viewer):
