@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
-
-BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def test_device_benchmark_reports_rates_plans_and_targets():
-    sys.path.insert(0, str(BENCH_DIR))
-    spec = importlib.util.spec_from_file_location("_smoke_bench_predict", BENCH_DIR / "bench_predict.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_device_benchmark_reports_rates_plans_and_targets(benchmark_script):
+    module = benchmark_script("bench_predict")
     out = module.run_device("cpu", repeats=1, sizes=(32, 64), counts=(4, 3, 1))
     json.dumps(out)  # printable as JSON
     for key in ("predict_32", "predict_64", "predict_64_keep0", "predict_64_1_samples_keep0"):

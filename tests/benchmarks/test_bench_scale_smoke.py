@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
-
-def test_bench_scale_runs_tiny_and_reports_every_configuration(tmp_path, monkeypatch):
+def test_bench_scale_runs_tiny_and_reports_every_configuration(benchmark_script, tmp_path, monkeypatch):
     import os
 
     import napari_divnoising
@@ -20,10 +16,7 @@ def test_bench_scale_runs_tiny_and_reports_every_configuration(tmp_path, monkeyp
     # The benchmark's children import the package under test, wherever it lives.
     src = str(Path(napari_divnoising.__file__).resolve().parents[1])
     monkeypatch.setenv("PYTHONPATH", src + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    sys.path.insert(0, str(BENCH_DIR))
-    spec = importlib.util.spec_from_file_location("_smoke_bench_scale", BENCH_DIR / "bench_scale.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_script("bench_scale")
 
     bench.main(["--frames", "3", "--size", "64", "--samples", "2", "--arch", "tiny", "--workers", "1",
                 "--sweep-gb", "0.0002", "--timeout", "600", "--tmp-dir", str(tmp_path), "--out-dir", str(tmp_path)])

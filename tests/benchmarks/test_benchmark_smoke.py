@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -13,18 +12,9 @@ import pytest
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def _load(name: str, directory: Path = BENCH_DIR):
-    spec = importlib.util.spec_from_file_location(f"_smoke_{name}", directory / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    sys.path.insert(0, str(BENCH_DIR))
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def common():
-    return _load("_common")
+def common(benchmark_script):
+    return benchmark_script("_common")
 
 
 def _poisson_gaussian(signal: np.ndarray, gain: float, read_sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -67,8 +57,8 @@ def test_write_results_roundtrip(common, tmp_path):
     assert md_path.read_text() == "# hi\n"
 
 
-def test_run_speed_handles_missing_and_failing_scripts(tmp_path):
-    run_speed = _load("run_speed")
+def test_run_speed_handles_missing_and_failing_scripts(benchmark_script, tmp_path):
+    run_speed = benchmark_script("run_speed")
     (tmp_path / "bench_ok.py").write_text("def run(quick=False):\n    return {'value': 1.0, 'quick': quick}\n")
     (tmp_path / "bench_broken.py").write_text("def run(quick=False):\n    raise RuntimeError('boom')\n")
     out = run_speed.run_bench_scripts(True, ("bench_ok", "bench_broken", "bench_absent"), tmp_path,
@@ -82,18 +72,18 @@ def test_run_speed_handles_missing_and_failing_scripts(tmp_path):
 
 
 @pytest.mark.parametrize("script", ["bench_train_step", "bench_predict", "bench_noise_fit"])
-def test_speed_scripts_run_against_the_current_package(script, monkeypatch, tmp_path):
+def test_speed_scripts_run_against_the_current_package(benchmark_script, script, monkeypatch, tmp_path):
     # Quick mode on synthetic data: catches a script left behind by a change of the package's API.
     monkeypatch.setenv("DIVNOISING_FMD_DIR", str(tmp_path))  # no real data: the synthetic path
-    out = _load(script).run(True)
+    out = benchmark_script(script).run(True)
     figures = {"bench_train_step": out.get("step_median_s"),
                "bench_predict": (out.get("predict") or {}).get("ours_median_s"),
                "bench_noise_fit": out.get("ours_seconds_median")}
     assert figures[script] is not None and figures[script] > 0
 
 
-def test_speed_scaling_child_measures_time_and_memory(common):
-    run_speed = _load("run_speed")
+def test_speed_scaling_child_measures_time_and_memory(benchmark_script, common):
+    run_speed = benchmark_script("run_speed")
     ballast = np.ones(64 * 2**20)  # 512 MiB resident in this process: must not show in the child's peak
     parent_peak = common.peak_rss_mib()
     rows = run_speed.run_scaling((64,), 2, "cpu", 1, rate_gflops=50.0, timeout_s=120, log=lambda *a: None)
@@ -111,9 +101,9 @@ def test_speed_scaling_child_measures_time_and_memory(common):
     assert "| 64² |" in markdown
 
 
-def test_bm3d_vst_noise_fit_and_inverse():
+def test_bm3d_vst_noise_fit_and_inverse(benchmark_script):
     sys.path.insert(0, str(BENCH_DIR / "baselines"))
-    bm3d_vst = _load("bm3d_vst", BENCH_DIR / "baselines")
+    bm3d_vst = benchmark_script("bm3d_vst", BENCH_DIR / "baselines")
     rng = np.random.default_rng(0)
     signal = _smooth_signal((48, 48), rng)
     stack = np.stack([_poisson_gaussian(signal, 4.0, 2.0, rng) for _ in range(40)])
@@ -130,8 +120,8 @@ def test_bm3d_vst_noise_fit_and_inverse():
     assert back[0] == pytest.approx(level, rel=0.02)
 
 
-def test_bm3d_vst_denoises_synthetic_image():
-    bm3d_vst = _load("bm3d_vst", BENCH_DIR / "baselines")
+def test_bm3d_vst_denoises_synthetic_image(benchmark_script):
+    bm3d_vst = benchmark_script("bm3d_vst", BENCH_DIR / "baselines")
     rng = np.random.default_rng(1)
     signal = _smooth_signal((64, 64), rng)
     calibration = np.stack([_poisson_gaussian(signal, 4.0, 2.0, rng) for _ in range(30)])
@@ -140,8 +130,8 @@ def test_bm3d_vst_denoises_synthetic_image():
     assert result["psnr_mean"] > result["noisy_psnr_mean"] + 3.0
 
 
-def test_quality_markdown_from_results(tmp_path):
-    run_quality = _load("run_quality")
+def test_quality_markdown_from_results(benchmark_script, tmp_path):
+    run_quality = benchmark_script("run_quality")
     results = {
         "machine": {"cpu": "test cpu", "cores": 2}, "data": "synthetic", "data_range": 255.0, "budget_minutes": 0.1,
         "max_steps": 3, "n_samples": 4, "n_frames": 2, "quick": True,
@@ -167,7 +157,7 @@ def test_quality_markdown_from_results(tmp_path):
     assert "single posterior sample scores 29.50 ± 0.40 dB" in markdown
 
 
-def test_quality_run_end_to_end_on_synthetic_folder(tmp_path, monkeypatch):
+def test_quality_run_end_to_end_on_synthetic_folder(benchmark_script, tmp_path, monkeypatch):
     """The whole quality pipeline (fit, 3 trainings, predict, MAP, sweep) on a tiny synthetic data folder."""
     import dataclasses
     import functools
@@ -184,7 +174,7 @@ def test_quality_run_end_to_end_on_synthetic_folder(tmp_path, monkeypatch):
         monkeypatch.setattr(module, name, functools.partial(getattr(module, name), explore_pairs=4000,
                                                             explore_iterations=200, polish_iterations=20))
 
-    run_quality = _load("run_quality")
+    run_quality = benchmark_script("run_quality")
     rng = np.random.default_rng(2)
     signals = [_smooth_signal((64, 64), rng) for _ in range(3)]
 
@@ -229,7 +219,7 @@ def test_quality_run_end_to_end_on_synthetic_folder(tmp_path, monkeypatch):
         run_quality.run(quick=True, data_dir=tmp_path, skip=("nope",), verbose=False)
 
 
-def test_quality_ablation_trains_saves_and_scores_with_orientations(tmp_path, monkeypatch):
+def test_quality_ablation_trains_saves_and_scores_with_orientations(benchmark_script, tmp_path, monkeypatch):
     import functools
 
     import tifffile
@@ -238,7 +228,7 @@ def test_quality_ablation_trains_saves_and_scores_with_orientations(tmp_path, mo
 
     monkeypatch.setattr(fitting, "fit_gmm_from_calibration", functools.partial(
         fitting.fit_gmm_from_calibration, explore_pairs=4000, explore_iterations=200, polish_iterations=20))
-    ablation = _load("quality_ablation")
+    ablation = benchmark_script("quality_ablation")
     rng = np.random.default_rng(4)
     signals = [_smooth_signal((64, 64), rng) for _ in range(3)]
     calibration = np.stack([_poisson_gaussian(signals[0], 4.0, 2.0, rng) for _ in range(10)]).astype(np.float32)

@@ -3,32 +3,19 @@ script must show here first."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
-
-def _load():
-    sys.path.insert(0, str(BENCH_DIR))
-    spec = importlib.util.spec_from_file_location("_smoke_run_gpu", BENCH_DIR / "run_gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_step_times_sampling_speed_and_report_on_the_cpu():
+def test_step_times_sampling_speed_and_report_on_the_cpu(benchmark_script):
     import torch
 
     from napari_divnoising.model import DivNoisingModel
     from napari_divnoising.network import DivNoisingVAE
     from napari_divnoising.noise_models import GaussianNoiseModel
 
-    run_gpu = _load()
+    run_gpu = benchmark_script("run_gpu")
     cpu = torch.device("cpu")
     frames = np.random.default_rng(0).poisson(40.0, (2, 48, 48)).astype(np.float32)
     step = run_gpu.train_step_times(frames, cpu, batch=2, patch=16, steps=12)
