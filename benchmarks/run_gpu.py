@@ -192,21 +192,22 @@ def run(data_dir: Path, device: torch.device, minutes: float, quick: bool) -> di
     configs = [(4, 32), (8, 64)] if quick else [(8, 64), (32, 128), (64, 128)]
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     yardstick = results["matmul_gflops"]["bfloat16" if bf16 else "float32"]
+    start_filters = device_defaults(device)["start_filters"]  # the network a user trains on this device
+    network = DivNoisingVAE(depth=2, start_filters=start_filters)
     rows = []
     for batch, patch in configs:
         row = train_step_times(train_frames, device, batch, patch, steps)
         row["loop_steps_per_s"] = loop_rate(train_frames, device, batch, patch, steps)
-        network = DivNoisingVAE(depth=2, start_filters=device_defaults(device)["start_filters"])  # as trained
         row["gflop_per_step"] = 3 * 2 * conv_macs(network, patch, patch) * batch / 1e9
         row["floor_s"] = row["gflop_per_step"] / yardstick
         row["ratio_to_floor"] = row["step_median_s"] / row["floor_s"]
         rows.append(row)
     results["train_steps"] = rows
-    results["start_filters"] = device_defaults(device)["start_filters"]
+    results["start_filters"] = start_filters
 
     torch.manual_seed(0)
-    network = DivNoisingVAE(depth=2, start_filters=device_defaults(device)["start_filters"])
-    model = DivNoisingModel(network, GaussianNoiseModel(a=4.0, b=0.0), 20.0, 20.0)
+    model = DivNoisingModel(DivNoisingVAE(depth=2, start_filters=start_filters), GaussianNoiseModel(a=4.0, b=0.0),
+                            20.0, 20.0)
     small, large = (128, 256) if quick else (512, 4096)
     sampling = [sampling_speed(model, device, small, 10 if quick else 100),
                 sampling_speed(model, device, small, 20 if quick else 1000),

@@ -93,41 +93,6 @@ def test_stop_makes_grouped_and_throttled_streams_yield_at_once(monkeypatch):
     assert next(throttled) == Tick(2)  # without the flush: Tick(2) would be replaced by Tick(3)
 
 
-def test_stop_ends_an_in_process_training_run_within_a_step(make_napari_viewer, qtbot, monkeypatch):
-    """In napari's process the training generator has no stop request of its own: the panel's Stop
-    quits the worker, which must see it at the next step, not at the next group of steps."""
-    import time
-
-    import numpy as np
-
-    from napari_divnoising._widgets import _core
-    from napari_divnoising._widgets._session import NOISE_COLEARN, get_session
-    from napari_divnoising._widgets.train_widget import TrainWidget
-
-    group_interval_s = 60.0
-    viewer = make_napari_viewer()
-    viewer.add_image(np.random.default_rng(0).normal(100, 10, (32, 32)).astype(np.float32), name="img")
-    w = TrainWidget(viewer)
-    qtbot.addWidget(w)
-    w.images.set_checked(["img"])
-    get_session(viewer).set_noise_choice(NOISE_COLEARN)
-    w.budget_unit.setCurrentText("steps")
-    w.budget_value.setValue(100_000)
-    w.patch_size.setValue(16)
-    w.batch_size.setValue(2)
-    monkeypatch.setattr(_core, "STEP_GROUP_INTERVAL_S", group_interval_s)
-    try:
-        w.train_button.click()
-        qtbot.waitUntil(lambda: w._last_step >= 1, timeout=60_000)
-        started = time.monotonic()
-        w.stop_button.click()
-        qtbot.waitUntil(lambda: not w.runner.running and w.runner.settled, timeout=30_000)
-        assert time.monotonic() - started < group_interval_s / 2
-    finally:
-        w.runner.stop_and_wait()
-    assert "Stopped" in w.status.text()
-
-
 def test_training_runs_in_napari_when_the_child_process_cannot_start(monkeypatch):
     import sys
 

@@ -91,6 +91,25 @@ def test_stop_keeps_last_model(widget, qtbot, wait_for, monkeypatch):
     assert w.train_button.isEnabled() and not w.stop_button.isEnabled()
 
 
+def test_stop_ends_an_in_process_training_run_within_a_step(widget, qtbot, wait_for, monkeypatch):
+    """In napari's process the training generator has no stop request of its own: the panel's Stop
+    quits the worker, which must see it at the next step, not at the next group of steps."""
+    viewer, w = widget
+    group_interval_s = 60.0
+    monkeypatch.setattr(core, "STEP_GROUP_INTERVAL_S", group_interval_s)
+    w.budget_unit.setCurrentText("steps")
+    w.budget_value.setValue(100_000)
+    w.patch_size.setValue(16)
+    w.batch_size.setValue(2)
+    w.train_button.click()
+    qtbot.waitUntil(lambda: w._last_step >= 1, timeout=60_000)
+    started = time.monotonic()
+    w.stop_button.click()
+    wait_for(w.runner, timeout=30_000)
+    assert time.monotonic() - started < group_interval_s / 2
+    assert "Stopped" in w.status.text()
+
+
 def test_crash_notifies_and_keeps_last_model(widget, wait_for, monkeypatch):
     viewer, w = widget
     errors = []
