@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,9 @@ from bench_train_step import conv_macs  # noqa: E402
 from napari_divnoising.io import read_tiff  # noqa: E402
 from napari_divnoising.metrics import psnr  # noqa: E402
 from napari_divnoising.network import DivNoisingVAE  # noqa: E402
+
+#: Progress-bar lines of the command line's output, left out of the report.
+PROGRESS_LINE = re.compile(r"^\s*(step \d+, |fitting noise model:|training )")
 
 
 def sync(device: torch.device) -> None:
@@ -136,7 +141,7 @@ def cli(*args: str, log: list[str]) -> str:
     run = subprocess.run(command, capture_output=True, text=True, env=env)
     output = run.stdout + run.stderr
     log.append(f"$ divnoising {' '.join(args)}  ({time.perf_counter() - t:.0f} s)\n" + "\n".join(
-        line for line in output.splitlines() if "\r" not in line and not line.startswith("training ")))
+        line for line in output.splitlines() if line.strip() and not PROGRESS_LINE.match(line)))
     if run.returncode != 0:
         raise RuntimeError(f"divnoising {args[0]} failed:\n{output[-3000:]}")
     return output
@@ -177,7 +182,24 @@ def fmd_training(data_dir: Path, device: torch.device, minutes: float, work: Pat
     }
 
 
-def run(data_dir: Path, device: torch.device, minutes: float, quick: bool) -> dict[str, Any]:
+def section(results: dict[str, Any], name: str, fn: Any, save: Any) -> None:
+    """Run one part of the benchmark into ``results[name]``; a failure is recorded, not fatal, so the other
+    parts of a device run that may not be repeated still report."""
+    t = time.perf_counter()
+    try:
+        results[name] = fn()
+    except Exception:
+        results.setdefault("errors", {})[name] = traceback.format_exc()
+        print(results["errors"][name], file=sys.stderr)
+    results.setdefault("section_s", {})[name] = time.perf_counter() - t
+    try:
+        save(results)
+    except Exception:
+        traceback.print_exc()
+
+
+def run(data_dir: Path, device: torch.device, minutes: float, quick: bool, save: Any = lambda results: None
+        ) -> dict[str, Any]:
     from napari_divnoising.model import DivNoisingModel
     from napari_divnoising.noise_models import GaussianNoiseModel
     from napari_divnoising.training import device_defaults
@@ -185,72 +207,96 @@ def run(data_dir: Path, device: torch.device, minutes: float, quick: bool) -> di
     log: list[str] = []
     results: dict[str, Any] = {"machine": machine_info(str(device)), "log": log}
     n = 1024 if quick else 8192
-    results["matmul_gflops"] = {"float32": matmul_rate(device, torch.float32, n),
-                                "bfloat16": matmul_rate(device, torch.bfloat16, n)}
+    section(results, "matmul_gflops", lambda: {"float32": matmul_rate(device, torch.float32, n),
+                                               "bfloat16": matmul_rate(device, torch.bfloat16, n)}, save)
     train_frames = np.asarray(read_tiff(data_dir / "train_noisy.tif"), np.float32)
     steps = 20 if quick else 400
     configs = [(4, 32), (8, 64)] if quick else [(8, 64), (32, 128), (64, 128)]
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    yardstick = results["matmul_gflops"]["bfloat16" if bf16 else "float32"]
     start_filters = device_defaults(device)["start_filters"]  # the network a user trains on this device
-    network = DivNoisingVAE(depth=2, start_filters=start_filters)
-    rows = []
-    for batch, patch in configs:
-        row = train_step_times(train_frames, device, batch, patch, steps)
-        row["loop_steps_per_s"] = loop_rate(train_frames, device, batch, patch, steps)
-        row["gflop_per_step"] = 3 * 2 * conv_macs(network, patch, patch) * batch / 1e9
-        row["floor_s"] = row["gflop_per_step"] / yardstick
-        row["ratio_to_floor"] = row["step_median_s"] / row["floor_s"]
-        rows.append(row)
-    results["train_steps"] = rows
     results["start_filters"] = start_filters
 
-    torch.manual_seed(0)
-    model = DivNoisingModel(DivNoisingVAE(depth=2, start_filters=start_filters), GaussianNoiseModel(a=4.0, b=0.0),
-                            20.0, 20.0)
-    small, large = (128, 256) if quick else (512, 4096)
-    sampling = [sampling_speed(model, device, small, 10 if quick else 100),
+    def train_steps() -> list[dict[str, Any]]:
+        yardstick = results.get("matmul_gflops", {}).get("bfloat16" if bf16 else "float32", float("nan"))
+        network = DivNoisingVAE(depth=2, start_filters=start_filters)
+        rows = []
+        for batch, patch in configs:
+            row = train_step_times(train_frames, device, batch, patch, steps)
+            row["loop_steps_per_s"] = loop_rate(train_frames, device, batch, patch, steps)
+            row["gflop_per_step"] = 3 * 2 * conv_macs(network, patch, patch) * batch / 1e9
+            row["floor_s"] = row["gflop_per_step"] / yardstick
+            row["ratio_to_floor"] = row["step_median_s"] / row["floor_s"]
+            rows.append(row)
+        return rows
+
+    section(results, "train_steps", train_steps, save)
+
+    def sampling() -> list[dict[str, Any]]:
+        torch.manual_seed(0)
+        model = DivNoisingModel(DivNoisingVAE(depth=2, start_filters=start_filters),
+                                GaussianNoiseModel(a=4.0, b=0.0), 20.0, 20.0)
+        small, large = (128, 256) if quick else (512, 4096)
+        return [sampling_speed(model, device, small, 10 if quick else 100),
                 sampling_speed(model, device, small, 20 if quick else 1000),
                 sampling_speed(model, device, small, 10 if quick else 100, compute_map=True),
-                sampling_speed(model, device, large, 4 if quick else 100, repeats=1)]
-    results["sampling"] = sampling
-    big, small_rate = sampling[3]["mpx_samples_per_s"], sampling[0]["mpx_samples_per_s"]
-    results["big_image_rate_vs_512"] = big / small_rate
+                sampling_speed(model, device, large, 4 if quick else 20, repeats=1)]
 
-    with tempfile.TemporaryDirectory() as tmp:
-        results["fmd"] = fmd_training(data_dir, device, minutes, Path(tmp), log)
+    section(results, "sampling", sampling, save)
+
+    def fmd() -> dict[str, Any]:
+        with tempfile.TemporaryDirectory() as tmp:
+            return fmd_training(data_dir, device, minutes, Path(tmp), log)
+
+    section(results, "fmd", fmd, save)
     return results
 
 
+def shortened(output: str, head: int = 12, tail: int = 20) -> str:
+    """``output`` with the lines between its first ``head`` and last ``tail`` left out (the JSON keeps all)."""
+    lines = output.splitlines()
+    if len(lines) <= head + tail + 1:
+        return output
+    return "\n".join([*lines[:head], f"[... {len(lines) - head - tail} lines ...]", *lines[-tail:]])
+
+
 def markdown(results: dict[str, Any]) -> str:
-    m = results["matmul_gflops"]
-    lines = ["# GPU benchmark", "", machine_markdown(results["machine"]), "",
-             f"Matrix-product yardstick: {fmt(m['float32'])} GFLOP/s float32, {fmt(m['bfloat16'])} GFLOP/s bfloat16.",
-             "", f"## Training step (real loop, depth 2, {results['start_filters']} first-level filters as the "
-             "device default, bf16 autocast where supported)", ""]
-    lines.append(markdown_table(
-        ["batch x patch", "GFLOP/step", "floor (ms)", "step median (ms)", "ratio to floor", "loop steps/s",
-         "peak GPU MiB"],
-        [[f"{r['batch']} x {r['patch']}²", r["gflop_per_step"], 1e3 * r["floor_s"], 1e3 * r["step_median_s"],
-          r["ratio_to_floor"], r["loop_steps_per_s"], r["peak_gpu_mib"]] for r in results["train_steps"]]))
-    lines += ["", "## Posterior sampling", ""]
-    lines.append(markdown_table(
-        ["image", "samples", "MAP", "seconds", "samples/s", "Mpx-samples/s", "peak GPU MiB"],
-        [[f"{s['size']}²", s["samples"], s["map"], s["seconds"], s["samples_per_s"], s["mpx_samples_per_s"],
-          s["peak_gpu_mib"]] for s in results["sampling"]]))
-    big, small = results["sampling"][3]["size"], results["sampling"][0]["size"]
-    lines += ["", f"Samples/s rate per pixel at {big}² relative to {small}²: {fmt(results['big_image_rate_vs_512'])}.",
-              ""]
-    f = results["fmd"]
-    lines += ["## FMD training through the command line", "",
-              f"`divnoising train --max-minutes {f['minutes']:g} --device {results['machine']['device']}` "
-              f"(calibration GMM): {f['steps']} steps of batch {f['batch']} x {f['patch']}², ended by "
-              f"{f['reason']} after {fmt(f['train_elapsed_s'])} s ({fmt(100 * (f['budget_used'] or 0))}% of the "
-              f"budget); best validation at step {f['best_step']}.", "",
-              markdown_table(["", "PSNR mean (dB)", "std"],
-                             [[k, f[f"{k}_psnr_mean"], f[f"{k}_psnr_std"]] for k in ("noisy", "mmse", "map")]),
-              "", f"MMSE of 100 samples + MAP: {fmt(f['predict_s_per_frame'])} s per 512² frame.", "",
-              "## Command-line output", "", "```", *results["log"], "```"]
+    lines = ["# GPU benchmark", "", machine_markdown(results["machine"]), ""]
+    if "matmul_gflops" in results:
+        m = results["matmul_gflops"]
+        lines += [f"Matrix-product yardstick: {fmt(m['float32'])} GFLOP/s float32, {fmt(m['bfloat16'])} GFLOP/s "
+                  "bfloat16.", ""]
+    if "train_steps" in results:
+        lines += [f"## Training step (real loop, depth 2, {results['start_filters']} first-level filters as the "
+                  "device default, bf16 autocast where supported)", ""]
+        lines.append(markdown_table(
+            ["batch x patch", "GFLOP/step", "floor (ms)", "step median (ms)", "ratio to floor", "loop steps/s",
+             "peak GPU MiB"],
+            [[f"{r['batch']} x {r['patch']}²", r["gflop_per_step"], 1e3 * r["floor_s"], 1e3 * r["step_median_s"],
+              r["ratio_to_floor"], r["loop_steps_per_s"], r["peak_gpu_mib"]] for r in results["train_steps"]]))
+        lines.append("")
+    if "sampling" in results:
+        lines += ["## Posterior sampling", ""]
+        lines.append(markdown_table(
+            ["image", "samples", "MAP", "seconds", "samples/s", "Mpx-samples/s", "peak GPU MiB"],
+            [[f"{s['size']}²", s["samples"], s["map"], s["seconds"], s["samples_per_s"], s["mpx_samples_per_s"],
+              s["peak_gpu_mib"]] for s in results["sampling"]]))
+        big, small = results["sampling"][3], results["sampling"][0]
+        lines += ["", f"Samples/s rate per pixel at {big['size']}² relative to {small['size']}²: "
+                  f"{fmt(big['mpx_samples_per_s'] / small['mpx_samples_per_s'])}.", ""]
+    if "fmd" in results:
+        f = results["fmd"]
+        lines += ["## FMD training through the command line", "",
+                  f"`divnoising train --max-minutes {f['minutes']:g} --device {results['machine']['device']}` "
+                  f"(calibration GMM): {f['steps']} steps of batch {f['batch']} x {f['patch']}², ended by "
+                  f"{f['reason']} after {fmt(f['train_elapsed_s'])} s ({fmt(100 * (f['budget_used'] or 0))}% of the "
+                  f"budget); best validation at step {f['best_step']}.", "",
+                  markdown_table(["", "PSNR mean (dB)", "std"],
+                                 [[k, f[f"{k}_psnr_mean"], f[f"{k}_psnr_std"]] for k in ("noisy", "mmse", "map")]),
+                  "", f"MMSE of 100 samples + MAP: {fmt(f['predict_s_per_frame'])} s per 512² frame.", ""]
+    for name, error in results.get("errors", {}).items():
+        lines += [f"## {name} failed", "", "```", error.rstrip(), "```", ""]
+    if results.get("log"):
+        lines += ["## Command-line output", "", "```", *(shortened(entry) for entry in results["log"]), "```"]
     return "\n".join(lines)
 
 
@@ -263,12 +309,15 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=None, help="where to write gpu.json/.md (default results/)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    results = run(args.data, device, args.train_minutes, args.quick)
-    text = markdown(results)
     kwargs = {"out_dir": args.out_dir} if args.out_dir else {}
-    paths = write_results("gpu" if not args.quick else "gpu_quick", results, text, **kwargs)
-    print(text)
+    name = "gpu" if not args.quick else "gpu_quick"
+    results = run(args.data, device, args.train_minutes, args.quick,
+                  save=lambda partial: write_results(name, partial, markdown(partial), **kwargs))
+    paths = write_results(name, results, markdown(results), **kwargs)
+    print(markdown(results))
     print("wrote", *paths)
+    if results.get("errors"):
+        sys.exit(f"{len(results['errors'])} part(s) failed: {', '.join(results['errors'])}")
 
 
 if __name__ == "__main__":

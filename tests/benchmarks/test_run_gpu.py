@@ -34,7 +34,7 @@ def test_step_times_sampling_speed_and_report_on_the_cpu(benchmark_script):
     results = {"machine": {"device": "cpu"}, "log": ["$ divnoising train ..."], "start_filters": 16,
                "matmul_gflops": {"float32": 10.0, "bfloat16": 1.0},
                "train_steps": [dict(step, gflop_per_step=1.0, floor_s=0.1, ratio_to_floor=2.0, loop_steps_per_s=5.0)],
-               "sampling": sampling, "big_image_rate_vs_512": 1.0, "fmd": fmd}
+               "sampling": sampling, "fmd": fmd}
     json.dumps(results)
     text = run_gpu.markdown(results)
     assert "| 2 x 16² |" in text and "relative to 32²" in text and "16 first-level filters" in text
