@@ -56,7 +56,7 @@ def _poly(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def gmm_parameters(
-    weight: torch.Tensor, min_signal: Any, max_signal: Any, min_variance: float, signal: torch.Tensor
+    weight: torch.Tensor, min_signal: Any, max_signal: Any, min_variance: Any, signal: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Means, variances and log mixture weights, each (K, *signal.shape), of the GMM with ``weight``.
 
@@ -68,7 +68,9 @@ def gmm_parameters(
     hi = torch.as_tensor(max_signal, dtype=signal.dtype, device=signal.device)
     u = (signal - lo) / (hi - lo)
     means = _poly(weight[:k], u)
-    variances = torch.clamp(_poly(torch.exp(weight[k : 2 * k]), u), min=float(min_variance))
+    # the bounds stay tensors on the signal's device: reading a GPU number back would wait for the device
+    floor = torch.as_tensor(min_variance, dtype=signal.dtype, device=signal.device)
+    variances = torch.clamp(_poly(torch.exp(weight[k : 2 * k]), u), min=floor)
     log_weights = torch.log_softmax(_poly(weight[2 * k :], u), dim=0)
     # Shift the components so the mixture mean is the signal itself.
     means = means - (log_weights.exp() * means).sum(0) + signal
@@ -76,7 +78,7 @@ def gmm_parameters(
 
 
 def gmm_log_likelihood(
-    weight: torch.Tensor, min_signal: Any, max_signal: Any, min_variance: float,
+    weight: torch.Tensor, min_signal: Any, max_signal: Any, min_variance: Any,
     observation: torch.Tensor, signal: torch.Tensor,
 ) -> torch.Tensor:
     """log p(observation | signal) per pixel of the GMM with ``weight``, via logsumexp over components."""
@@ -150,13 +152,11 @@ class GMMNoiseModel(nn.Module):
 
     def parameters_at(self, signal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(means, variances, log_weights)``, each (K, *signal.shape), at raw ``signal``."""
-        return gmm_parameters(self.weight, self.min_signal, self.max_signal, float(self.min_variance), signal)
+        return gmm_parameters(self.weight, self.min_signal, self.max_signal, self.min_variance, signal)
 
     def log_likelihood(self, observation: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
         """log p(observation | signal) per pixel, via logsumexp over the components."""
-        return gmm_log_likelihood(
-            self.weight, self.min_signal, self.max_signal, float(self.min_variance), observation, signal
-        )
+        return gmm_log_likelihood(self.weight, self.min_signal, self.max_signal, self.min_variance, observation, signal)
 
     def mean(self, signal: torch.Tensor) -> torch.Tensor:
         """Mixture mean at ``signal`` (equals ``signal`` by construction)."""
@@ -219,7 +219,7 @@ class GaussianNoiseModel(nn.Module):
 
     def variance(self, signal: torch.Tensor) -> torch.Tensor:
         var = self.scale**2 * (self.alpha * (signal - self.offset) / self.scale + self.beta)
-        return torch.clamp(var, min=float(self.sigma_min) ** 2)
+        return torch.clamp(var, min=(self.sigma_min**2).to(var.dtype))
 
     def log_likelihood(self, observation: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
         var = self.variance(signal)

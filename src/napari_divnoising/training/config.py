@@ -139,6 +139,9 @@ class TrainingConfig:
                          label="Device", choices=DEVICE_CHOICES)
     mixed_precision: bool = _field(True, help="bfloat16 autocast for the network on CUDA GPUs that support it.",
                                    label="Mixed precision", advanced=True)
+    cuda_graphs: bool = _field(True, help="On a CUDA GPU, record the training step once as a CUDA graph and replay it "
+                               "(far less work for the host per step); off by itself, with a warning, where a step "
+                               "cannot be recorded.", label="CUDA graphs", advanced=True)
     log_interval: int | None = _field(
         None, help="Steps between reading the loss back from the device; empty: every step on a CPU, every 25 on a "
         "GPU (reading it back forces the GPU to wait).", label="Log interval", minimum=1, maximum=100_000,

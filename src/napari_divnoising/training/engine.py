@@ -54,6 +54,7 @@ from .events import (
     Validation,
 )
 from .feed import ValidationSet, batch_source
+from .graphed import CudaGraphs, GraphedStep, uses_cuda_graphs
 from .loss import loss_terms
 from .loss_log import LossLog
 from .noise_setup import COLEARN, check_resume, gmm_range_warning, resolve_noise_model
@@ -68,8 +69,9 @@ def _new_network(config: TrainingConfig) -> DivNoisingVAE:
 def _autocast_for(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager | None:
     # bf16 keeps fp32's exponent range, so no gradient scaling is needed; the noise-model
     # likelihood and KL are computed in fp32 outside the autocast regions (see loss_terms).
+    # Without the cast cache, as a step recorded in a CUDA graph requires.
     if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
     return None
 
 
@@ -169,7 +171,11 @@ def train_iter(
         return average.applied() if average is not None else contextlib.nullcontext()
 
     trainable = [p for p in list(model.network.parameters()) + list(model.noise_model.parameters()) if p.requires_grad]
-    optimiser = Optimiser(trainable, config, resume.training_state if resume is not None else None)
+    graphs = uses_cuda_graphs(config.cuda_graphs, device)
+    optimiser = Optimiser(trainable, config, resume.training_state if resume is not None else None, capturable=graphs)
+    graphed = GraphedStep(lambda x: loss_terms(model, x, None, autocast, memory_format), optimiser,
+                          CudaGraphs(device)) if graphs else None
+    graph_failure_reported = False
     initial_noise_model_state = {k: v.clone() for k, v in model.noise_model.state_dict().items()}
     rng = np.random.default_rng([config.seed, start_step])
     next_batch = batch_source(data, config, device, rng, start_step)
@@ -225,11 +231,17 @@ def train_iter(
             eps = None
             if on_cpu:  # numpy's ziggurat sampler is several times faster than torch.randn on a CPU
                 eps = torch.from_numpy(rng.standard_normal(latent_shape, dtype=np.float32))
-            recon, kl = loss_terms(model, x, eps, autocast, memory_format)
-            loss = recon + kl_weight * kl
-            losses.add(step + 1, loss, recon, kl)
-            # read back before the update, so a diverged step never reaches the weights on a CPU
-            optimiser.step(loss, before_update=losses.read_back if losses.full else None)
+            if graphed is not None:
+                loss, recon, kl = graphed(x, kl_weight)
+                losses.add(step + 1, loss, recon, kl)
+                if losses.full:
+                    losses.read_back()
+            else:
+                recon, kl = loss_terms(model, x, eps, autocast, memory_format)
+                loss = recon + kl_weight * kl
+                losses.add(step + 1, loss, recon, kl)
+                # read back before the update, so a diverged step never reaches the weights on a CPU
+                optimiser.step(loss, before_update=losses.read_back if losses.full else None)
             if average is not None:
                 average.update()
             step += 1
@@ -241,6 +253,10 @@ def train_iter(
             budget.mark(done_here, elapsed)
             fraction = budget.fraction(done_here, elapsed)
             progress = budget.progress(done_here, elapsed)
+            if graphed is not None and graphed.failure and not graph_failure_reported:
+                graph_failure_reported = True
+                yield TrainingWarning(f"Training steps run without CUDA graphs (slower): a step could not be "
+                                      f"recorded ({graphed.failure}).", "cuda_graphs")
             logged_step, loss_f, recon_f, kl_f = losses.last
             yield TrainStep(
                 step=step, max_steps=target_step, loss=loss_f, reconstruction=recon_f, kl=kl_f, kl_weight=kl_weight,

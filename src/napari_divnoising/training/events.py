@@ -84,7 +84,8 @@ class CheckpointSaved:
 @dataclass(frozen=True)
 class TrainingWarning:
     """Something the user should know; ``kind`` is one of ``"collapse"``, ``"noise_model_range"``,
-    ``"validation"``, ``"checkpoint"`` (a file could not be written; training goes on) or ``"warning"``."""
+    ``"validation"``, ``"checkpoint"`` (a file could not be written; training goes on), ``"cuda_graphs"`` (steps
+    run without CUDA graphs) or ``"warning"``."""
 
     message: str
     kind: str = "warning"

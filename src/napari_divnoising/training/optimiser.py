@@ -9,6 +9,24 @@ import torch
 
 from .config import TrainingConfig
 
+#: Adam implementations: ``"fused"`` (one kernel for all parameters, where torch has one for their device,
+#: else ``"foreach"``), ``"foreach"`` (a few batched kernels) or ``"single"`` (one set of kernels per
+#: parameter). Chosen by ``benchmarks/bench_optimizer.py``.
+ADAM_IMPLEMENTATION = "fused"
+
+
+def make_adam(parameters: list[torch.nn.Parameter], lr: float | torch.Tensor, implementation: str | None = None,
+              capturable: bool = False) -> torch.optim.Adam:
+    """Adam over ``parameters`` with ``implementation`` (default :data:`ADAM_IMPLEMENTATION`); ``capturable``
+    keeps its step count on the device, so that its update can be recorded in a CUDA graph."""
+    implementation = implementation or ADAM_IMPLEMENTATION
+    if implementation == "fused":
+        try:  # torch refuses devices (and versions) without a fused kernel when the optimizer is made
+            return torch.optim.Adam(parameters, lr=lr, fused=True, capturable=capturable)
+        except (RuntimeError, ValueError, TypeError):
+            implementation = "foreach"
+    return torch.optim.Adam(parameters, lr=lr, foreach=implementation == "foreach", capturable=capturable)
+
 
 class Optimiser:
     """Adam whose learning rate is the plateau schedule's rate times a decay over the end of the budget.
@@ -28,13 +46,22 @@ class Optimiser:
     """
 
     def __init__(self, parameters: Iterable[torch.nn.Parameter], config: TrainingConfig,
-                 saved_state: dict[str, Any] | None = None):
+                 saved_state: dict[str, Any] | None = None, capturable: bool = False):
         self.parameters = list(parameters)
         self.config = config
+        #: whether the update can be recorded in a CUDA graph: then the learning rate is a device tensor
+        #: changed in place, and its value is kept here too (reading the tensor would wait for the device)
+        self.capturable = capturable
+        self._lr_value = float(config.learning_rate)
         self.restart()
         if saved_state:
             try:
+                implementation = {k: self.optimizer.param_groups[0][k] for k in ("fused", "foreach", "capturable")}
                 self.optimizer.load_state_dict(saved_state["optimizer"])
+                for group in self.optimizer.param_groups:  # a state saved on another device keeps this one's
+                    group.update(implementation)
+                self._lr_value = float(self.optimizer.param_groups[0]["lr"])
+                self._install_lr()
                 if "scheduler" in saved_state:
                     self.scheduler.load_state_dict(saved_state["scheduler"])
                 self.plateau_lr = float(saved_state.get("plateau_lr", config.learning_rate))
@@ -44,7 +71,13 @@ class Optimiser:
     def restart(self) -> None:
         """A fresh optimizer and plateau schedule at the configured learning rate."""
         config = self.config
-        self.optimizer = torch.optim.Adam(self.parameters, lr=config.learning_rate)
+        self._lr_value = float(config.learning_rate)
+        lr: float | torch.Tensor = self._lr_value
+        if self.capturable:
+            device = self.parameters[0].device if self.parameters else None
+            self._lr_tensor = torch.tensor(self._lr_value, dtype=torch.float32, device=device)
+            lr = self._lr_tensor
+        self.optimizer = make_adam(self.parameters, lr, capturable=self.capturable)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience,
             min_lr=config.min_learning_rate,
@@ -65,7 +98,7 @@ class Optimiser:
     @property
     def lr(self) -> float:
         """The learning rate of the next step."""
-        return self.optimizer.param_groups[0]["lr"]
+        return self._lr_value
 
     def step(self, loss: torch.Tensor, before_update: Callable[[], None] | None = None) -> None:
         """Back-propagate ``loss`` and update the weights; ``before_update()`` runs between the two."""
@@ -79,13 +112,31 @@ class Optimiser:
         """Let the plateau schedule see a validation loss (its rate is read without the decay)."""
         self._set_lr(self.plateau_lr)
         self.scheduler.step(val_loss)
-        self.plateau_lr = self.lr
+        # the schedule writes the group's rate (a float, or in place into the tensor): read it back once
+        self._lr_value = float(self.optimizer.param_groups[0]["lr"])
+        self._install_lr()
+        self.plateau_lr = self._lr_value
 
     def state(self) -> dict[str, Any]:
-        """What a later run needs to continue: optimizer, schedule and plateau rate."""
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "plateau_lr": self.plateau_lr}
+        """What a later run needs to continue: optimizer, schedule and plateau rate (plain numbers, no device
+        tensors, in the optimizer's settings)."""
+        optimizer = self.optimizer.state_dict()
+        optimizer["param_groups"] = [{**group, "lr": float(group["lr"])} for group in optimizer["param_groups"]]
+        return {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(), "plateau_lr": self.plateau_lr}
+
+    def _install_lr(self) -> None:
+        """Put :attr:`_lr_value` into the optimizer (into its learning-rate tensor when capturable)."""
+        for group in self.optimizer.param_groups:
+            if self.capturable:
+                group["lr"] = self._lr_tensor
+            else:
+                group["lr"] = self._lr_value
+        if self.capturable:
+            self._lr_tensor.fill_(self._lr_value)
 
     def _set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = float(lr)
+        if lr == self._lr_value and (self.capturable or self.optimizer.param_groups[0]["lr"] == lr):
+            return
+        self._lr_value = lr
+        self._install_lr()
