@@ -17,7 +17,7 @@ from napari_divnoising.training import TrainingConfig
 from napari_divnoising.training.checkpoints import BestModel, load_state, state_copy
 from napari_divnoising.training.feed import ValidationSet, batch_source
 from napari_divnoising.training.loss_log import LossLog
-from napari_divnoising.training.optimiser import Optimiser
+from napari_divnoising.training.optimiser import Optimiser, make_adam
 
 
 def _parameters() -> list[torch.nn.Parameter]:
@@ -137,3 +137,12 @@ def test_batch_source_cuts_training_patches_of_the_configured_size():
     second = next_batch()
     assert first.shape == (5, 1, 16, 16) and first.dtype == torch.float32
     assert not torch.equal(first, second)
+
+
+def test_make_adam_gives_each_implementation():
+    params = list(torch.nn.Linear(2, 1).parameters())
+    fused = make_adam(params, 1e-3, "fused")
+    foreach = make_adam(params, 1e-3, "foreach")
+    single = make_adam(params, 1e-3, "single")
+    assert fused.param_groups[0]["fused"] and foreach.param_groups[0]["foreach"]
+    assert not single.param_groups[0]["foreach"] and not single.param_groups[0]["fused"]
