@@ -133,15 +133,18 @@ def sampling_speed(model: Any, device: torch.device, size: int, n_samples: int, 
             "peak_gpu_mib": peak}
 
 
-def cli(*args: str, log: list[str]) -> str:
+def cli(*args: str, log: list[str], placeholders: dict[str, str] | None = None) -> str:
     """Run ``divnoising ARGS`` as a user would; return its output (raise with it on failure)."""
     command = [sys.executable, "-m", "napari_divnoising.cli", *args]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t = time.perf_counter()
     run = subprocess.run(command, capture_output=True, text=True, env=env)
     output = run.stdout + run.stderr
-    log.append(f"$ divnoising {' '.join(args)}  ({time.perf_counter() - t:.0f} s)\n" + "\n".join(
-        line for line in output.splitlines() if line.strip() and not PROGRESS_LINE.match(line)))
+    entry = f"$ divnoising {' '.join(args)}  ({time.perf_counter() - t:.0f} s)\n" + "\n".join(
+        line for line in output.splitlines() if line.strip() and not PROGRESS_LINE.match(line))
+    for path, name in (placeholders or {}).items():  # the report names no folder of the machine it ran on
+        entry = entry.replace(path, name)
+    log.append(entry)
     if run.returncode != 0:
         raise RuntimeError(f"divnoising {args[0]} failed:\n{output[-3000:]}")
     return output
@@ -154,10 +157,13 @@ def fmd_training(data_dir: Path, device: torch.device, minutes: float, work: Pat
 
     nm = work / "nm.npz"
     model_path = work / "model.pt"
-    cli("fit-noise-model", "--calibration", str(data_dir / "calibration_fov01.tif"), "--out", str(nm), log=log)
+    names = {str(work): "WORK", str(data_dir): "DATA"}
+    cli("fit-noise-model", "--calibration", str(data_dir / "calibration_fov01.tif"), "--out", str(nm), log=log,
+        placeholders=names)
     t = time.perf_counter()
     output = cli("train", "--data", str(data_dir / "train_noisy.tif"), "--noise-model", str(nm),
-                 "--max-minutes", str(minutes), "--device", str(device), "--out", str(model_path), log=log)
+                 "--max-minutes", str(minutes), "--device", str(device), "--out", str(model_path), log=log,
+                 placeholders=names)
     wall = time.perf_counter() - t
     model = load_model(model_path)
     last_run = model.history["runs"][-1]
