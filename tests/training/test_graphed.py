@@ -206,3 +206,36 @@ def test_train_iter_with_recorded_steps(monkeypatch, fail):
         assert len(set(done.model.history["train_loss"][WARMUP_STEPS:])) > 30
     losses = done.model.history["train_loss"]
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
+
+
+def _state_of_a_plain_cpu_run(params: list[torch.nn.Parameter]) -> dict:
+    optimiser = Optimiser(params, TrainingConfig())
+    optimiser.optimizer = torch.optim.Adam(params, lr=1e-3, foreach=False)  # as saved by an older version
+    optimiser.step(sum(p.sum() for p in params))
+    return optimiser.state()
+
+
+def test_a_state_saved_by_another_implementation_is_loaded_with_this_ones_settings(monkeypatch):
+    # torch decides from the loaded groups' settings where Adam's step counts go (fused and capturable
+    # Adam keep them on the parameters' device): it must be given this optimizer's settings
+    params = list(torch.nn.Linear(3, 1).parameters())
+    state = _state_of_a_plain_cpu_run(params)
+    loaded = []
+    real_load = torch.optim.Adam.load_state_dict
+    monkeypatch.setattr(torch.optim.Adam, "load_state_dict",
+                        lambda self, saved: (loaded.append(saved), real_load(self, saved))[1])
+    resumed = Optimiser(params, TrainingConfig(), state, capturable=True)
+    assert loaded and all(g["fused"] and g["capturable"] for g in loaded[0]["param_groups"])
+    assert not state["optimizer"]["param_groups"][0]["capturable"]  # the saved state itself is not changed
+    resumed.step(sum(p.sum() for p in params))
+    assert all(float(s["step"]) == 2 for s in resumed.optimizer.state.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_cpu_run_continues_on_the_gpu_with_graphs():
+    params = list(torch.nn.Linear(3, 1).parameters())
+    state = _state_of_a_plain_cpu_run(params)
+    on_gpu = [torch.nn.Parameter(p.detach().cuda()) for p in params]
+    resumed = Optimiser(on_gpu, TrainingConfig(), state, capturable=True)
+    resumed.step(sum(p.sum() for p in on_gpu))
+    assert all(s["step"].device.type == "cuda" and float(s["step"]) == 2 for s in resumed.optimizer.state.values())

@@ -56,10 +56,7 @@ class Optimiser:
         self.restart()
         if saved_state:
             try:
-                implementation = {k: self.optimizer.param_groups[0][k] for k in ("fused", "foreach", "capturable")}
-                self.optimizer.load_state_dict(saved_state["optimizer"])
-                for group in self.optimizer.param_groups:  # a state saved on another device keeps this one's
-                    group.update(implementation)
+                self.optimizer.load_state_dict(self._with_this_implementation(saved_state["optimizer"]))
                 self._lr_value = float(self.optimizer.param_groups[0]["lr"])
                 self._install_lr()
                 if "scheduler" in saved_state:
@@ -67,6 +64,13 @@ class Optimiser:
                 self.plateau_lr = float(saved_state.get("plateau_lr", config.learning_rate))
             except (KeyError, ValueError, RuntimeError):
                 self.restart()  # incompatible (e.g. other trainable parameters): start a fresh optimizer
+
+    def _with_this_implementation(self, saved: dict[str, Any]) -> dict[str, Any]:
+        """``saved`` (an optimizer state, maybe from another device or implementation) with this optimizer's
+        implementation settings, which torch reads when it loads the state (fused and capturable Adam
+        keep their step counts on the parameters' device)."""
+        mine = {k: self.optimizer.param_groups[0][k] for k in ("fused", "foreach", "capturable")}
+        return {**saved, "param_groups": [{**group, **mine} for group in saved["param_groups"]]}
 
     def restart(self) -> None:
         """A fresh optimizer and plateau schedule at the configured learning rate."""
