@@ -118,7 +118,7 @@ class GraphedStep:
             self._x = torch.empty_like(x)
             self._kl_weight = torch.zeros((), dtype=torch.float32, device=x.device)
             self._kl_weight_value = None
-            self._replay = None
+            self._replay, self._warmed_up = None, 0  # new shapes: warm up (cuDNN's choice) before recording
         self._x.copy_(x)
         if kl_weight != self._kl_weight_value:
             self._kl_weight.fill_(kl_weight)
