@@ -39,3 +39,22 @@ def test_step_times_sampling_speed_and_report_on_the_cpu(benchmark_script):
     text = run_gpu.markdown(results)
     assert "| 2 x 16² |" in text and "relative to 32²" in text and "16 first-level filters" in text
     assert "ended by max_minutes" in text
+
+
+def test_a_failing_part_is_reported_and_the_others_still_run(benchmark_script):
+    run_gpu = benchmark_script("run_gpu")
+    saved = []
+    long_log = "$ divnoising train\n" + "\n".join(f"line {i}" for i in range(60))
+    results = {"machine": {"device": "cpu"}, "log": [long_log]}
+
+    def broken():
+        raise RuntimeError("no GPU memory left")
+
+    run_gpu.section(results, "sampling", broken, saved.append)
+    run_gpu.section(results, "matmul_gflops", lambda: {"float32": 1.0, "bfloat16": 2.0}, saved.append)
+    assert "sampling" not in results and "no GPU memory left" in results["errors"]["sampling"]
+    assert results["matmul_gflops"]["float32"] == 1.0 and len(saved) == 2
+    text = run_gpu.markdown(results)
+    assert "## sampling failed" in text and "1 GFLOP/s float32" in text
+    assert "[... 29 lines ...]" in text  # a long log keeps its head and tail
+    assert run_gpu.PROGRESS_LINE.match("step 12, loss 2.5, 14 steps/s") and not run_gpu.PROGRESS_LINE.match("Done:")
