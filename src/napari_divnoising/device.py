@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import DivNoisingError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -18,6 +21,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``,
         ``"cuda:N"``, ``"mps"`` or a :class:`torch.device`.
     """
+    import torch  # here, so that the settings (and ``divnoising --help``) load without torch
+
     if isinstance(device, torch.device):
         return device
     name = (device or "auto").strip().lower()

@@ -12,21 +12,33 @@
 - :mod:`.sampling`: training patches cut on an accelerator.
 """
 
-from .checkpoints import Checkpointer
+from importlib import import_module
+from typing import Any
+
 from .config import TrainingConfig, device_defaults, field_default, field_metadata
-from .engine import train, train_iter
-from .events import (
-    STOP_REASONS,
-    CheckpointSaved,
-    TrainingDone,
-    TrainingEvent,
-    TrainingStarted,
-    TrainingWarning,
-    TrainStep,
-    Validation,
-)
-from .loss import kl_per_pixel, loss_terms
-from .noise_setup import COLEARN, colearned_noise_model, is_colearn
+
+#: Names imported from their module when first used, so that the settings load without torch.
+_LAZY = {
+    "Checkpointer": "checkpoints",
+    "train": "engine", "train_iter": "engine",
+    **dict.fromkeys(("STOP_REASONS", "CheckpointSaved", "TrainingDone", "TrainingEvent", "TrainingStarted",
+                     "TrainingWarning", "TrainStep", "Validation"), "events"),
+    "kl_per_pixel": "loss", "loss_terms": "loss",
+    "COLEARN": "noise_setup", "colearned_noise_model": "noise_setup", "is_colearn": "noise_setup",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    else:
+        try:  # a submodule (``training.engine``) not imported yet
+            value = import_module(f".{name}", __name__)
+        except ModuleNotFoundError:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "COLEARN",

@@ -21,12 +21,13 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..device import DEVICE_CHOICES
 from ..errors import DivNoisingError
+
+if TYPE_CHECKING:
+    import torch
 
 #: Patch size, batch size and first-level filters per device type. On a CPU, which is compute-bound,
 #: more and cheaper steps learn more in a time budget (benchmarks/results/ablation.md); a GPU is not
@@ -221,6 +222,8 @@ def check_ranges(config: Any) -> None:
 def device_defaults(device: torch.device | str) -> dict[str, int]:
     """Patch size, batch size and filters for ``device``: the measured CPU defaults, or a wider network and
     larger batches that fill a GPU."""
+    import torch  # here, so that the settings (and ``divnoising --help``) load without torch
+
     device = torch.device(device)
     if device.type == "cuda":
         try:
