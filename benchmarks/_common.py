@@ -83,6 +83,16 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def sync_device(device: Any) -> None:
+    """Wait until the work queued on ``device`` (a CUDA GPU) is done, so that a clock read after it is
+    the end of that work; nothing to wait for elsewhere."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def matmul_gflops(n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
     """Measured float32 matrix-product rate (GFLOP/s, median of ``repeats``) on ``device``: the floor's yardstick."""
     import torch

@@ -29,7 +29,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fmt, machine_info, machine_markdown, markdown_table, median, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    fmt,
+    machine_info,
+    machine_markdown,
+    markdown_table,
+    median,
+    sync_device,
+    write_results,
+)
 
 from napari_divnoising.training import (  # noqa: E402
     TrainingConfig,
@@ -45,31 +53,28 @@ VARIANTS = (("single", "single", False), ("foreach", "foreach", False), ("fused"
             ("fused + CUDA graphs", "fused", True))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _config(device: torch.device, batch: int, patch: int, filters: int, steps: int,
-            cuda_graphs: bool = True) -> TrainingConfig:
+def loop_config(device: torch.device, batch: int, patch: int, steps: int, filters: int | None = None,
+                cuda_graphs: bool = True) -> TrainingConfig:
+    """A step-budgeted run without validations or restarts (``filters`` None: the device's default)."""
     return TrainingConfig(batch_size=batch, patch_size=patch, start_filters=filters, max_steps=steps,
                           max_minutes=None, device=str(device), validation_interval=10**6, collapse_restarts=0,
                           cuda_graphs=cuda_graphs)
 
 
-def loop_rate(frames: np.ndarray, device: torch.device, config: TrainingConfig, implementation: str,
-              warnings: list[str] | None = None) -> float:
-    """Steps per second of ``train_iter`` with ``implementation``, warm-up excluded; the run's warnings are
-    appended to ``warnings``."""
+def loop_rate(frames: np.ndarray, device: torch.device, config: TrainingConfig, implementation: str | None = None,
+              warnings: list[str] | None = None, warm: int | None = None) -> float:
+    """Steps per second of ``train_iter`` as it runs for a user (no extra synchronisation), from step
+    ``warm`` (default a fifth of the steps, at least 5) to the last, with Adam ``implementation`` (default:
+    the package's); the run's warnings are appended to ``warnings``."""
     default = optimiser_module.ADAM_IMPLEMENTATION
-    optimiser_module.ADAM_IMPLEMENTATION = implementation
+    optimiser_module.ADAM_IMPLEMENTATION = implementation or default
     try:
         steps = int(config.max_steps)
-        warm = max(5, steps // 5)
+        warm = warm if warm is not None else max(5, steps // 5)
         marks = {}
         for event in train_iter(frames, 10.0, config):
             if isinstance(event, TrainStep) and event.step in (warm, steps):
-                _sync(device)
+                sync_device(device)
                 marks[event.step] = time.perf_counter()
             elif isinstance(event, TrainingWarning) and warnings is not None:
                 warnings.append(event.message)
@@ -89,12 +94,12 @@ def profile_steps(frames: np.ndarray, device: torch.device, config: TrainingConf
         if not isinstance(event, TrainStep):
             continue
         if event.step == start:
-            _sync(device)
+            sync_device(device)
             prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
             prof.__enter__()
             wall["start"] = time.perf_counter()
         elif event.step == int(config.max_steps) and prof is not None:
-            _sync(device)
+            sync_device(device)
             wall["end"] = time.perf_counter()
             prof.__exit__(None, None, None)
     events = prof.key_averages()
@@ -121,7 +126,7 @@ def run(device: torch.device, batch: int, patch: int, filters: int, steps: int, 
     warnings: dict[str, list[str]] = {label: [] for label, _, _ in variants}
     for _ in range(repeats):
         for label, implementation, graphs in variants:
-            config = _config(device, batch, patch, filters, steps, cuda_graphs=graphs)
+            config = loop_config(device, batch, patch, steps, filters, cuda_graphs=graphs)
             rates[label].append(loop_rate(frames, device, config, implementation, warnings[label]))
     default = variants[-1][0]
     results: dict[str, Any] = {
@@ -131,7 +136,7 @@ def run(device: torch.device, batch: int, patch: int, filters: int, steps: int, 
         "warnings": {label: sorted(set(w)) for label, w in warnings.items() if w},
     }
     if profile_n > 0:
-        results["profile"] = profile_steps(frames, device, _config(device, batch, patch, filters, steps), profile_n)
+        results["profile"] = profile_steps(frames, device, loop_config(device, batch, patch, steps, filters), profile_n)
     return results
 
 

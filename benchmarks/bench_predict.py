@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import matmul_gflops  # noqa: E402
+from _common import matmul_gflops, sync_device  # noqa: E402
 
 from napari_divnoising.map_estimate import map_estimate
 from napari_divnoising.model import DivNoisingModel
@@ -162,11 +162,6 @@ def run(quick: bool = False) -> dict:
     return results
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _peak_reset(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -239,7 +234,7 @@ def run_device(device: str = "cuda", quick: bool = False, repeats: int = 3,
     def decode_all() -> None:
         for _ in range(-(-n_small // batch)):
             infer(lambda: net.decode(z), autocast)
-        _sync(dev)
+        sync_device(dev)
 
     decode_all()
     decode_times = timed(decode_all, repeats)

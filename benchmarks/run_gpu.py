@@ -43,8 +43,10 @@ from _common import (  # noqa: E402
     machine_markdown,
     markdown_table,
     median,
+    sync_device,
     write_results,
 )
+from bench_optimizer import loop_config, loop_rate  # noqa: E402
 from bench_train_step import conv_macs  # noqa: E402
 
 from napari_divnoising.io import read_tiff  # noqa: E402
@@ -55,60 +57,39 @@ from napari_divnoising.network import DivNoisingVAE  # noqa: E402
 PROGRESS_LINE = re.compile(r"^\s*(step \d+, |fitting noise model:|training )")
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 10) -> float:
     """Median matrix-product rate in GFLOP/s for ``n x n`` operands of ``dtype``."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
-    sync(device)
+    sync_device(device)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         a @ b
-        sync(device)
+        sync_device(device)
         times.append(time.perf_counter() - t)
     return 2.0 * n**3 / median(times) / 1e9
 
 
 def train_step_times(images: np.ndarray, device: torch.device, batch: int, patch: int, steps: int) -> dict[str, Any]:
     """Median step time of the real training loop after warm-up (seconds), from its own events."""
-    from napari_divnoising.training import TrainingConfig, TrainStep, train_iter
+    from napari_divnoising.training import TrainStep, train_iter
 
-    config = TrainingConfig(batch_size=batch, patch_size=patch, max_steps=steps, max_minutes=None,
-                            device=str(device), validation_interval=10**6, collapse_restarts=0)
+    config = loop_config(device, batch, patch, steps)
     stamps = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for event in train_iter(images, 10.0, config):
         if isinstance(event, TrainStep):
-            sync(device)  # so each stamp is the end of a finished step
+            sync_device(device)  # so each stamp is the end of a finished step
             stamps.append(time.perf_counter())
     warm = max(10, steps // 5)
     per_step = np.diff(stamps[warm:])
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return {"batch": batch, "patch": patch, "steps": steps, "step_median_s": float(np.median(per_step)),
             "steps_per_s_unsynced": None, "peak_gpu_mib": peak}
-
-
-def loop_rate(images: np.ndarray, device: torch.device, batch: int, patch: int, steps: int) -> float:
-    """Steps per second of the loop as it runs for a user (no extra synchronisation), warm-up excluded."""
-    from napari_divnoising.training import TrainingConfig, TrainStep, train_iter
-
-    config = TrainingConfig(batch_size=batch, patch_size=patch, max_steps=steps, max_minutes=None,
-                            device=str(device), validation_interval=10**6, collapse_restarts=0)
-    marks = {}
-    warm = max(10, steps // 5)
-    for event in train_iter(images, 10.0, config):
-        if isinstance(event, TrainStep) and event.step in (warm, steps):
-            sync(device)
-            marks[event.step] = time.perf_counter()
-    return (steps - warm) / (marks[steps] - marks[warm])
 
 
 def sampling_speed(model: Any, device: torch.device, size: int, n_samples: int, compute_map: bool = False,
@@ -124,7 +105,7 @@ def sampling_speed(model: Any, device: torch.device, size: int, n_samples: int, 
     for _ in range(repeats):
         t = time.perf_counter()
         predict(model, image, n_samples, device=str(device), keep_samples=0, seed=1, compute_map=compute_map)
-        sync(device)
+        sync_device(device)
         times.append(time.perf_counter() - t)
     seconds = median(times)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
@@ -228,7 +209,8 @@ def run(data_dir: Path, device: torch.device, minutes: float, quick: bool, save:
         rows = []
         for batch, patch in configs:
             row = train_step_times(train_frames, device, batch, patch, steps)
-            row["loop_steps_per_s"] = loop_rate(train_frames, device, batch, patch, steps)
+            row["loop_steps_per_s"] = loop_rate(train_frames, device, loop_config(device, batch, patch, steps),
+                                                warm=max(10, steps // 5))
             row["gflop_per_step"] = 3 * 2 * conv_macs(network, patch, patch) * batch / 1e9
             row["floor_s"] = row["gflop_per_step"] / yardstick
             row["ratio_to_floor"] = row["step_median_s"] / row["floor_s"]

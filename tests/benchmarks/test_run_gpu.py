@@ -20,7 +20,7 @@ def test_step_times_sampling_speed_and_report_on_the_cpu(benchmark_script):
     frames = np.random.default_rng(0).poisson(40.0, (2, 48, 48)).astype(np.float32)
     step = run_gpu.train_step_times(frames, cpu, batch=2, patch=16, steps=12)
     assert step["step_median_s"] > 0 and step["peak_gpu_mib"] is None
-    assert run_gpu.loop_rate(frames, cpu, batch=2, patch=16, steps=12) > 0
+    assert run_gpu.loop_rate(frames, cpu, run_gpu.loop_config(cpu, 2, 16, 12), warm=10) > 0
     model = DivNoisingModel(DivNoisingVAE(depth=2, start_filters=8, z_dim=8), GaussianNoiseModel(a=4.0, b=0.0),
                             40.0, 10.0)
     sampling = [run_gpu.sampling_speed(model, cpu, 32, 3, repeats=1) for _ in range(3)]
