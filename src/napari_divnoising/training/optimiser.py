@@ -52,7 +52,6 @@ class Optimiser:
         #: whether the update can be recorded in a CUDA graph: then the learning rate is a device tensor
         #: changed in place, and its value is kept here too (reading the tensor would wait for the device)
         self.capturable = capturable
-        self._lr_value = float(config.learning_rate)
         self.restart()
         if saved_state:
             try:
@@ -131,16 +130,13 @@ class Optimiser:
     def _install_lr(self) -> None:
         """Put :attr:`_lr_value` into the optimizer (into its learning-rate tensor when capturable)."""
         for group in self.optimizer.param_groups:
-            if self.capturable:
-                group["lr"] = self._lr_tensor
-            else:
-                group["lr"] = self._lr_value
+            group["lr"] = self._lr_tensor if self.capturable else self._lr_value
         if self.capturable:
             self._lr_tensor.fill_(self._lr_value)
 
     def _set_lr(self, lr: float) -> None:
         lr = float(lr)
-        if lr == self._lr_value and (self.capturable or self.optimizer.param_groups[0]["lr"] == lr):
+        if lr == self._lr_value:  # every change to the groups' rate goes through _install_lr
             return
         self._lr_value = lr
         self._install_lr()
