@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     """Train with a progress bar and print a summary; returns the exit status."""
     from tqdm import tqdm
 
+    from ..device import resolve_device
     from ..io import as_image_stack, read_tiff
     from ..model_io import last_checkpoint_path, load_model
     from ..training import COLEARN, TrainingDone, TrainingStarted, TrainingWarning, TrainStep, Validation, train_iter
@@ -120,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
     resume = load_model(args.resume) if args.resume else None
     config = _config(args, resume)
+    resolve_device(config.device)  # a device this machine lacks is one line, before any file is read
     out = Path(args.out)
     # Continuing in place may replace the model it continues without --force; the place is checked all the same.
     same_file = resume is not None and out.exists() and out.resolve() == Path(args.resume).resolve()
@@ -148,8 +150,7 @@ def run(args: argparse.Namespace) -> int:
         events = bootstrap_iter(images, half, first_config=half, checkpoint_path=out)
     else:
         events = train_iter(images, noise_model, config, resume=resume, checkpoint_path=out)
-    bar = tqdm(total=1000, bar_format="{desc} {percentage:3.0f}%|{bar}|", desc="training", dynamic_ncols=True,
-               file=sys.stderr)
+    bar = None  # shown from the first step, so that a run refused at its start prints only its error
     done = None
     started = None
     last_step = None
@@ -168,6 +169,9 @@ def run(args: argparse.Namespace) -> int:
                 )
             elif isinstance(event, TrainStep):
                 last_step = event
+                if bar is None:
+                    bar = tqdm(total=1000, bar_format="{desc} {percentage:3.0f}%|{bar}|", desc="training",
+                               dynamic_ncols=True, file=sys.stderr)
                 bar.n = int(1000 * event.fraction)
                 left = _format_seconds(event.eta_s)
                 rate = f", {event.steps_per_s:.1f} steps/s" if event.steps_per_s > 0 else ""
@@ -186,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
         interrupted = True
         events.close()  # writes the last checkpoint (and the best if none was written yet)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
 
     last = last_checkpoint_path(out)
     if interrupted or done is None:
