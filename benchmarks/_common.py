@@ -200,6 +200,18 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are read as JSON when they parse, else kept as strings."""
+    settings = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return settings
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub-flavoured Markdown table (cells formatted with :func:`fmt`, ``|`` escaped)."""
     def cell(v: Any) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, machine_info, markdown_table, write_results  # noqa: E402
+from _common import RESULTS_DIR, machine_info, markdown_table, parse_settings, write_results  # noqa: E402
 
 FMD_DIR = Path(os.environ.get("DIVNOISING_FMD_DIR", "data/fmd_bpae_b"))
 BIN_EDGES = (0, 3.5, 4, 4.5, 5, 6, 8, 10, 13, 20, 30, 50, 70, 100, 150, 256)
@@ -38,18 +38,9 @@ DEFAULT_FITS = ("defaults:", "floor 1:min_variance=1.0", "floor 1/12:min_varianc
 
 
 def parse_fit(text: str) -> tuple[str, dict[str, Any]]:
-    """``LABEL:KEY=VALUE,...`` -> (label, keyword arguments); values are Python literals or words."""
-    import ast
-
+    """``LABEL:KEY=VALUE,...`` -> (label, keyword arguments), the values read as in ``parse_settings``."""
     label, _, rest = text.partition(":")
-    kwargs: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
-        key, _, value = item.partition("=")
-        try:
-            kwargs[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            kwargs[key.strip()] = value.strip()
-    return label.strip(), kwargs
+    return label.strip(), parse_settings([item.strip() for item in rest.split(",") if item.strip()])
 
 
 def synthetic_stack(n_frames: int = 8, seed: int = 0) -> np.ndarray:

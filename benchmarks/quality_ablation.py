@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, machine_info, markdown_table  # noqa: E402
+from _common import RESULTS_DIR, machine_info, markdown_table, parse_settings  # noqa: E402
 
 FMD_DIR = Path(os.environ.get("DIVNOISING_FMD_DIR", "data/fmd_bpae_b"))
 
@@ -63,18 +63,6 @@ def load_sets(data_dir: Path) -> dict[str, Any]:
             "holdout": (calibration[:5], calibration[5:].mean(axis=0)),
         },
     }
-
-
-def parse_settings(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values are read as JSON when they parse, else kept as strings."""
-    settings = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        try:
-            settings[key] = json.loads(value)
-        except json.JSONDecodeError:
-            settings[key] = value
-    return settings
 
 
 def score(model: Any, noisy: np.ndarray, gt: np.ndarray, n_samples: int, data_range: float = 255.0,
