@@ -162,7 +162,9 @@ def data(tmp_path_factory, cli):
     gen = torch.Generator().manual_seed(0)
     save_gmm_npz(GMMNoiseModel.initial(0.0, 255.0, generator=gen), root / "nm8.npz")
     save_gmm_npz(GMMNoiseModel.initial(1652.0, 22648.0, generator=gen), root / "nm16.npz")
-    result = cli("train", "--data", root / "noisy.tif", "--co-learn", "--out", root / "model.pt", *TRAIN_FAST)
+    # Depth 3: a network whose checkpoints do not fit the 4 MB disk of the free-space cases.
+    result = cli("train", "--data", root / "noisy.tif", "--co-learn", "--out", root / "model.pt", "--depth", "3",
+                 *TRAIN_FAST)
     assert result.rc == 0, result.text
     return root
 
@@ -544,7 +546,7 @@ def test_disk_full_during_training_keeps_the_model_and_says_where(cli, data, dis
 
 
 def test_free_space_check_counts_the_network_being_trained(cli, data, disk):
-    """A small network fits the 4 MB disk (best + last + one temporary copy); a default-sized one would not."""
+    """A small network fits the 4 MB disk (best + last + one temporary copy); a depth-3 one would not."""
     from napari_divnoising.model_io import load_model
 
     result = cli("train", "--data", data / "noisy.tif", "--co-learn", "--out", disk / "m.pt", "--depth", "1",

@@ -163,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
                 tqdm.write(
                     f"Training on {event.device}: batch {used['batch_size']} x "
                     f"{used['patch_size']}x{used['patch_size']}"
-                    f" patches{_device_default_note(args)}, {event.n_parameters:,} parameters, "
+                    f" patches{_device_default_note(args)}, depth {used['depth']}, {used['start_filters']} filters, "
+                    f"{used['z_dim']} latent channels, {event.n_parameters:,} parameters, "
                     f"{event.n_train_pixels:,} training pixels, validation by {event.validation_split}"
                     + (f", continuing from step {event.start_step}" if event.start_step else "")
                 )
