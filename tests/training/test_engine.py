@@ -214,3 +214,51 @@ def test_colearned_noise_model_starts_from_the_data_noise_line():
     flat = resolve_noise_model(None, float(np.mean(frames)), float(np.std(frames)), frames,
                                TrainingConfig(noise_warm_start=False))
     assert flat.a == 0.0 and flat.b > 0
+
+
+def test_mixed_precision_on_a_cpu_only_where_it_has_bf16_matrix_units(monkeypatch):
+    from napari_divnoising.training import engine
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(engine, "cpu_has_bf16_matrix_units", lambda: True)
+    autocast = engine._autocast_for(cpu, True)
+    assert isinstance(autocast, torch.autocast) and autocast.fast_dtype == torch.bfloat16
+    assert engine._autocast_for(cpu, False) is None  # mixed_precision=False: float32
+    monkeypatch.setattr(engine, "cpu_has_bf16_matrix_units", lambda: False)
+    assert engine._autocast_for(cpu, True) is None  # emulated bfloat16 would be slower
+
+
+def test_training_under_cpu_bf16_autocast_keeps_float32_weights_and_finite_losses(images, monkeypatch):
+    from napari_divnoising.network import DivNoisingVAE
+    from napari_divnoising.training import engine
+
+    monkeypatch.setattr(engine, "cpu_has_bf16_matrix_units", lambda: True)
+    encode = DivNoisingVAE.encode
+    encoded_dtypes = []
+
+    def recording_encode(self, x):
+        mu, logvar = encode(self, x)
+        encoded_dtypes.append(mu.dtype)
+        return mu, logvar
+
+    monkeypatch.setattr(DivNoisingVAE, "encode", recording_encode)
+    events = list(train_iter(images, 10.0, tiny_config(max_steps=4, device="cpu", validation_interval=2)))
+    assert encoded_dtypes and set(encoded_dtypes) == {torch.bfloat16}  # the network ran under the autocast
+    steps = [e for e in events if isinstance(e, TrainStep)]
+    assert len(steps) == 4 and all(np.isfinite(e.loss) for e in steps)
+    model = events[-1].model
+    assert all(p.dtype == torch.float32 for p in model.network.parameters())
+
+
+def test_the_cpu_bf16_check_says_no_when_torch_cannot_tell(monkeypatch):
+    from napari_divnoising.device import cpu_has_bf16_matrix_units
+
+    def broken():
+        raise RuntimeError("no cpuinfo")
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken, raising=False)
+    assert cpu_has_bf16_matrix_units() is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert cpu_has_bf16_matrix_units() is True
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert cpu_has_bf16_matrix_units() is False
