@@ -56,15 +56,3 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     raise DivNoisingError(
         f"Unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)} (or cuda:N)."
     )
-
-
-def cpu_has_bf16_matrix_units() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX), where bfloat16
-    convolutions run faster than float32 ones; elsewhere they are emulated and slower."""
-    import torch
-
-    check = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
-    try:
-        return bool(check()) if check is not None else False
-    except Exception:  # a private torch function: its absence or failure means "no"
-        return False

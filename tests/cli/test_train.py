@@ -100,20 +100,3 @@ def test_a_missing_gpu_is_one_line_before_any_progress(tmp_path, noisy_tif, caps
         "use --device cpu or auto."
     ]
     assert captured.out == "" and not out.exists()
-
-
-def test_mixed_precision_can_be_turned_off(tmp_path, noisy_tif, monkeypatch):
-    from napari_divnoising import training
-
-    seen = []
-    real = training.train_iter
-
-    def recording(images, noise_model, config, *args, **kwargs):
-        seen.append(config.mixed_precision)
-        return real(images, noise_model, config, *args, **kwargs)
-
-    monkeypatch.setattr(training, "train_iter", recording)
-    assert main(["train", "--data", str(noisy_tif), "--sigma", "10", "--out", str(tmp_path / "a.pt"), *FAST]) == 0
-    assert main(["train", "--data", str(noisy_tif), "--sigma", "10", "--out", str(tmp_path / "b.pt"),
-                 "--no-mixed-precision", *FAST]) == 0
-    assert seen == [True, False]

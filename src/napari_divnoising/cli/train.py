@@ -14,7 +14,7 @@ from ._options import add_config_options
 
 #: The TrainingConfig fields offered as options (help and defaults from the field metadata).
 TRAIN_OPTIONS = ("max_minutes", "max_steps", "patch_size", "batch_size", "depth", "beta", "learning_rate",
-                 "kl_annealing_steps", "device", "mixed_precision", "seed")
+                 "kl_annealing_steps", "device", "seed")
 
 DESCRIPTION = """\
 Train a DivNoising model on noisy images only, and save it as one file.
@@ -95,7 +95,6 @@ def _config(args: argparse.Namespace, resume) -> TrainingConfig:  # noqa: F821
         kl_annealing_steps=args.kl_annealing_steps,
         sigma_min=args.sigma_min,
         device=args.device,
-        mixed_precision=args.mixed_precision if args.mixed_precision is not None else defaults.mixed_precision,
         seed=args.seed,
         **extra,
     )

@@ -138,8 +138,7 @@ class TrainingConfig:
                                     label="Noise-model warm start", advanced=True)
     device: str = _field("auto", help="Where to train: auto (a GPU when there is one), cpu, cuda, cuda:N or mps.",
                          label="Device", choices=DEVICE_CHOICES)
-    mixed_precision: bool = _field(True, help="bfloat16 autocast for the network on CUDA GPUs that support it and on "
-                                   "CPUs with bfloat16 matrix units (Intel AMX).",
+    mixed_precision: bool = _field(True, help="bfloat16 autocast for the network on CUDA GPUs that support it.",
                                    label="Mixed precision", advanced=True)
     cuda_graphs: bool = _field(True, help="On a CUDA GPU, record the training step once as a CUDA graph and replay it "
                                "(far less work for the host per step); off by itself, with a warning, where a step "

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..data import TrainingData, load_frames, split_frames
-from ..device import cpu_has_bf16_matrix_units, resolve_device
+from ..device import resolve_device
 from ..events import run_to_end
 from ..model import DivNoisingModel
 from ..network import DivNoisingVAE
@@ -72,8 +72,6 @@ def _autocast_for(device: torch.device, enabled: bool) -> contextlib.AbstractCon
     # Without the cast cache, as a step recorded in a CUDA graph requires.
     if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
-    if enabled and device.type == "cpu" and cpu_has_bf16_matrix_units():
-        return torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False)
     return None
 
 
