@@ -200,6 +200,11 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def fmd_dir() -> Path:
+    """The FMD BPAE folder (the four TIFFs): ``DIVNOISING_FMD_DIR``, else ``data/fmd_bpae_b`` (read when called)."""
+    return Path(os.environ.get("DIVNOISING_FMD_DIR", "data/fmd_bpae_b"))
+
+
 def parse_settings(pairs: list[str]) -> dict[str, Any]:
     """``key=value`` pairs; values are read as JSON when they parse, else kept as strings."""
     settings = {}

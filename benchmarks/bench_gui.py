@@ -41,7 +41,6 @@ for the probed run, plus the fits and predictions: about 4 minutes on 2 CPU core
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -52,10 +51,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, fmt, machine_info, machine_markdown, markdown_table, write_results  # noqa: E402
+from _common import REPO_ROOT, fmd_dir, fmt, machine_info, machine_markdown, markdown_table, write_results  # noqa: E402
 
 PLUGIN = "napari-divnoising"
-FMD_DIR = Path(os.environ.get("DIVNOISING_FMD_DIR", "data/fmd_bpae_b"))
+FMD_DIR = fmd_dir()
 TARGET_RATIO = 0.9
 TARGET_LATENCY_MS = 100.0
 PROBE_INTERVAL_S = 0.5

@@ -20,7 +20,6 @@ CPU); ``--quick`` runs on a small synthetic stack. Writes ``results/noise_fit.{j
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,9 +28,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, machine_info, markdown_table, parse_settings, write_results  # noqa: E402
+from _common import RESULTS_DIR, fmd_dir, machine_info, markdown_table, parse_settings, write_results  # noqa: E402
 
-FMD_DIR = Path(os.environ.get("DIVNOISING_FMD_DIR", "data/fmd_bpae_b"))
+FMD_DIR = fmd_dir()
 BIN_EDGES = (0, 3.5, 4, 4.5, 5, 6, 8, 10, 13, 20, 30, 50, 70, 100, 150, 256)
 EVAL_PAIRS = 2_000_000
 DEFAULT_FITS = ("defaults:", "floor 1:min_variance=1.0", "floor 1/12:min_variance=0.083333")

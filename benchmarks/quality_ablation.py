@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -40,9 +39,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, machine_info, markdown_table, parse_settings  # noqa: E402
+from _common import RESULTS_DIR, fmd_dir, machine_info, markdown_table, parse_settings  # noqa: E402
 
-FMD_DIR = Path(os.environ.get("DIVNOISING_FMD_DIR", "data/fmd_bpae_b"))
+FMD_DIR = fmd_dir()
 
 
 def load_sets(data_dir: Path) -> dict[str, Any]:

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     BENCH_DIR,
     RESULTS_DIR,
+    fmd_dir,
     fmt,
     machine_info,
     machine_markdown,
@@ -48,7 +49,7 @@ from _common import (
 )
 
 #: The FMD BPAE folder (the four TIFFs); set DIVNOISING_FMD_DIR or pass --data.
-FMD_DIR = Path(os.environ.get("DIVNOISING_FMD_DIR", "data/fmd_bpae_b"))
+FMD_DIR = fmd_dir()
 DEFAULT_N2V_PYTHON = Path(os.environ.get("DIVNOISING_N2V_PYTHON", ".venv-careamics/bin/python"))
 PARTS = ("calibration", "colearn", "bootstrap", "bm3d", "n2v", "samples")
 VARIANT_LABELS = {
