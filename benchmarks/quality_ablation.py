@@ -65,16 +65,17 @@ def load_sets(data_dir: Path) -> dict[str, Any]:
 
 
 def score(model: Any, noisy: np.ndarray, gt: np.ndarray, n_samples: int, data_range: float = 255.0,
-          orientations: int = 1) -> dict:
+          orientations: int = 1, offsets: int = 1) -> dict:
     """MMSE, MAP, single-sample PSNR and diversity of ``model`` on the frames ``noisy`` (samples spread over
-    ``orientations`` orientations of each frame)."""
+    ``orientations`` orientations of each frame at ``offsets`` latent-grid offsets)."""
     from napari_divnoising.map_estimate import map_estimate
     from napari_divnoising.metrics import psnr
     from napari_divnoising.prediction import predict
 
     mmse, map_, single, spread = [], [], [], []
     for i, frame in enumerate(noisy):
-        result = predict(model, frame, n_samples, keep_samples=n_samples, seed=i, orientations=orientations)
+        result = predict(model, frame, n_samples, keep_samples=n_samples, seed=i, orientations=orientations,
+                         offsets=offsets)
         mmse.append(psnr(np.clip(result.mmse, 0, data_range), gt, data_range))
         map_.append(psnr(np.clip(map_estimate(result.samples), 0, data_range), gt, data_range))
         per_sample = [psnr(np.clip(s, 0, data_range), gt, data_range) for s in result.samples]
@@ -195,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orientations", type=int, nargs="+", default=[1], metavar="K",
                         help="score with the samples spread over K orientations of each frame (1: as the rows "
                              "recorded so far; several values: one record each)")
+    parser.add_argument("--offsets", type=int, nargs="+", default=[1], metavar="K",
+                        help="score with the samples also spread over K latent-grid offsets (1: as the rows "
+                             "recorded so far; several values: one record each, with every --orientations)")
     parser.add_argument("--score-models", type=Path, nargs="+", default=None, metavar="MODEL.pt",
                         help="only score these saved models (from --save-models; their label and seed are "
                              "taken from the file name)")
@@ -227,14 +231,25 @@ def main(argv: list[str] | None = None) -> int:
             save_model(model, args.save_models / f"{args.label.replace(' ', '_')}-seed{seed}.pt")
         record = {"label": args.label, "settings": settings, "noise": args.noise, "seed": seed, "budget": budget,
                   "threads": args.threads, "with_targets": bool(args.with_targets), **info}
-        for orientations in args.orientations:
-            scored = dict(record, orientations=orientations)
-            if orientations != 1:
-                scored["label"] = f"{args.label}, {orientations} orientations"
+        for orientations, offsets in views(args):
+            scored = dict(record, orientations=orientations, offsets=offsets)
+            scored["label"] = args.label + view_suffix(orientations, offsets, plain="")
             for name, (noisy, gt) in data["sets"].items():
-                scored[name] = score(model, noisy, gt, args.n_samples, orientations=orientations)
+                scored[name] = score(model, noisy, gt, args.n_samples, orientations=orientations, offsets=offsets)
             write_record(scored, args.out)
     return 0
+
+
+def views(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """The (orientations, offsets) pairs to score with: every ``--orientations`` with every ``--offsets``."""
+    return [(orientations, offsets) for offsets in args.offsets for orientations in args.orientations]
+
+
+def view_suffix(orientations: int, offsets: int, plain: str) -> str:
+    """What a row's label says about its prediction views (``plain`` for 1 orientation and 1 offset)."""
+    parts = [f"{orientations} orientations"] if orientations != 1 else []
+    parts += [f"{offsets} grid offsets"] if offsets != 1 else []
+    return ", " + ", ".join(parts) if parts else plain
 
 
 def write_record(record: dict, out: Path) -> None:
@@ -256,14 +271,14 @@ def score_saved(data: dict, args: argparse.Namespace) -> int:
     for path in args.score_models:
         label, _, seed = path.stem.rpartition("-seed")
         model = load_model(path)
-        for orientations in args.orientations:
-            record = {"label": f"{label}, {orientations} orientation{'s' if orientations > 1 else ''}",
+        for orientations, offsets in views(args):
+            record = {"label": label + view_suffix(orientations, offsets, plain=", 1 orientation"),
                       "settings": {"start_filters": model.network.start_filters}, "noise": args.noise,
                       "seed": int(seed), "budget": f"{model.history.get('steps', 0)} steps", "threads": args.threads,
                       "steps": int(model.history.get("steps", 0)), "train_seconds": float("nan"),
-                      "orientations": orientations, "scored_saved_model": path.name}
+                      "orientations": orientations, "offsets": offsets, "scored_saved_model": path.name}
             for name, (noisy, gt) in data["sets"].items():
-                record[name] = score(model, noisy, gt, args.n_samples, orientations=orientations)
+                record[name] = score(model, noisy, gt, args.n_samples, orientations=orientations, offsets=offsets)
             write_record(record, args.out)
     return 0
 

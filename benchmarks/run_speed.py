@@ -182,12 +182,12 @@ def _script_rows(scripts: dict[str, Any]) -> list[list[Any]]:
         elif name == "bench_predict":
             p = r.get("predict", {})
             what = f"{r.get('n_samples')} samples, {r.get('image')}"
-            rows.append([f"posterior sampling ({what}, 1 orientation)", p.get("ours_median_s"), p.get("floor_s"),
-                         p.get("ours_over_floor"), f"{fmt(r.get('matmul_gflops'))} GFLOP/s matmul"])
-            if p.get("default_orientations_median_s") is not None:
-                rows.append([f"posterior sampling ({what}, 8 orientations: the default)",
-                             p["default_orientations_median_s"], "–", "–",
-                             f"{fmt(p.get('default_orientations_over_one'))}× one orientation"])
+            rows.append([f"posterior sampling ({what}, 1 orientation, 1 grid offset)", p.get("ours_median_s"),
+                         p.get("floor_s"), p.get("ours_over_floor"), f"{fmt(r.get('matmul_gflops'))} GFLOP/s matmul"])
+            if p.get("default_views_median_s") is not None:
+                rows.append([f"posterior sampling ({what}, {p.get('default_views')}: the default)",
+                             p["default_views_median_s"], "–", "–",
+                             f"{fmt(p.get('default_views_over_one'))}× one view"])
             if p.get("reference_style_median_s") is not None:
                 rows.append(["posterior sampling, reference-style loop", p["reference_style_median_s"],
                              p.get("floor_s"), p.get("reference_style_over_floor"),

@@ -62,7 +62,7 @@ def test_stream_prediction_assembles_the_stack_and_ends_with_the_core_result():
 def test_stream_prediction_throttled_reads_only_each_frames_last_batch_and_keeps_every_kept_sample():
     model, stack = make_model(), noisy_images(3, 24)
     events = list(stream_prediction(model, stack, 6, keep_samples=4, seed=7, batch_size=2, min_interval_s=1e6,
-                                    orientations=1))
+                                    orientations=1, offsets=1))
     updates = [e for e in events if isinstance(e, PredictionUpdate)]
     result = events[-1].result
     # the first batch (nothing shown yet) and every frame's last batch; batches in between are skipped
@@ -78,7 +78,7 @@ def test_stream_prediction_hands_every_batch_on_once_flush_says_so():
     stop_pressed = []
     updates = []
     for event in stream_prediction(model, stack, 8, keep_samples=0, seed=7, batch_size=2, min_interval_s=1e6,
-                                   orientations=1, flush=lambda: bool(stop_pressed)):
+                                   orientations=1, offsets=1, flush=lambda: bool(stop_pressed)):
         if isinstance(event, PredictionUpdate):
             updates.append(event.done)
             stop_pressed.append(True)
@@ -97,7 +97,7 @@ def test_bootstrap_fits_a_gmm_to_the_first_models_denoising_and_trains_with_it()
     final = run_to_end(iter(events))
     assert final is events[-1].model and final.noise_model.to_config() == gmm.to_config()
     # The GMM's signal range is the 0.5 / 99.5 percentile clip of the first model's MMSE of the frames.
-    pseudo = np.concatenate([predict(first, f, 3, keep_samples=0, seed=500 + i, orientations=1).mmse.ravel()
+    pseudo = np.concatenate([predict(first, f, 3, keep_samples=0, seed=500 + i, orientations=1, offsets=1).mmse.ravel()
                              for i, f in enumerate(images)])
     lo, hi = np.percentile(pseudo, (0.5, 99.5))
     assert float(gmm.min_signal) == pytest.approx(lo, rel=1e-4)

@@ -102,13 +102,13 @@ def imagej_dtype(array: np.ndarray) -> np.ndarray:
 
 def result_metadata(
     kind: str, *, source: str | None = None, model_name: str | None = None, n_samples: int | None = None,
-    seed: int | None = None, orientations: int | None = None,
+    seed: int | None = None, orientations: int | None = None, offsets: int | None = None,
 ) -> dict[str, Any]:
     """The ``layer.metadata`` entry that marks a layer as a DivNoising result of ``kind``, with provenance."""
     output_kind(kind)
     facts: dict[str, Any] = {"kind": kind}
     for key, value in (("source", source), ("model", model_name), ("n_samples", n_samples), ("seed", seed),
-                       ("orientations", orientations)):
+                       ("orientations", orientations), ("offsets", offsets)):
         if value is not None:
             facts[key] = value
     return {METADATA_KEY: facts}
@@ -116,8 +116,9 @@ def result_metadata(
 
 def provenance_properties(facts: Mapping[str, Any]) -> dict[str, Any] | None:
     """The facts of a result beyond kind, model, source and sample count that its exported file records
-    (the latent noise's seed, the orientations the samples were spread over), or None when it has none."""
-    extra = {key: facts[key] for key in ("seed", "orientations") if facts.get(key) is not None}
+    (the latent noise's seed, the orientations and grid offsets the samples were spread over), or None when it
+    has none."""
+    extra = {key: facts[key] for key in ("seed", "orientations", "offsets") if facts.get(key) is not None}
     return extra or None
 
 

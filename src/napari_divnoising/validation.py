@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DivNoisingError
-from .orientations import ORIENTATION_CHOICES
+from .orientations import OFFSET_CHOICES, ORIENTATION_CHOICES
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
@@ -126,6 +126,7 @@ def check_predict_args(
     compute_map: Any = False,
     precision: Any = "auto",
     orientations: Any = 8,
+    offsets: Any = 2,
     name: Any = "image",
     **_others: Any,
 ) -> None:
@@ -147,6 +148,8 @@ def check_predict_args(
         raise DivNoisingError(f"precision must be one of {', '.join(PRECISIONS)}; got {_describe(precision)}.")
     if isinstance(orientations, bool) or orientations not in ORIENTATION_CHOICES:
         raise DivNoisingError(f"the number of orientations must be 1, 2, 4 or 8; got {_describe(orientations)}.")
+    if isinstance(offsets, bool) or offsets not in OFFSET_CHOICES:
+        raise DivNoisingError(f"the number of grid offsets must be 1 or 2; got {_describe(offsets)}.")
     if not isinstance(name, str):
         raise DivNoisingError(f"name must be a string; got {_describe(name)}.")
 

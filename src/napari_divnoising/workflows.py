@@ -124,9 +124,9 @@ def bootstrap_iter(
     frames = [frame for image in images for frame in (image if image.ndim == 3 else image[None])]
     pseudo: list[np.ndarray] = []
     for i, frame in enumerate(frames):
-        # One orientation: the pseudo-clean images this GMM fit was measured with.
+        # One view: the pseudo-clean images this GMM fit was measured with.
         with closing(predict_iter(first_model, frame, n_samples, keep_samples=0, seed=seed + i,
-                                  orientations=1)) as sampling:
+                                  orientations=1, offsets=1)) as sampling:
             for event in sampling:
                 if isinstance(event, SampleBatch):
                     yield Progress(i * n_samples + event.done, len(frames) * n_samples, "Denoising the training images")

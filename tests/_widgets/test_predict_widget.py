@@ -123,22 +123,26 @@ def test_map_layer_when_asked(widget, wait_for):
     assert np.all(np.abs(map_layer.data - mmse) <= 6 * np.sqrt(var) + 1e-3)
 
 
-@pytest.mark.parametrize("orientations", ["8", "1"])
-def test_the_chosen_orientations_are_used_and_recorded(widget, wait_for, orientations):
+@pytest.mark.parametrize(("orientations", "offsets"), [("8", "2"), ("1", "1"), ("1", "2")])
+def test_the_chosen_orientations_and_offsets_are_used_and_recorded(widget, wait_for, orientations, offsets):
     from napari_divnoising.outputs import result_facts
     from napari_divnoising.prediction import predict
 
     viewer, w = widget
-    assert w.orientations.currentText() == "8"  # the default
+    assert (w.orientations.currentText(), w.offsets.currentText()) == ("8", "2")  # the defaults
     image = np.random.default_rng(3).normal(50, 20, (24, 32)).astype(np.float32)
     viewer.add_image(image, name="img")
-    w.n_samples.setValue(8)
+    w.n_samples.setValue(16)
     w.orientations.setCurrentText(orientations)
+    w.offsets.setCurrentText(offsets)
     w.predict_button.click()
     wait_for(w.runner)
     facts = result_facts(viewer.layers["img_mmse"].metadata)
-    assert facts["orientations"] == int(orientations)
-    expected = predict(tiny_model(), image, 8, seed=facts["seed"], orientations=int(orientations))
+    assert (facts["orientations"], facts["offsets"]) == (int(orientations), int(offsets))
+    chosen = dict(orientations=int(orientations), offsets=int(offsets))
+    expected = predict(tiny_model(), image, 16, seed=facts["seed"], **chosen)
     np.testing.assert_allclose(viewer.layers["img_mmse"].data, expected.mmse, rtol=1e-4, atol=1e-3)
-    other = predict(tiny_model(), image, 8, seed=facts["seed"], orientations=9 - int(orientations))
-    assert not np.allclose(viewer.layers["img_mmse"].data, other.mmse, rtol=1e-4, atol=1e-3)
+    for key, value in chosen.items():
+        other = predict(tiny_model(), image, 16, seed=facts["seed"], **{**chosen, key: 3 - value if key == "offsets"
+                                                                          else 9 - value})
+        assert not np.allclose(viewer.layers["img_mmse"].data, other.mmse, rtol=1e-4, atol=1e-3)

@@ -230,7 +230,8 @@ def test_result_layers_carry_kind_and_provenance_and_user_layers_are_left_alone(
     assert result is not mine
     np.testing.assert_allclose(result.data, 2.5)
     facts = result_facts(result.metadata)
-    assert facts == {"kind": "mmse", "source": "img", "model": "fake", "n_samples": 4, "seed": 3, "orientations": 4}
+    assert facts == {"kind": "mmse", "source": "img", "model": "fake", "n_samples": 4, "seed": 3, "orientations": 4,
+                     "offsets": 1}
     assert result_facts(viewer.layers[w.output_layer_names["variance"]].metadata)["kind"] == "variance"
 
 

@@ -219,7 +219,7 @@ def test_quality_run_end_to_end_on_synthetic_folder(benchmark_script, tmp_path, 
         run_quality.run(quick=True, data_dir=tmp_path, skip=("nope",), verbose=False)
 
 
-def test_quality_ablation_trains_saves_and_scores_with_orientations(benchmark_script, tmp_path, monkeypatch):
+def test_quality_ablation_trains_saves_and_scores_with_views(benchmark_script, tmp_path, monkeypatch):
     import functools
 
     import tifffile
@@ -243,10 +243,12 @@ def test_quality_ablation_trains_saves_and_scores_with_orientations(benchmark_sc
     assert ablation.main([*common, "--label", "tiny", "--seeds", "0", "--steps", "3", "--save-models", str(models),
                           "--set", "start_filters=8", "--set", "z_dim=8", "--set", "patch_size=32",
                           "--set", "batch_size=2", "--orientations", "1", "8"]) == 0
-    assert ablation.main([*common, "--score-models", str(models / "tiny-seed0.pt"), "--orientations", "2"]) == 0
+    assert ablation.main([*common, "--score-models", str(models / "tiny-seed0.pt"), "--orientations", "2",
+                          "--offsets", "1", "2"]) == 0
     records = [json.loads(line) for line in runs.read_text().splitlines()]
-    assert [(r["label"], r["orientations"]) for r in records] == [
-        ("tiny", 1), ("tiny, 8 orientations", 8), ("tiny, 2 orientations", 2)]
+    assert [(r["label"], r["orientations"], r["offsets"]) for r in records] == [
+        ("tiny", 1, 1), ("tiny, 8 orientations", 8, 1), ("tiny, 2 orientations", 2, 1),
+        ("tiny, 2 orientations, 2 grid offsets", 2, 2)]
     assert all(np.isfinite(r[name]["mmse"]) for r in records for name in ("val", "holdout"))
     assert records[2]["steps"] == 3 and records[2]["settings"]["start_filters"] == 8
     table = ablation.summarise(runs)

@@ -138,23 +138,28 @@ def test_bad_files(tmp_path, model_file, image_tif, capsys):
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-def test_orientations_option(tmp_path, model_file, image_tif, capsys):
+@pytest.mark.parametrize(("orientations", "offsets"), [("1", "1"), (None, None), ("2", "2")])
+def test_orientations_and_offsets_options(tmp_path, model_file, image_tif, capsys, orientations, offsets):
     from napari_divnoising.model_io import load_model
     from napari_divnoising.prediction import predict
 
     image = tifffile.imread(image_tif).astype(np.float32)
     model = load_model(model_file)
-    for orientations in ("1", None):  # None: the default, 8
-        out = tmp_path / f"out{orientations}"
-        extra = ("--orientations", orientations) if orientations else ()
-        assert run("--model", str(model_file), "--input", str(image_tif), "--out-dir", str(out), "--samples", "8",
-                   "--seed", "4", *extra) == 0
-        expected = predict(model, image, 8, seed=4, orientations=int(orientations or 8)).mmse
-        np.testing.assert_allclose(tifffile.imread(out / "cells_mmse.tif"), expected, rtol=1e-5, atol=1e-4)
+    out = tmp_path / "out"
+    extra = ("--orientations", orientations, "--offsets", offsets) if orientations else ()  # None: defaults 8, 2
+    assert run("--model", str(model_file), "--input", str(image_tif), "--out-dir", str(out), "--samples", "16",
+               "--seed", "4", *extra) == 0
+    expected = predict(model, image, 16, seed=4, orientations=int(orientations or 8), offsets=int(offsets or 2)).mmse
+    np.testing.assert_allclose(tifffile.imread(out / "cells_mmse.tif"), expected, rtol=1e-5, atol=1e-4)
+    props = read_tiff_metadata(out / "cells_mmse.tif")["properties"]
+    assert (props["divnoising_orientations"], props["divnoising_offsets"]) == (orientations or "8", offsets or "2")
+
+
+@pytest.mark.parametrize("option", ["--orientations", "--offsets"])
+def test_bad_orientations_or_offsets_are_refused(tmp_path, model_file, image_tif, capsys, option):
     with pytest.raises(SystemExit):
-        run("--model", str(model_file), "--input", str(image_tif), "--out-dir", str(tmp_path / "x"),
-            "--orientations", "3")
+        run("--model", str(model_file), "--input", str(image_tif), "--out-dir", str(tmp_path / "x"), option, "3")
     assert "invalid choice" in capsys.readouterr().err
     assert run("--model", str(model_file), "--input", str(image_tif), "--out", str(tmp_path / "r.ome.zarr"),
-               "--orientations", "2") == 1
-    assert "--orientations is not available with --out" in capsys.readouterr().err
+               option, "2") == 1
+    assert f"{option} is not available with --out" in capsys.readouterr().err

@@ -70,9 +70,9 @@ def test_automatic_batch_is_halved_when_memory_runs_out(monkeypatch):
         return original(self, z)
 
     model = make_model()
-    expected = predict(model, image(), 6, seed=1, keep_samples=6, batch_size=2, orientations=1)
+    expected = predict(model, image(), 6, seed=1, keep_samples=6, batch_size=2, orientations=1, offsets=1)
     monkeypatch.setattr(DivNoisingVAE, "decode", small_memory)
-    result = predict(model, image(), 6, seed=1, keep_samples=6, orientations=1)
+    result = predict(model, image(), 6, seed=1, keep_samples=6, orientations=1, offsets=1)
     assert calls == [6, 3] + [1] * 6  # 6 fails, 3 fails, then one sample per call
     np.testing.assert_allclose(result.samples, expected.samples, atol=1e-4)
 

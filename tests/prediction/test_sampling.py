@@ -36,7 +36,8 @@ def test_running_moments_match_numpy():
 @pytest.mark.parametrize(("orientations", "done"), [(1, [4, 8, 11]), (8, [2, 4, 6, 7, 8, 9, 10, 11])])
 def test_streaming_running_mean_and_variance_equal_batch_statistics(orientations, done):
     model = make_model()
-    events = list(predict_iter(model, image(), 11, batch_size=4, seed=5, keep_samples=3, orientations=orientations))
+    events = list(predict_iter(model, image(), 11, batch_size=4, seed=5, keep_samples=3, orientations=orientations,
+                         offsets=1))
     batches = [e for e in events if isinstance(e, SampleBatch)]
     assert [b.done for b in batches] == done and all(b.total == 11 for b in batches)
     samples = np.concatenate([b.samples for b in batches])
@@ -90,7 +91,7 @@ def test_tiles_smaller_than_the_receptive_field_are_refused():
 def test_stack_is_processed_frame_by_frame():
     model = make_model()
     stack = np.stack([image((40, 44), seed=s) for s in range(3)])
-    events = list(predict_iter(model, stack, 5, seed=9, keep_samples=2, batch_size=5, orientations=1))
+    events = list(predict_iter(model, stack, 5, seed=9, keep_samples=2, batch_size=5, orientations=1, offsets=1))
     frames = [e.frame for e in events if isinstance(e, SampleBatch)]
     assert frames == [0, 1, 2]
     assert all(e.n_frames == 3 for e in events if isinstance(e, SampleBatch))
@@ -98,7 +99,7 @@ def test_stack_is_processed_frame_by_frame():
     assert result.mmse.shape == stack.shape and result.variance.shape == stack.shape
     assert result.samples.shape == (2, 3, 40, 44)
     # Frame 1 of the stack equals predicting that frame alone with its frame seed.
-    alone = predict(model, stack[1], 5, seed=frame_seed(9, 1, 3), keep_samples=2, orientations=1)
+    alone = predict(model, stack[1], 5, seed=frame_seed(9, 1, 3), keep_samples=2, orientations=1, offsets=1)
     np.testing.assert_allclose(result.mmse[1], alone.mmse, atol=1e-3)
     np.testing.assert_allclose(result.samples[:, 1], alone.samples, atol=1e-3)
 
@@ -183,7 +184,7 @@ def test_streamed_sample_batches_stay_valid_after_the_next_batch(shape, orientat
     # Events must not hand out views of memory that a later batch reuses.
     model = make_model()
     pairs = [(e.samples, e.samples.copy())
-             for e in predict_iter(model, image(shape), 6, batch_size=2, seed=3, orientations=orientations)
+             for e in predict_iter(model, image(shape), 6, batch_size=2, seed=3, orientations=orientations, offsets=1)
              if isinstance(e, SampleBatch)]
     assert len(pairs) == (3 if orientations == 1 else 6)  # 8 orientations of 6 samples: one sample each
     for kept, at_event_time in pairs:

@@ -26,7 +26,8 @@ def _one_line_error(capsys, code: int) -> str:
 def test_zarr_and_tiff_paths_give_the_same_numbers(tmp_path, model_file, stack_tif, stack_zarr, capsys):
     common = ["predict", "--model", str(model_file), "--samples", "5", "--save-samples", "2", "--seed", "9"]
     # A store predicts each frame as it is: the TIFF path does so with one orientation.
-    assert main([*common, "--input", str(stack_tif), "--out-dir", str(tmp_path / "tif"), "--orientations", "1"]) == 0
+    assert main([*common, "--input", str(stack_tif), "--out-dir", str(tmp_path / "tif"), "--orientations", "1",
+                 "--offsets", "1"]) == 0
     assert main([*common, "--input", str(stack_zarr), "--out", str(tmp_path / "a.ome.zarr")]) == 0
     assert main([*common, "--input", str(stack_tif), "--out", str(tmp_path / "b.ome.zarr")]) == 0
     assert "wrote" in capsys.readouterr().out

@@ -28,7 +28,7 @@ def test_store_equals_in_memory_prediction_with_ome_metadata(tmp_path, model_fil
     assert isinstance(events[0], ZarrPlan) and events[0].total == 5 and events[0].already_done == 0
     assert [type(e) for e in events[1:]] == [UnitDone] * 5 + [ZarrPredictionDone]
 
-    ref = predict(model, stack, 6, seed=3, keep_samples=2, compute_map=True, orientations=1)
+    ref = predict(model, stack, 6, seed=3, keep_samples=2, compute_map=True, orientations=1, offsets=1)
     res = read_results(out)
     # Bit for bit the same as predicting the whole stack in memory with the same seed.
     np.testing.assert_array_equal(res["mmse"][0][...], ref.mmse)
@@ -69,7 +69,7 @@ def test_large_frames_are_split_into_regions_that_agree_with_whole_frames(tmp_pa
     settings = ZarrPredictionSettings(n_samples=4, keep_samples=1, seed=7, region_size=64)
     done = predict_to_zarr(model_file, src, out, settings)
     assert done.total == 2 * 3 * 3 and done.computed == done.total
-    ref = predict(model, image, 4, seed=7, keep_samples=1, orientations=1)
+    ref = predict(model, image, 4, seed=7, keep_samples=1, orientations=1, offsets=1)
     res = read_results(out)
     # Regions are predicted from the region plus the receptive margin with latent noise at global
     # positions: the same numbers as the whole frame up to float rounding, and no seams.
@@ -190,7 +190,7 @@ def test_2d_image_and_ngff_04_zarr_v2_input(tmp_path, model_file, model):
     assert source.n_frames == 1 and source.scale == pytest.approx((0.5, 0.25))
     out = tmp_path / "v04_results.ome.zarr"
     predict_to_zarr(model_file, path, out, ZarrPredictionSettings(n_samples=3, keep_samples=2, seed=8))
-    ref = predict(model, image, 3, seed=8, keep_samples=2, orientations=1)
+    ref = predict(model, image, 3, seed=8, keep_samples=2, orientations=1, offsets=1)
     res = read_results(out)
     np.testing.assert_array_equal(res["mmse"][0][...], ref.mmse)
     np.testing.assert_array_equal(res["samples"][...], ref.samples)

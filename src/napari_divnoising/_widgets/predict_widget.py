@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 from ..device import DEVICE_CHOICES
 from ..errors import DivNoisingError
 from ..events import Progress
-from ..orientations import DEFAULT_ORIENTATIONS, ORIENTATION_CHOICES, split_samples
+from ..orientations import DEFAULT_OFFSETS, DEFAULT_ORIENTATIONS, OFFSET_CHOICES, ORIENTATION_CHOICES, views_used
 from ..outputs import OUTPUT_KINDS, PREDICTION_KINDS, result_metadata
 from ..prediction import PredictionDone, PriorBatch, PriorDone, generate_prior_iter
 from ..validation import prediction_range_warning
@@ -77,6 +77,7 @@ class PredictWidget(QWidget):
         self._n_per_frame = 0
         self._seed: int | None = None
         self._orientations: int | None = None
+        self._offsets: int | None = None
         self._input_limits: tuple[float, float] | None = None
         self._started = 0.0
         self._last_done = 0
@@ -138,6 +139,14 @@ class PredictWidget(QWidget):
             "averages the network's orientation-dependent errors out of the MMSE (1: the frame as it is).\n"
             "An OME-Zarr store uses 1.")
         form.addRow("Orientations", self.orientations)
+        self.offsets = QComboBox()
+        self.offsets.addItems([str(n) for n in sorted(OFFSET_CHOICES, reverse=True)])
+        self.offsets.setCurrentText(str(DEFAULT_OFFSETS))
+        self.offsets.setToolTip(
+            "2: each orientation is also seen shifted by half a latent cell, so that the network's grid falls\n"
+            "on other pixels, and the samples are spread over both grids (1: the grid as it falls).\n"
+            "An OME-Zarr store uses 1.")
+        form.addRow("Grid offsets", self.offsets)
         self.device = QComboBox()
         self.device.addItems(list(DEVICE_CHOICES))
         self.device.setEditable(True)  # e.g. cuda:1
@@ -488,8 +497,8 @@ class PredictWidget(QWidget):
             show_warning(far)
         n_samples, keep = self.n_samples.value(), self.keep_samples.value()
         want_map = self.compute_map.isChecked()
-        orientations = int(self.orientations.currentText())
-        self._orientations = len(split_samples(n_samples, orientations))  # fewer samples: fewer orientations
+        orientations, offsets = int(self.orientations.currentText()), int(self.offsets.currentText())
+        self._orientations, self._offsets = views_used(n_samples, orientations, offsets)  # fewer samples: fewer views
         self.outputs = {}
         self._model_name = model.name
         self._n_samples_done = 0
@@ -506,7 +515,8 @@ class PredictWidget(QWidget):
         self.activity.start(f"DivNoising prediction of {layer.name}", n_samples)
         self.runner.start(
             lambda: stream_prediction(model, image, n_samples, keep_samples=keep, compute_map=want_map,
-                                      device=device, orientations=orientations, min_interval_s=READ_INTERVAL_S,
+                                      device=device, orientations=orientations, offsets=offsets,
+                                      min_interval_s=READ_INTERVAL_S,
                                       flush=self.runner.stop_requested),
             self._on_event,
             self._on_done,
@@ -515,7 +525,8 @@ class PredictWidget(QWidget):
     def _metadata(self, kind: str) -> dict[str, Any]:
         assert self._geometry is not None
         return result_metadata(kind, source=self._geometry.name, model_name=self._model_name,
-                               n_samples=self._n_samples_done, seed=self._seed, orientations=self._orientations)
+                               n_samples=self._n_samples_done, seed=self._seed, orientations=self._orientations,
+                               offsets=self._offsets)
 
     def _on_event(self, event: Any) -> None:
         geometry = self._geometry

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..atomic import StagedFiles, check_output_dir
 from ..errors import DivNoisingError
-from ..orientations import DEFAULT_ORIENTATIONS, ORIENTATION_CHOICES
+from ..orientations import DEFAULT_OFFSETS, DEFAULT_ORIENTATIONS, OFFSET_CHOICES, ORIENTATION_CHOICES
 
 DESCRIPTION = """\
 Denoise TIFF images or stacks with a trained DivNoising model.
@@ -80,6 +80,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help=f"spread each frame's samples over this many rotations and mirror images of it, which "
                         f"averages the network's orientation-dependent errors out of the MMSE (default "
                         f"{DEFAULT_ORIENTATIONS}; with --out: 1)")
+    p.add_argument("--offsets", type=int, choices=OFFSET_CHOICES, metavar="{1,2}",
+                   help=f"2: also see each orientation shifted by half a latent cell, so that the network's grid "
+                        f"falls on other pixels, and spread the samples over both (default {DEFAULT_OFFSETS}; "
+                        f"with --out: 1)")
     p.add_argument("--clip", action="store_true",
                    help="clip MMSE, MAP and samples at the data's physical minimum: 0 for unsigned or "
                         "non-negative input, else the input's minimum")
@@ -187,6 +191,8 @@ def run(args: argparse.Namespace) -> int:
 
         if args.orientations not in (None, 1):
             raise DivNoisingError("--orientations is not available with --out (OME-Zarr results): leave it out.")
+        if args.offsets not in (None, 1):
+            raise DivNoisingError("--offsets is not available with --out (OME-Zarr results): leave it out.")
 
         return run_zarr(args)
     if not args.out_dir:
@@ -223,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
             for event in predict_iter(
                 model, squeezed, args.samples, batch_size=args.batch_size, tile_size=args.tile_size,
                 seed=args.seed, keep_samples=args.save_samples, compute_map=args.map, precision=args.precision,
-                orientations=args.orientations or DEFAULT_ORIENTATIONS, name=str(path),
+                orientations=args.orientations or DEFAULT_ORIENTATIONS, offsets=args.offsets or DEFAULT_OFFSETS,
+                name=str(path),
             ):
                 if isinstance(event, SampleBatch):
                     bar.update(event.frame * event.total + event.done - bar.n)
@@ -239,7 +246,8 @@ def run(args: argparse.Namespace) -> int:
         common = dict(
             input_axes=axes, pixel_size=meta["pixel_size"], unit=meta["unit"], spacing=meta["spacing"],
             frame_interval=meta["frame_interval"], n_samples=result.n_samples, model_name=model.name,
-            source=path.name, extra={"seed": result.seed, "orientations": result.orientations},
+            source=path.name,
+            extra={"seed": result.seed, "orientations": result.orientations, "offsets": result.offsets},
         )
         # All files of this input land together, or none replaces the old set.
         with StagedFiles() as staged:

@@ -40,7 +40,7 @@ allows), several samples and tiles go into one decoder call, and the running
 statistics stay on the device; only what the caller reads goes to the host.
 """
 
-from ..orientations import DEFAULT_ORIENTATIONS, ORIENTATION_CHOICES
+from ..orientations import DEFAULT_OFFSETS, DEFAULT_ORIENTATIONS, OFFSET_CHOICES, ORIENTATION_CHOICES
 from .map_estimate import map_estimate, map_estimate_iter
 from .memory import available_memory
 from .noise import NOISE_BLOCK, frame_seed, latent_noise
@@ -50,8 +50,10 @@ from .sampling import RunningMoments, predict, predict_iter
 from .tiling import check_tile_size, default_batch_size, default_tile_size, min_tile_size, tile_margin
 
 __all__ = [
+    "DEFAULT_OFFSETS",
     "DEFAULT_ORIENTATIONS",
     "NOISE_BLOCK",
+    "OFFSET_CHOICES",
     "ORIENTATION_CHOICES",
     "PredictionDone",
     "PredictionResult",

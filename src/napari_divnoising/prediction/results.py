@@ -106,6 +106,8 @@ class PredictionResult:
         Seed of the latent noise (None when not known).
     orientations
         Orientations of each frame the samples were spread over (1: the frame as it is).
+    offsets
+        Latent-grid offsets the samples were spread over (1: the grid as it falls on the frame).
     """
 
     mmse: np.ndarray
@@ -115,6 +117,7 @@ class PredictionResult:
     n_samples: int = 0
     seed: int | None = None
     orientations: int = 1
+    offsets: int = 1
 
 
 class PredictionDone(Done):

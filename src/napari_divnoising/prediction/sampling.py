@@ -21,7 +21,7 @@ from ..errors import DivNoisingError
 from ..events import Progress, run_to_end
 from ..io import as_image_stack
 from ..network import pad_to_multiple
-from ..orientations import DEFAULT_ORIENTATIONS, orient, oriented_shape, restore, split_samples
+from ..orientations import DEFAULT_OFFSETS, DEFAULT_ORIENTATIONS, View, plan_views, restore, views_used
 from ..validation import check_predict_args
 from . import memory
 from .engine import (
@@ -107,6 +107,7 @@ def predict_iter(
     compute_map: bool = False,
     precision: str = "auto",
     orientations: int = DEFAULT_ORIENTATIONS,
+    offsets: int = DEFAULT_OFFSETS,
     name: str = "image",
 ) -> Iterator[Progress | SampleBatch | PredictionDone]:
     """Stream posterior samples of a 2-D image or a 3-D stack and their running MMSE and variance.
@@ -146,6 +147,11 @@ def predict_iter(
         (rotations by 90 degrees, then mirror images; :mod:`napari_divnoising.orientations`), each encoded once and its
         samples turned back, which averages the network's orientation-dependent errors out of the MMSE.
         Samples come in orientation order (the first ones from the frame as it is).
+    offsets
+        1 or 2: with 2, each orientation is also seen shifted by half a latent cell (the frame padded at the
+        top and left by ``2**(depth - 1)`` mirrored pixels, cut off again), so that the network's latent grid
+        falls on other pixels, and the samples are spread over both grids. The views of the first grid come
+        first; fewer samples than views use the first views only.
     name
         How to call the image in messages.
 
@@ -194,7 +200,7 @@ def predict_iter(
             else torch.device("cpu")
         if map_device.type == "cpu":
             memory.check_map_memory(n_samples, frame_shape, memory.available_memory())
-    counts = split_samples(n_samples, orientations)
+    views = plan_views(n_samples, orientations, offsets, net.size_multiple)
     base_seed = new_seed(seed)
 
     n_frames = stack.shape[0]
@@ -216,12 +222,13 @@ def predict_iter(
             job = job_for(frame_shape)
             start = 0
             try:
-                for index, count in enumerate(counts):
-                    job = job_for(oriented_shape(frame_shape, index))
-                    view = label if len(counts) == 1 else f"{label}, orientation {index + 1}/{len(counts)}"
-                    mu, std = yield from _encode(job, stack[f] if index == 0 else orient(stack[f], index), view)
+                for index, (view, count) in enumerate(views):
+                    job = job_for(view.shape(frame_shape))
+                    view_label = label if len(views) == 1 else f"{label}, view {index + 1}/{len(views)}"
+                    frame = stack[f] if index == 0 else view.apply(stack[f])
+                    mu, std = yield from _encode(job, frame, view_label)
                     noise = frame_noise(frame_seed(base_seed, f, n_frames), net.z_dim, mu.shape[-2:], dev)
-                    yield from _sample(job, mu, std, noise, (f, n_frames), (start, start + count, n_samples), index,
+                    yield from _sample(job, mu, std, noise, (f, n_frames), (start, start + count, n_samples), view,
                                        moments, frame_kept, all_samples, copies, label)
                     start += count
             except Exception as exc:
@@ -251,7 +258,8 @@ def predict_iter(
         samples=None if kept is None else kept.reshape((keep, *out_shape)),
         n_samples=n_samples,
         seed=base_seed,
-        orientations=len(counts),
+        orientations=views_used(n_samples, orientations, offsets)[0],
+        offsets=views_used(n_samples, orientations, offsets)[1],
     )
     yield PredictionDone(result)
 
@@ -291,16 +299,16 @@ def _sample(
     noise: Any,
     frame: tuple[int, int],
     samples_range: tuple[int, int, int],
-    orientation: int,
+    view: View,
     moments: RunningMoments,
     kept: np.ndarray | None,
     all_samples: Any,
     copies: HostCopies,
     label: str,
 ) -> Generator[Progress | SampleBatch, None, None]:
-    """Draw samples ``start`` to ``stop`` (of ``total``) of a frame encoded in ``orientation``, batch by batch.
+    """Draw samples ``start`` to ``stop`` (of ``total``) of a frame encoded in ``view``, batch by batch.
 
-    Yields Progress and SampleBatch; the samples, turned back to the frame's orientation, are added to
+    Yields Progress and SampleBatch; the samples, cut and turned back to the frame itself, are added to
     ``moments``; those with an index below ``len(kept)`` go to ``kept`` (host) and all of them to
     ``all_samples`` when given.
     """
@@ -324,9 +332,9 @@ def _sample(
                 memory.release_cached(job.device)
                 continue
             raise
-        samples = decoded[:, :h, :w]
-        if orientation:
-            samples = run(lambda: restore(samples, orientation).contiguous())
+        samples = decoded[:, view.offset : h, view.offset : w]
+        if view.orientation or view.offset:
+            samples = run(lambda: restore(samples, view.orientation).contiguous())
         run(lambda: moments.update(samples))
         if kept is not None and done < len(kept):
             take = min(len(kept) - done, k)

@@ -138,8 +138,8 @@ def _predict_frame(model: Any, job: Job, image: np.ndarray, seed: int) -> dict[s
         model, image, job.n_samples, batch_size=job.batch_size, tile_size=job.tile_size, seed=seed,
         keep_samples=job.keep_samples, compute_map=job.compute_map, precision=job.precision,
         # The frame as it is: a region must give what the whole frame gives there, and the latent noise
-        # of a turned frame is laid out on the turned frame's grid.
-        orientations=1,
+        # of a turned or shifted frame is laid out on that view's grid.
+        orientations=1, offsets=1,
     ):
         if isinstance(event, PredictionDone):
             result = event.result
