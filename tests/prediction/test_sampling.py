@@ -66,11 +66,12 @@ def test_same_seed_same_samples_and_batch_size_does_not_matter():
     assert np.abs(a.samples - c.samples).mean() > 0.5
 
 
-def test_tiled_and_untiled_agree_without_seams():
+@pytest.mark.parametrize("views", [{}, {"orientations": 1, "offsets": 2}])  # 4 samples: 4 turns, or 2 grids
+def test_tiled_and_untiled_agree_without_seams(views):
     model = make_model()
     img = image((150, 134))  # not a multiple of 2**depth, several tiles each way at 64
-    untiled = predict(model, img, 4, seed=7, keep_samples=4, batch_size=2)
-    events = list(predict_iter(model, img, 4, seed=7, keep_samples=4, tile_size=64, batch_size=3))
+    untiled = predict(model, img, 4, seed=7, keep_samples=4, batch_size=2, **views)
+    events = list(predict_iter(model, img, 4, seed=7, keep_samples=4, tile_size=64, batch_size=3, **views))
     tiled = events[-1].result
     assert any(isinstance(e, Progress) and "tiles" in e.message for e in events)
     spread = untiled.samples.std(0).mean()

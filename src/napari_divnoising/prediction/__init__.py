@@ -1,7 +1,8 @@
 """Posterior sampling with a trained model: MMSE, variance, kept samples, MAP, prior samples (docs/method.md 6).
 
-``predict_iter(model, image, n_samples)`` encodes each frame once, draws
-latents z ~ q(z|x) and decodes them in batches under ``torch.inference_mode``.
+``predict_iter(model, image, n_samples)`` encodes each view of a frame once
+(its orientations and latent-grid offsets, :mod:`napari_divnoising.orientations`),
+draws latents z ~ q(z|x) and decodes them in batches under ``torch.inference_mode``.
 It yields, in order:
 
 - :class:`~napari_divnoising.events.Progress` while encoding (one per tile),

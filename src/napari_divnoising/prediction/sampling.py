@@ -1,6 +1,7 @@
 """Posterior sampling: :func:`predict_iter` streams samples with their running MMSE and variance.
 
-Each frame is encoded once; latents z = mu + std * eps (eps from
+Each view of a frame (an orientation at a latent-grid offset) is encoded once;
+latents z = mu + std * eps (eps from
 :mod:`.noise`) are decoded in batches (:mod:`.engine`, planned by
 :mod:`.tiling`). The running statistics are accumulated where the samples are
 (:class:`RunningMoments`, on the GPU when predicting there); what goes to the
