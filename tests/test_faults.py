@@ -635,20 +635,23 @@ def child_temp(tmp_path_factory) -> Path:
 
 
 class _Running:
-    """A command in a fresh process; its stderr collected in the background."""
+    """A command in a fresh process, as a user starts it in a terminal (Ctrl+C interrupts it even where this
+    test runs with SIGINT ignored, as in a background job); its output collected in the background."""
 
     def __init__(self, *argv: object, temp_dir: Path):
         self.proc = subprocess.Popen(
             [sys.executable, str(DRIVER), "--", *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=_env(temp_dir),
+            text=True, env=_env(temp_dir), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
-        self.err = ""
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.err = self.out = ""
+        self._readers = [threading.Thread(target=self._read, args=(name,), daemon=True) for name in ("err", "out")]
+        for reader in self._readers:
+            reader.start()
 
-    def _read(self) -> None:
-        for chunk in iter(lambda: self.proc.stderr.read(64), ""):
-            self.err += chunk
+    def _read(self, name: str) -> None:
+        stream = self.proc.stderr if name == "err" else self.proc.stdout
+        for chunk in iter(lambda: stream.read(64), ""):
+            setattr(self, name, getattr(self, name) + chunk)
 
     def wait_for(self, condition, timeout: float = 120) -> None:
         end = time.monotonic() + timeout
@@ -659,10 +662,14 @@ class _Running:
             time.sleep(0.05)
 
     def finish(self, timeout: float = 120) -> Result:
-        out = self.proc.stdout.read()
-        self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=10)
-        return Result(self.proc.returncode, out, self.err)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"the command did not end within {timeout} s: {self.err[-2000:]}") from None
+        for reader in self._readers:
+            reader.join(timeout=10)
+        return Result(self.proc.returncode, self.out, self.err)
 
 
 def test_sigint_during_training_keeps_a_resumable_model(cli, data, tmp_path, child_temp):
