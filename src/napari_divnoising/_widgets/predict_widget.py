@@ -58,6 +58,15 @@ OUTPUT_STORE = "OME-Zarr store"
 STORE_REFRESH_MS = int(1000 * UI_UPDATE_INTERVAL_S)
 
 
+def _count_choice(choices: tuple[int, ...], default: int, tooltip: str) -> QComboBox:
+    """A drop-down of the allowed counts (largest first) set to ``default``."""
+    box = QComboBox()
+    box.addItems([str(n) for n in sorted(choices, reverse=True)])
+    box.setCurrentText(str(default))
+    box.setToolTip(tooltip)
+    return box
+
+
 class PredictWidget(QWidget):
     """Denoise an image layer with a trained model: samples, MMSE, variance (and MAP), streamed live."""
 
@@ -131,18 +140,14 @@ class PredictWidget(QWidget):
         self.compute_map = QCheckBox("MAP estimate")
         self.compute_map.setToolTip("Also compute the most likely image: the mode of the samples, by mean shift.")
         form.addRow("", self.compute_map)
-        self.orientations = QComboBox()
-        self.orientations.addItems([str(n) for n in sorted(ORIENTATION_CHOICES, reverse=True)])
-        self.orientations.setCurrentText(str(DEFAULT_ORIENTATIONS))
-        self.orientations.setToolTip(
+        self.orientations = _count_choice(
+            ORIENTATION_CHOICES, DEFAULT_ORIENTATIONS,
             "The samples of each frame are spread over this many rotations and mirror images of it, which\n"
             "averages the network's orientation-dependent errors out of the MMSE (1: the frame as it is).\n"
             "An OME-Zarr store uses 1.")
         form.addRow("Orientations", self.orientations)
-        self.offsets = QComboBox()
-        self.offsets.addItems([str(n) for n in sorted(OFFSET_CHOICES, reverse=True)])
-        self.offsets.setCurrentText(str(DEFAULT_OFFSETS))
-        self.offsets.setToolTip(
+        self.offsets = _count_choice(
+            OFFSET_CHOICES, DEFAULT_OFFSETS,
             "2: each orientation is also seen shifted by half a latent cell, so that the network's grid falls\n"
             "on other pixels, and the samples are spread over both grids (1: the grid as it falls).\n"
             "An OME-Zarr store uses 1.")

@@ -189,10 +189,9 @@ def run(args: argparse.Namespace) -> int:
     if args.out or any(is_zarr_path(name) for name in args.input):
         from ..scale.cli import run_zarr
 
-        if args.orientations not in (None, 1):
-            raise DivNoisingError("--orientations is not available with --out (OME-Zarr results): leave it out.")
-        if args.offsets not in (None, 1):
-            raise DivNoisingError("--offsets is not available with --out (OME-Zarr results): leave it out.")
+        for option, value in (("--orientations", args.orientations), ("--offsets", args.offsets)):
+            if value not in (None, 1):
+                raise DivNoisingError(f"{option} is not available with --out (OME-Zarr results): leave it out.")
 
         return run_zarr(args)
     if not args.out_dir:

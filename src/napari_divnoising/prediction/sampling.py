@@ -252,6 +252,7 @@ def predict_iter(
     def shaped(a: np.ndarray) -> np.ndarray:
         return a.reshape(out_shape)
 
+    used_orientations, used_offsets = views_used(n_samples, orientations, offsets)
     result = PredictionResult(
         mmse=shaped(mmse),
         variance=shaped(variance),
@@ -259,8 +260,8 @@ def predict_iter(
         samples=None if kept is None else kept.reshape((keep, *out_shape)),
         n_samples=n_samples,
         seed=base_seed,
-        orientations=views_used(n_samples, orientations, offsets)[0],
-        offsets=views_used(n_samples, orientations, offsets)[1],
+        orientations=used_orientations,
+        offsets=used_offsets,
     )
     yield PredictionDone(result)
 
