@@ -31,7 +31,7 @@ import torch
 from .atomic import as_path, atomic_write_bytes
 from .errors import DivNoisingError
 from .model import DivNoisingModel
-from .network import DivNoisingVAE
+from .network import build_network
 from .noise_models import noise_model_from_config
 
 FORMAT_NAME = "napari-divnoising-model"
@@ -66,7 +66,7 @@ def model_to_dict(model: DivNoisingModel, training_state: dict | None = None) ->
         "name": model.name,
         "data_mean": float(model.data_mean),
         "data_std": float(model.data_std),
-        "network": {"depth": net.depth, "start_filters": net.start_filters, "z_dim": net.z_dim},
+        "network": net.settings(),
         "noise_model": model.noise_model.to_config(),
         "config": model.config,
         "history": model.history,
@@ -127,14 +127,15 @@ def save_model(model: DivNoisingModel, path: str | Path, *, training_state: dict
 
 
 def estimate_file_bytes(
-    depth: int = 2, start_filters: int = 32, z_dim: int = 64, with_training_state: bool = True
+    depth: int = 2, start_filters: int = 32, z_dim: int = 64, with_training_state: bool = True,
+    network: str = "divnoising",
 ) -> int:
     """About how many bytes :func:`save_model` writes for a network of this size (for free-space checks).
 
     The weights, plus Adam's two moments per weight when ``with_training_state``, plus a margin for the
     metadata and history.
     """
-    numel = sum(p.numel() for p in DivNoisingVAE(depth=depth, start_filters=start_filters, z_dim=z_dim).parameters())
+    numel = sum(p.numel() for p in build_network(network, depth, start_filters, z_dim).parameters())
     copies = 3 if with_training_state else 1
     return int(numel * 4 * copies * 1.05) + 256 * 1024
 
@@ -161,9 +162,8 @@ def model_from_dict(payload: Any, source: str = "model", device: str | torch.dev
     try:
         meta = json.loads(payload["meta"])
         net_cfg = meta["network"]
-        network = DivNoisingVAE(
-            depth=int(net_cfg["depth"]), start_filters=int(net_cfg["start_filters"]), z_dim=int(net_cfg["z_dim"])
-        )
+        network = build_network(str(net_cfg.get("network", "divnoising")), int(net_cfg["depth"]),
+                                int(net_cfg["start_filters"]), int(net_cfg["z_dim"]))
         network.load_state_dict(payload["network"])
         noise_model = noise_model_from_config(meta["noise_model"], payload["noise_model"])
         model = DivNoisingModel(

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the usual PyTorch name)
 from torch import nn
 
+from .hierarchical_network import HierarchicalVAE
+
 
 def _conv_relu(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True)]
@@ -29,6 +31,8 @@ class DivNoisingVAE(nn.Module):
     batch norm and no skip connections (skips would let noise bypass the
     bottleneck). Inputs and outputs are in normalised units.
     """
+
+    kind = "divnoising"
 
     def __init__(self, depth: int = 2, start_filters: int = 32, z_dim: int = 64, in_channels: int = 1):
         super().__init__()
@@ -59,6 +63,10 @@ class DivNoisingVAE(nn.Module):
     def size_multiple(self) -> int:
         """Height and width of network inputs must be multiples of this."""
         return 2**self.depth
+
+    def settings(self) -> dict:
+        """The training settings that build this network again (:func:`build_network`)."""
+        return {"network": self.kind, "depth": self.depth, "start_filters": self.start_filters, "z_dim": self.z_dim}
 
     def receptive_radius(self) -> tuple[int, int]:
         """Upper bounds (pixels) on how far the encoder and the decoder see from an output position.
@@ -230,3 +238,17 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Crop the last two axes back to ``size`` (undo :func:`pad_to_multiple`)."""
     return x[..., : size[0], : size[1]]
+
+
+def build_network(network: str = "divnoising", depth: int = 2, start_filters: int = 32, z_dim: int = 64) -> nn.Module:
+    """A new network from the training settings.
+
+    ``"divnoising"``: :class:`DivNoisingVAE` (``depth`` down-sampling levels, ``z_dim`` latent channels).
+    ``"hierarchical"``: :class:`~napari_divnoising.hierarchical_network.HierarchicalVAE` with ``depth`` latent
+    levels of ``z_dim`` channels each, ``start_filters`` channels at full resolution and twice as many elsewhere.
+    """
+    if network == "divnoising":
+        return DivNoisingVAE(depth=depth, start_filters=start_filters, z_dim=z_dim)
+    if network == "hierarchical":
+        return HierarchicalVAE(levels=depth, start_filters=start_filters, z_dim=z_dim)
+    raise ValueError(f"unknown network type {network!r}; known: divnoising, hierarchical")

@@ -51,8 +51,7 @@ def training_events(
     """
     if resume is not None:
         # A continued model keeps its own network and noise model.
-        net = resume.network
-        config = dataclasses.replace(config, depth=net.depth, start_filters=net.start_filters, z_dim=net.z_dim)
+        config = dataclasses.replace(config, **resume.network.settings())
         return train_iter(images, None, config, resume=resume)
     if bootstrap:
         half = split_budget(config)

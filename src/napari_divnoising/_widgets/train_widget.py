@@ -461,9 +461,10 @@ class TrainWidget(QWidget):
             report_exception(DivNoisingError("There is no model to save yet; train or load one."), "Saving")
             return None
         try:
-            net = self.model.network
-            need = estimate_file_bytes(net.depth, net.start_filters, net.z_dim,
-                                       with_training_state=self.model.training_state is not None)
+            settings = self.model.network.settings()
+            need = estimate_file_bytes(settings["depth"], settings["start_filters"], settings["z_dim"],
+                                       with_training_state=self.model.training_state is not None,
+                                       network=settings["network"])
             check_output_file(path, force=True, planned_bytes=need, what="model")
             written = save_model(self.model, path)
         except (DivNoisingError, OSError) as exc:

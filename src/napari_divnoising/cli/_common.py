@@ -28,7 +28,7 @@ def checkpoint_bytes(config: Any) -> int:
     filters = config.start_filters
     if filters is None:  # chosen for the device when training starts: count the widest
         filters = max(d["start_filters"] for d in (CPU_DEFAULTS, GPU_DEFAULTS, SMALL_GPU_DEFAULTS))
-    return 3 * estimate_file_bytes(config.depth, filters, config.z_dim)
+    return 3 * estimate_file_bytes(config.depth, filters, config.z_dim, network=config.network)
 
 
 def check_output_path(

@@ -13,8 +13,8 @@ from ._common import check_output_path, checkpoint_bytes
 from ._options import add_config_options
 
 #: The TrainingConfig fields offered as options (help and defaults from the field metadata).
-TRAIN_OPTIONS = ("max_minutes", "max_steps", "patch_size", "batch_size", "depth", "beta", "learning_rate",
-                 "kl_annealing_steps", "device", "seed")
+TRAIN_OPTIONS = ("max_minutes", "max_steps", "patch_size", "batch_size", "network", "depth", "z_dim", "beta",
+                 "learning_rate", "kl_annealing_steps", "device", "seed")
 
 DESCRIPTION = """\
 Train a DivNoising model on noisy images only, and save it as one file.
@@ -80,14 +80,16 @@ def _config(args: argparse.Namespace, resume) -> TrainingConfig:  # noqa: F821
     max_minutes = args.max_minutes
     if max_minutes is None and args.max_steps is None:
         max_minutes = defaults.max_minutes
-    depth = args.depth if args.depth is not None else (resume.network.depth if resume is not None else defaults.depth)
-    extra = {}
-    if resume is not None:
-        extra = {"start_filters": resume.network.start_filters, "z_dim": resume.network.z_dim}
+    network = {"network": args.network or defaults.network, "depth": args.depth or defaults.depth,
+               "z_dim": args.z_dim or defaults.z_dim}
+    if resume is not None:  # a continued model keeps its network; a different one asked for is refused
+        network = {**resume.network.settings(),
+                   **{k: v for k, v in (("network", args.network), ("depth", args.depth), ("z_dim", args.z_dim))
+                      if v is not None}}
     return TrainingConfig(
         patch_size=pick(args.patch_size, "patch_size"),
         batch_size=pick(args.batch_size, "batch_size"),
-        depth=depth,
+        **network,
         beta=pick(args.beta, "beta"),
         learning_rate=args.lr if args.lr is not None else defaults.learning_rate,
         max_minutes=max_minutes,
@@ -96,7 +98,6 @@ def _config(args: argparse.Namespace, resume) -> TrainingConfig:  # noqa: F821
         sigma_min=args.sigma_min,
         device=args.device,
         seed=args.seed,
-        **extra,
     )
 
 
@@ -163,8 +164,9 @@ def run(args: argparse.Namespace) -> int:
                 tqdm.write(
                     f"Training on {event.device}: batch {used['batch_size']} x "
                     f"{used['patch_size']}x{used['patch_size']}"
-                    f" patches{_device_default_note(args)}, depth {used['depth']}, {used['start_filters']} filters, "
-                    f"{used['z_dim']} latent channels, {event.n_parameters:,} parameters, "
+                    f" patches{_device_default_note(args)}, {used['network']} network, depth {used['depth']}, "
+                    f"{used['start_filters']} filters, {used['z_dim']} latent channels"
+                    f"{' per level' if used['network'] == 'hierarchical' else ''}, {event.n_parameters:,} parameters, "
                     f"{event.n_train_pixels:,} training pixels, validation by {event.validation_split}"
                     + (f", continuing from step {event.start_step}" if event.start_step else "")
                 )

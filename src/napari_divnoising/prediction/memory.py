@@ -72,8 +72,13 @@ def bytes_per_pixel(network: DivNoisingVAE, half: bool) -> tuple[float, float]:
     """
     elt = 2 if half else 4
     m2 = network.size_multiple**2
-    encode = 1.5 * elt * _peak_elements_per_pixel(list(network.encoder), 1) + 16
-    decode = 1.5 * elt * _peak_elements_per_pixel(list(network.decoder), network.size_multiple)
+    if hasattr(network, "peak_activation_elements"):  # a network that is not a plain stack of layers
+        encode_elements, decode_elements = network.peak_activation_elements()
+    else:
+        encode_elements = _peak_elements_per_pixel(list(network.encoder), 1)
+        decode_elements = _peak_elements_per_pixel(list(network.decoder), network.size_multiple)
+    encode = 1.5 * elt * encode_elements + 16
+    decode = 1.5 * elt * decode_elements
     decode += 4 * 4 * network.z_dim / m2 + 16  # noise, latents (+ a channels-last copy) in float32; the output
     return encode, decode
 

@@ -61,6 +61,8 @@ def generate_prior_iter(
         raise DivNoisingError(f"The number of tiles per call must be at least 1 (got {tiles_per_call}).")
     count = int(count)
     net, dev = inference_network(model, device)
+    if hasattr(net.decoder, "from_prior"):  # a hierarchical network: its finer levels from their prior too
+        net.decoder.from_prior = True
     tile = check_tile_size(tile_size, net)
     resolved = resolve_precision(precision, dev)
     plan = plan_decoding(net, (h, w), count, dev, tile_size=tile, batch_size=batch_size,

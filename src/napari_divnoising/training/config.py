@@ -37,6 +37,9 @@ GPU_DEFAULTS = {"patch_size": 128, "batch_size": 32, "start_filters": 32}
 SMALL_GPU_DEFAULTS = {"patch_size": 128, "batch_size": 16, "start_filters": 32}
 #: The settings whose empty value means "chosen for the device".
 DEVICE_CHOSEN = tuple(CPU_DEFAULTS)
+#: Network types (``network.build_network``): one latent grid as in the DivNoising paper, or latents at
+#: several scales (``hierarchical_network``).
+NETWORK_TYPES = ("divnoising", "hierarchical")
 #: GPUs with less memory than this get :data:`SMALL_GPU_DEFAULTS`.
 SMALL_GPU_BYTES = 6 * 1024**3
 
@@ -71,6 +74,10 @@ class TrainingConfig:
     batch_size: int | None = _field(
         None, help="Patches per optimisation step; empty: chosen for the device (8 on a CPU, 32 on a GPU).",
         label="Batch size", minimum=1, maximum=1024)
+    network: str = _field(
+        "divnoising", help="Network type: divnoising (one latent grid) or hierarchical (latents at several scales: "
+        "depth latent levels of z_dim channels each; depth 3 with 16 latent channels is the measured setting).",
+        label="Network", choices=NETWORK_TYPES, advanced=True)
     depth: int = _field(2, help="Network depth (down-sampling levels): 2 for most images, 3 for large structures.",
                         label="Depth", minimum=1, maximum=6)
     start_filters: int | None = _field(
@@ -167,6 +174,9 @@ class TrainingConfig:
     def validate(self) -> None:
         """Raise :class:`DivNoisingError` with one clear line for the first setting out of range."""
         check_ranges(self)
+        if self.network == "hierarchical" and self.depth < 2:
+            raise DivNoisingError("A hierarchical network needs depth 2 or more (its latent levels); 3 is a good "
+                                  "choice.")
         if self.patch_size is not None:
             multiple = 2**self.depth
             if self.patch_size < 2 * multiple or self.patch_size % multiple:

@@ -37,8 +37,9 @@ import torch
 from ..data import TrainingData, load_frames, split_frames
 from ..device import resolve_device
 from ..events import run_to_end
+from ..hierarchical_network import HierarchicalVAE
 from ..model import DivNoisingModel
-from ..network import DivNoisingVAE
+from ..network import DivNoisingVAE, build_network
 from ..noise_models import GaussianNoiseModel
 from ..validation import check_train_args
 from .averaging import WeightAverage
@@ -62,8 +63,8 @@ from .optimiser import Optimiser
 from .schedule import KL_HOLD, Budget, CollapseMonitor, KLAnnealing, ValidationSchedule
 
 
-def _new_network(config: TrainingConfig) -> DivNoisingVAE:
-    return DivNoisingVAE(depth=config.depth, start_filters=config.start_filters, z_dim=config.z_dim)
+def _new_network(config: TrainingConfig) -> DivNoisingVAE | HierarchicalVAE:
+    return build_network(config.network, config.depth, config.start_filters, config.z_dim)
 
 
 def _autocast_for(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager | None:

@@ -6,6 +6,7 @@ import contextlib
 
 import torch
 
+from ..hierarchical_network import HierarchicalVAE
 from ..model import DivNoisingModel
 
 
@@ -31,6 +32,16 @@ def loss_terms(
     x_norm = (x_raw - model.data_mean) / model.data_std
     if memory_format is not None:
         x_norm = x_norm.contiguous(memory_format=memory_format)
+    n_pixels = x_raw.shape[0] * x_raw.shape[-2] * x_raw.shape[-1]
+    if isinstance(net, HierarchicalVAE):  # its KL involves the learned priors of the finer levels
+        if eps is None:
+            m = net.size_multiple
+            eps = torch.randn((x_raw.shape[0], net.z_dim, x_raw.shape[-2] // m, x_raw.shape[-1] // m),
+                              device=x_raw.device)
+        with autocast or contextlib.nullcontext():
+            signal_norm, kl_sum, _ = net.signal_and_kl(x_norm, eps)
+        signal = signal_norm.float() * model.data_std + model.data_mean
+        return -model.noise_model.log_likelihood(x_raw, signal).mean(), kl_sum.float() / n_pixels
     with autocast or contextlib.nullcontext():
         mu, logvar = net.encode(x_norm)
     mu, logvar = mu.float(), logvar.float()
@@ -41,5 +52,5 @@ def loss_terms(
         signal_norm = net.decode(z)
     signal = signal_norm.float() * model.data_std + model.data_mean
     reconstruction = -model.noise_model.log_likelihood(x_raw, signal).mean()
-    kl = kl_per_pixel(mu, logvar, x_raw.shape[0] * x_raw.shape[-2] * x_raw.shape[-1])
+    kl = kl_per_pixel(mu, logvar, n_pixels)
     return reconstruction, kl

@@ -87,11 +87,12 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
 
 def check_resume(resume: DivNoisingModel, config: TrainingConfig, spec: Any) -> None:
     """Refuse to continue ``resume`` with another network or another noise model (never ignore it)."""
-    net = resume.network
+    settings = resume.network.settings()
     for name, have, want in (
-        ("depth", net.depth, config.depth),
-        ("start_filters", net.start_filters, config.start_filters),
-        ("z_dim", net.z_dim, config.z_dim),
+        ("network", settings["network"], config.network),
+        ("depth", settings["depth"], config.depth),
+        ("start_filters", settings["start_filters"], config.start_filters),
+        ("z_dim", settings["z_dim"], config.z_dim),
     ):
         if have != want:
             raise DivNoisingError(

@@ -1,0 +1,262 @@
+"""A hierarchical (ladder) variational autoencoder for DivNoising (docs/method.md section 9).
+
+Latents at several scales (half, a quarter and an eighth of the image's resolution for three levels), in
+the spirit of hierarchical DivNoising (HDN, Prakash et al., ICLR 2022): a bottom-up pass computes
+features of the noisy image at each scale; a top-down pass samples the coarsest latents from the
+encoder's posterior and each finer level from a posterior that combines the top-down state with the
+bottom-up features of that scale, while a learned prior predicts the same level from the top-down state
+alone. The KL term sums KL(posterior || prior) over the levels.
+
+To the rest of the package the network looks like :class:`~napari_divnoising.network.DivNoisingVAE`:
+:meth:`HierarchicalVAE.encode` returns ``(mu, logvar)`` on one latent grid (the coarsest scale) and
+:meth:`HierarchicalVAE.decode` maps ``z = mu + exp(logvar / 2) * eps`` on that grid to an image, so
+prediction, tiling, orientations and the noise of each sample work unchanged. The grid's channels are
+
+- the coarsest level's posterior (``z_dim`` channels);
+- for each finer level, its standard normal noise, pixel-unshuffled onto the grid (``mu`` 0, ``logvar`` 0,
+  so ``z`` is the noise itself);
+- for each finer level, the bottom-up features, pixel-unshuffled onto the grid (``logvar`` minus infinity,
+  so ``z`` is the features themselves).
+
+The decoder turns each finer level's noise into a posterior sample of that level (or, in prior mode, a
+prior sample), so every random number of a sample is an entry of the grid's noise.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F  # noqa: N812 (the usual PyTorch name)
+from torch import nn
+
+#: Log-variances are squashed into (-LOGVAR_BOUND, LOGVAR_BOUND): an unbounded one overflows exp() early in
+#: training, when a KL between two learned Gaussians divides by the prior's variance.
+LOGVAR_BOUND = 5.0
+
+
+def bounded_logvar(logvar: torch.Tensor) -> torch.Tensor:
+    """``logvar`` squashed smoothly into (-LOGVAR_BOUND, LOGVAR_BOUND)."""
+    return LOGVAR_BOUND * torch.tanh(logvar / LOGVAR_BOUND)
+
+
+def gaussian_kl(q_mu: torch.Tensor, q_logvar: torch.Tensor, p_mu: torch.Tensor, p_logvar: torch.Tensor) -> torch.Tensor:
+    """Elementwise KL(N(q_mu, exp q_logvar) || N(p_mu, exp p_logvar))."""
+    return 0.5 * (p_logvar - q_logvar + (q_logvar.exp() + (q_mu - p_mu) ** 2) * torch.exp(-p_logvar) - 1)
+
+
+class ResidualBlock(nn.Module):
+    """``x + conv(relu(conv(relu(x))))`` with 3x3 convolutions."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class _Layout:
+    """Channel layout of the latent grid for ``levels`` levels of ``z_dim`` latents and ``channels`` features."""
+
+    def __init__(self, levels: int, z_dim: int, channels: int):
+        self.levels, self.z_dim, self.channels = levels, z_dim, channels
+        #: Unshuffle factor of each finer level (finest first): how many of its pixels one grid cell holds per side.
+        self.factors = [2 ** (levels - 1 - i) for i in range(levels - 1)]
+        self.noise = [z_dim * f * f for f in self.factors]
+        self.context = [channels * f * f for f in self.factors]
+        self.total = z_dim + sum(self.noise) + sum(self.context)
+
+    def split(self, grid: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """(top latents, noise of each finer level, features of each finer level), finer levels at their scale."""
+        sizes = [self.z_dim, *self.noise, *self.context]
+        parts = torch.split(grid, sizes, dim=1)
+        n = self.levels - 1
+        noise = [F.pixel_shuffle(p, f) if f > 1 else p for p, f in zip(parts[1 : 1 + n], self.factors, strict=True)]
+        context = [F.pixel_shuffle(p, f) if f > 1 else p for p, f in zip(parts[1 + n :], self.factors, strict=True)]
+        return parts[0], noise, context
+
+
+class HierarchicalEncoder(nn.Module):
+    """Bottom-up pass: image (B, 1, H, W) to ``(mu, logvar)`` on the latent grid (see the module docstring)."""
+
+    def __init__(self, layout: _Layout, start_filters: int):
+        super().__init__()
+        c = layout.channels
+        self.layout = layout
+        self.stem = nn.Sequential(nn.Conv2d(1, start_filters, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(start_filters, c, 3, stride=2, padding=1))
+        self.levels = nn.ModuleList(
+            [nn.Sequential(ResidualBlock(c))]
+            + [nn.Sequential(nn.Conv2d(c, c, 3, stride=2, padding=1), ResidualBlock(c))
+               for _ in range(layout.levels - 1)]
+        )
+        self.posterior = nn.Conv2d(c, 2 * layout.z_dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = []
+        h = self.stem(x)
+        for level in self.levels:
+            h = level(h)
+            features.append(h)
+        mu, logvar = self.posterior(h).chunk(2, 1)
+        logvar = bounded_logvar(logvar)
+        lay = self.layout
+        context = [F.pixel_unshuffle(f, k) if k > 1 else f for f, k in zip(features[:-1], lay.factors, strict=True)]
+        n, _, gh, gw = mu.shape
+        noise_mu = mu.new_zeros((n, sum(lay.noise), gh, gw))
+        context_logvar = mu.new_full((n, sum(lay.context), gh, gw), float("-inf"))
+        return torch.cat([mu, noise_mu, *context], 1), torch.cat([logvar, noise_mu, context_logvar], 1)
+
+
+class HierarchicalDecoder(nn.Module):
+    """Top-down pass: latent grid to image; with ``with_kl`` also the summed KL of the finer levels.
+
+    ``from_prior``: the finer levels are sampled from the learned prior (the features in the grid are
+    ignored), for samples of the training domain.
+    """
+
+    def __init__(self, layout: _Layout, start_filters: int):
+        super().__init__()
+        c, z = layout.channels, layout.z_dim
+        self.layout = layout
+        self.from_prior = False
+        finer = layout.levels - 1
+        self.top_in = nn.Conv2d(z, c, 3, padding=1)
+        self.top_block = ResidualBlock(c)
+        self.up = nn.ModuleList([nn.ConvTranspose2d(c, c, 2, stride=2) for _ in range(finer)])
+        self.prior = nn.ModuleList([nn.Conv2d(c, 2 * z, 3, padding=1) for _ in range(finer)])
+        self.posterior = nn.ModuleList([nn.Conv2d(2 * c, 2 * z, 3, padding=1) for _ in range(finer)])
+        self.latent_in = nn.ModuleList([nn.Conv2d(z, c, 3, padding=1) for _ in range(finer)])
+        self.blocks = nn.ModuleList([ResidualBlock(c) for _ in range(finer)])
+        self.head = nn.Sequential(nn.ConvTranspose2d(c, start_filters, 2, stride=2), nn.ReLU(),
+                                  nn.Conv2d(start_filters, start_filters, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(start_filters, 1, 3, padding=1))
+
+    def forward(self, grid: torch.Tensor, with_kl: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        top, noise, context = self.layout.split(grid)
+        h = self.top_block(self.top_in(top))
+        kl = grid.new_zeros(())
+        # Coarse to fine: the finer levels are stored finest first.
+        for j, i in enumerate(reversed(range(self.layout.levels - 1))):
+            h = self.up[j](h)
+            p_mu, p_logvar = self.prior[j](h).chunk(2, 1)
+            p_logvar = bounded_logvar(p_logvar)
+            if self.from_prior:
+                z = p_mu + torch.exp(0.5 * p_logvar) * noise[i]
+            else:
+                q_mu, q_logvar = self.posterior[j](torch.cat([h, context[i]], 1)).chunk(2, 1)
+                q_logvar = bounded_logvar(q_logvar)
+                z = q_mu + torch.exp(0.5 * q_logvar) * noise[i]
+                if with_kl:
+                    kl = kl + gaussian_kl(q_mu.float(), q_logvar.float(), p_mu.float(), p_logvar.float()).sum()
+            h = self.blocks[j](h + self.latent_in[j](z))
+        signal = self.head(h)
+        return (signal, kl) if with_kl else signal
+
+
+class HierarchicalVAE(nn.Module):
+    """Ladder VAE with ``levels`` latent levels at 1/2, 1/4, ... of the image's resolution.
+
+    Parameters
+    ----------
+    levels
+        Latent levels (at least 2); the latent grid is at 1 / 2**levels of the image's resolution.
+    start_filters
+        Channels of the full-resolution layers (first and last); every other layer has twice as many.
+    z_dim
+        Latent channels of each level.
+    """
+
+    kind = "hierarchical"
+
+    def __init__(self, levels: int = 3, start_filters: int = 16, z_dim: int = 16):
+        super().__init__()
+        if levels < 2:
+            raise ValueError("a hierarchical network needs at least 2 levels")
+        channels = 2 * start_filters
+        self.levels, self.start_filters, self.channels, self.level_z_dim = levels, start_filters, channels, z_dim
+        layout = _Layout(levels, z_dim, channels)
+        self.encoder = HierarchicalEncoder(layout, start_filters)
+        self.decoder = HierarchicalDecoder(layout, start_filters)
+        #: Channels of the latent grid (latents, noise and features of every level).
+        self.z_dim = layout.total
+
+    @property
+    def depth(self) -> int:
+        """Down-sampling levels (the latent grid's scale is ``2**depth``)."""
+        return self.levels
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width of network inputs must be multiples of this."""
+        return 2**self.levels
+
+    def settings(self) -> dict:
+        """The training settings that build this network again (``network.build_network``)."""
+        return {"network": self.kind, "depth": self.levels, "start_filters": self.start_filters,
+                "z_dim": self.level_z_dim}
+
+    def receptive_radius(self) -> tuple[int, int]:
+        """Upper bounds (pixels) on how far the encoder and the decoder see (see ``DivNoisingVAE``).
+
+        Encoder: the stem (3x3 at scale 1, then a stride-2 3x3), a residual block (two 3x3) per level and a
+        stride-2 3x3 between levels, and the posterior's 3x3 at the grid's scale. Decoder: the top level's
+        3x3 and residual block at the grid's scale; per finer level at scale s a prior or posterior 3x3, the
+        latent's 3x3 and a residual block (4 s, the context entering there adds nothing); the head's two 3x3
+        at scale 1. The 2x2 stride-2 transposed convolutions and pixel (un)shuffles add nothing.
+        """
+        m = self.size_multiple
+        encoder = 1 + 1  # stem
+        for i in range(self.levels):
+            s = 2 ** (i + 1)
+            if i > 0:
+                encoder += s // 2  # the stride-2 3x3 entered at the previous scale
+            encoder += 2 * s
+        encoder += m
+        decoder = m + 2 * m + sum(4 * 2 ** (i + 1) for i in range(self.levels - 1)) + 2
+        return encoder, decoder
+
+    def inference_decoder(self) -> nn.Module:
+        """A frozen copy of the decoder for inference (nothing to fold in this network)."""
+        decoder = copy.deepcopy(self.decoder)
+        for p in decoder.parameters():
+            p.requires_grad_(False)
+        return decoder.eval()
+
+    def peak_activation_elements(self) -> tuple[float, float]:
+        """Upper bounds on the activation elements per image pixel held at once by encoding and decoding."""
+        c, f = self.channels, self.start_filters
+        grid = self.z_dim / self.size_multiple**2
+        encode = 2 * f + c / 4 + c / 2 + grid  # the stem's two maps, the features kept per level, the grid
+        decode = grid + 2 * f + 1 + 3 * c / 4 + 4 * self.level_z_dim / 4
+        return encode, decode
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, logvar)`` of the latent grid for an input of shape (B, 1, H, W)."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Map latent grids (B, z_dim, H / 2**levels, W / 2**levels) to signals (B, 1, H, W)."""
+        return self.decoder(z)
+
+    def signal_and_kl(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One posterior sample per input and the KL of every level, summed: ``(signal, kl_sum, top_mu)``.
+
+        ``eps``: standard normal noise of the latent grid's shape (its feature channels are not used).
+        """
+        mu, logvar = self.encoder(x)
+        top = self.level_z_dim
+        z = torch.cat([mu[:, :top] + torch.exp(0.5 * logvar[:, :top]) * eps[:, :top],
+                       eps[:, top : top + sum(self.encoder.layout.noise)],
+                       mu[:, top + sum(self.encoder.layout.noise) :]], 1)
+        signal, kl = self.decoder(z, with_kl=True)
+        mu_top, logvar_top = mu[:, :top].float(), logvar[:, :top].float()
+        kl = kl - 0.5 * torch.sum(1 + logvar_top - mu_top.pow(2) - logvar_top.exp())
+        return signal, kl, mu_top
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(signal, mu, logvar)`` for one posterior sample per input (as ``DivNoisingVAE``)."""
+        mu, logvar = self.encode(x)
+        return self.decode(mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)), mu, logvar
