@@ -65,8 +65,10 @@ class _Editor:
             self.widget: Any = QCheckBox()
         elif self.base is str and "choices" in self.meta:
             self.widget = QComboBox()
+            if self.optional:  # an empty value is "auto", the first entry
+                self.widget.addItem(auto_text(self.name))
             self.widget.addItems(list(self.meta["choices"]))
-            self.widget.setEditable(True)  # e.g. cuda:1
+            self.widget.setEditable(not self.optional)  # e.g. cuda:1
         elif self.base is str:
             self.widget = QLineEdit()
         elif self.base is int:
@@ -85,7 +87,7 @@ class _Editor:
             self.widget.setRange(self.sentinel if self.optional else lo, hi)
             step = 10 ** -(self.widget.decimals() - 2) if lo < 1 else 1.0
             self.widget.setSingleStep(step)
-        if self.optional:
+        if self.optional and not isinstance(self.widget, QComboBox):
             self.widget.setSpecialValueText(auto_text(self.name))
         self.widget.setToolTip(self.meta.get("help", ""))
         self.set(self.default)
@@ -95,6 +97,8 @@ class _Editor:
         if isinstance(w, QCheckBox):
             return w.isChecked()
         if isinstance(w, QComboBox):
+            if self.optional and w.currentIndex() == 0:
+                return None
             return w.currentText().strip()
         if isinstance(w, QLineEdit):
             return w.text().strip()
@@ -108,7 +112,7 @@ class _Editor:
         if isinstance(w, QCheckBox):
             w.setChecked(bool(value))
         elif isinstance(w, QComboBox):
-            w.setCurrentText(str(value))
+            w.setCurrentText(auto_text(self.name) if value is None else str(value))
         elif isinstance(w, QLineEdit):
             w.setText(str(value))
         else:

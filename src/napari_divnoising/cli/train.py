@@ -80,16 +80,12 @@ def _config(args: argparse.Namespace, resume) -> TrainingConfig:  # noqa: F821
     max_minutes = args.max_minutes
     if max_minutes is None and args.max_steps is None:
         max_minutes = defaults.max_minutes
-    network = {"network": args.network or defaults.network, "depth": args.depth or defaults.depth,
-               "z_dim": args.z_dim or defaults.z_dim}
-    if resume is not None:  # a continued model keeps its network; a different one asked for is refused
-        network = {**resume.network.settings(),
-                   **{k: v for k, v in (("network", args.network), ("depth", args.depth), ("z_dim", args.z_dim))
-                      if v is not None}}
     return TrainingConfig(
         patch_size=pick(args.patch_size, "patch_size"),
         batch_size=pick(args.batch_size, "batch_size"),
-        **network,
+        network=args.network,  # empty: chosen for the network, or the continued model's own
+        depth=args.depth,
+        z_dim=args.z_dim,
         beta=pick(args.beta, "beta"),
         learning_rate=args.lr if args.lr is not None else defaults.learning_rate,
         max_minutes=max_minutes,

@@ -40,6 +40,13 @@ DEVICE_CHOSEN = tuple(CPU_DEFAULTS)
 #: Network types (``network.build_network``): one latent grid as in the DivNoising paper, or latents at
 #: several scales (``hierarchical_network``).
 NETWORK_TYPES = ("divnoising", "hierarchical")
+#: The network trained when none is asked for.
+DEFAULT_NETWORK = "divnoising"
+#: Depth and latent channels per network type (``depth`` and ``z_dim`` left empty): for the hierarchical
+#: network, 3 latent levels of 16 channels each (benchmarks/results/ablation.md).
+NETWORK_DEFAULTS = {"divnoising": {"depth": 2, "z_dim": 64}, "hierarchical": {"depth": 3, "z_dim": 16}}
+#: The settings whose empty value means "chosen for the network".
+NETWORK_CHOSEN = ("network", "depth", "z_dim")
 #: GPUs with less memory than this get :data:`SMALL_GPU_DEFAULTS`.
 SMALL_GPU_BYTES = 6 * 1024**3
 
@@ -74,16 +81,18 @@ class TrainingConfig:
     batch_size: int | None = _field(
         None, help="Patches per optimisation step; empty: chosen for the device (8 on a CPU, 32 on a GPU).",
         label="Batch size", minimum=1, maximum=1024)
-    network: str = _field(
-        "divnoising", help="Network type: divnoising (one latent grid) or hierarchical (latents at several scales: "
-        "depth latent levels of z_dim channels each; depth 3 with 16 latent channels is the measured setting).",
-        label="Network", choices=NETWORK_TYPES, advanced=True)
-    depth: int = _field(2, help="Network depth (down-sampling levels): 2 for most images, 3 for large structures.",
-                        label="Depth", minimum=1, maximum=6)
+    network: str | None = _field(
+        None, help="Network type: divnoising (one latent grid, as in the DivNoising paper) or hierarchical (latents "
+        f"at several scales); empty: {DEFAULT_NETWORK}.", label="Network", choices=NETWORK_TYPES, advanced=True)
+    depth: int | None = _field(
+        None, help="Down-sampling levels of the network (for a hierarchical network: its latent levels); empty: "
+        "chosen for the network (2 for divnoising, 3 for hierarchical).", label="Depth", minimum=1, maximum=6)
     start_filters: int | None = _field(
         None, help="Convolution filters at the first level (doubling per level); empty: chosen for the device "
         "(16 on a CPU, 32 on a GPU).", label="Filters", minimum=4, maximum=256, advanced=True)
-    z_dim: int = _field(64, help="Latent channels.", label="Latent channels", minimum=1, maximum=512, advanced=True)
+    z_dim: int | None = _field(
+        None, help="Latent channels (of each level, for a hierarchical network); empty: chosen for the network (64 for "
+        "divnoising, 16 for hierarchical).", label="Latent channels", minimum=1, maximum=512, advanced=True)
     beta: float = _field(1.0, help="Weight of the KL term: larger gives smoother, more diverse samples.",
                          label="KL weight (beta)", minimum=0.0, maximum=1e6, advanced=True)
     learning_rate: float = _field(1e-3, help="Adam learning rate.", label="Learning rate", minimum=1e-12,
@@ -163,10 +172,19 @@ class TrainingConfig:
         """The settings as a JSON-serialisable dictionary."""
         return dataclasses.asdict(self)
 
+    def network_settings(self) -> dict[str, Any]:
+        """Network type, depth and latent channels, with those left empty chosen for the network."""
+        network = self.network or DEFAULT_NETWORK
+        defaults = NETWORK_DEFAULTS.get(network, NETWORK_DEFAULTS[DEFAULT_NETWORK])
+        return {"network": network, "depth": self.depth if self.depth is not None else defaults["depth"],
+                "z_dim": self.z_dim if self.z_dim is not None else defaults["z_dim"]}
+
     def resolved(self, device: torch.device) -> TrainingConfig:
-        """A copy with the device-dependent settings (patch and batch size, filters, log interval) filled in."""
+        """A copy with the network's and the device's settings (network, depth, latent channels, patch and batch
+        size, filters, log interval) filled in."""
         defaults = device_defaults(device)
         changes: dict[str, Any] = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        changes.update(self.network_settings())
         if self.log_interval is None:
             changes["log_interval"] = 1 if device.type == "cpu" else 25
         return dataclasses.replace(self, **changes)
@@ -174,11 +192,12 @@ class TrainingConfig:
     def validate(self) -> None:
         """Raise :class:`DivNoisingError` with one clear line for the first setting out of range."""
         check_ranges(self)
-        if self.network == "hierarchical" and self.depth < 2:
+        network = self.network_settings()
+        if network["network"] == "hierarchical" and network["depth"] < 2:
             raise DivNoisingError("A hierarchical network needs depth 2 or more (its latent levels); 3 is a good "
                                   "choice.")
         if self.patch_size is not None:
-            multiple = 2**self.depth
+            multiple = 2 ** network["depth"]
             if self.patch_size < 2 * multiple or self.patch_size % multiple:
                 raise DivNoisingError(
                     f"patch size {self.patch_size} must be a multiple of {multiple} (2**depth) and at least "

@@ -155,8 +155,9 @@ def train_iter(
     check_train_args(**locals())  # types of every argument: one clear DivNoisingError line
     config = copy.deepcopy(config) if config is not None else TrainingConfig()
     config.validate()
-    if resume is not None and config.start_filters is None:  # a continued model keeps its network
-        config = dataclasses.replace(config, start_filters=resume.network.start_filters)
+    if resume is not None:  # a continued model keeps its network (settings asked for are checked against it)
+        kept = resume.network.settings()
+        config = dataclasses.replace(config, **{k: v for k, v in kept.items() if getattr(config, k) is None})
     device = resolve_device(config.device)
     config = config.resolved(device)
     config.validate()
