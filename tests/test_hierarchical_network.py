@@ -147,3 +147,15 @@ def test_prior_samples_come_from_the_learned_priors_not_from_an_image():
     assert images.shape == (3, 32, 32) and np.isfinite(images).all()
     assert images.std(0).mean() > 0.1  # different samples
     assert not model.network.decoder.from_prior  # the model's own decoder is left as it was
+
+
+def test_latent_samples_add_noise_to_the_leading_channels_only():
+    from napari_divnoising.prediction.engine import latent_samples
+
+    mu, std = torch.randn(1, 5, 3, 4), torch.rand(1, 5, 3, 4)
+    eps = torch.randn(2, 3, 3, 4)
+    z = latent_samples(mu, std, eps)
+    torch.testing.assert_close(z[:, :3], mu[:, :3] + std[:, :3] * eps)
+    torch.testing.assert_close(z[:, 3:], mu[:, 3:].expand(2, -1, -1, -1))
+    full = torch.randn(2, 5, 3, 4)
+    torch.testing.assert_close(latent_samples(mu, std, full), mu + std * full)

@@ -1,4 +1,4 @@
-"""A hierarchical (ladder) variational autoencoder for DivNoising (docs/method.md section 9).
+"""A hierarchical (ladder) variational autoencoder for DivNoising (docs/method.md section 8).
 
 Latents at several scales (half, a quarter and an eighth of the image's resolution for three levels), in
 the spirit of hierarchical DivNoising (HDN, Prakash et al., ICLR 2022): a bottom-up pass computes
@@ -54,7 +54,7 @@ class ResidualBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+        return x + self.conv2(F.relu(self.conv1(F.relu(x)), inplace=True))
 
 
 class _Layout:
@@ -85,7 +85,7 @@ class HierarchicalEncoder(nn.Module):
         super().__init__()
         c = layout.channels
         self.layout = layout
-        self.stem = nn.Sequential(nn.Conv2d(1, start_filters, 3, padding=1), nn.ReLU(),
+        self.stem = nn.Sequential(nn.Conv2d(1, start_filters, 3, padding=1), nn.ReLU(inplace=True),
                                   nn.Conv2d(start_filters, c, 3, stride=2, padding=1))
         self.levels = nn.ModuleList(
             [nn.Sequential(ResidualBlock(c))]
@@ -130,8 +130,8 @@ class HierarchicalDecoder(nn.Module):
         self.posterior = nn.ModuleList([nn.Conv2d(2 * c, 2 * z, 3, padding=1) for _ in range(finer)])
         self.latent_in = nn.ModuleList([nn.Conv2d(z, c, 3, padding=1) for _ in range(finer)])
         self.blocks = nn.ModuleList([ResidualBlock(c) for _ in range(finer)])
-        self.head = nn.Sequential(nn.ConvTranspose2d(c, start_filters, 2, stride=2), nn.ReLU(),
-                                  nn.Conv2d(start_filters, start_filters, 3, padding=1), nn.ReLU(),
+        self.head = nn.Sequential(nn.ConvTranspose2d(c, start_filters, 2, stride=2), nn.ReLU(inplace=True),
+                                  nn.Conv2d(start_filters, start_filters, 3, padding=1), nn.ReLU(inplace=True),
                                   nn.Conv2d(start_filters, 1, 3, padding=1))
 
     def forward(self, grid: torch.Tensor, with_kl: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -182,6 +182,12 @@ class HierarchicalVAE(nn.Module):
         self.decoder = HierarchicalDecoder(layout, start_filters)
         #: Channels of the latent grid (latents, noise and features of every level).
         self.z_dim = layout.total
+
+    @property
+    def noise_channels(self) -> int:
+        """The leading channels of the latent grid that take standard normal noise: the top latents and the finer
+        levels' noise (the features after them take none)."""
+        return self.level_z_dim + sum(self.encoder.layout.noise)
 
     @property
     def depth(self) -> int:
@@ -244,7 +250,7 @@ class HierarchicalVAE(nn.Module):
     def signal_and_kl(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One posterior sample per input and the KL of every level, summed: ``(signal, kl_sum, top_mu)``.
 
-        ``eps``: standard normal noise of the latent grid's shape (its feature channels are not used).
+        ``eps``: standard normal noise of the latent grid's first :attr:`noise_channels` channels.
         """
         mu, logvar = self.encoder(x)
         top = self.level_z_dim

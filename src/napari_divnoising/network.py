@@ -64,6 +64,11 @@ class DivNoisingVAE(nn.Module):
         """Height and width of network inputs must be multiples of this."""
         return 2**self.depth
 
+    @property
+    def noise_channels(self) -> int:
+        """Channels of the latent grid that take standard normal noise (all of them here)."""
+        return self.z_dim
+
     def settings(self) -> dict:
         """The training settings that build this network again (:func:`build_network`)."""
         return {"network": self.kind, "depth": self.depth, "start_filters": self.start_filters, "z_dim": self.z_dim}

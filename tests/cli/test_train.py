@@ -100,3 +100,21 @@ def test_a_missing_gpu_is_one_line_before_any_progress(tmp_path, noisy_tif, caps
         "use --device cpu or auto."
     ]
     assert captured.out == "" and not out.exists()
+
+
+def test_hierarchical_network_trains_and_continues_with_its_own_settings(tmp_path, noisy_tif, capsys):
+    out = tmp_path / "h.pt"
+    assert main(["train", "--data", str(noisy_tif), "--co-learn", "--network", "hierarchical", "--out", str(out),
+                 *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "hierarchical network, depth 3, 16 filters, 16 latent channels per level" in printed
+    assert load_model(out).network.settings() == {"network": "hierarchical", "depth": 3, "start_filters": 16,
+                                                  "z_dim": 16}
+    # Continued without network options: it keeps its own; asked for another one: refused in one line.
+    assert main(["train", "--data", str(noisy_tif), "--resume", str(out), "--out", str(out), "--max-steps", "14"]) == 0
+    assert load_model(out).history["steps"] == 12 + 14
+    capsys.readouterr()
+    assert main(["train", "--data", str(noisy_tif), "--resume", str(out), "--out", str(out), "--network",
+                 "divnoising", "--max-steps", "16"]) == 1
+    err = capsys.readouterr().err
+    assert "has network hierarchical, but network divnoising was asked for" in err and "Traceback" not in err

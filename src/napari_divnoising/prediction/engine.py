@@ -98,6 +98,16 @@ def encode_frame(
     yield mu_grid, std_grid
 
 
+def latent_samples(mu: torch.Tensor, std: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """``z = mu + std * eps`` for samples ``eps`` (k, c, h, w) of the first c channels of a latent grid crop
+    ``mu``, ``std`` (1, z_dim, h, w); the channels after them (a hierarchical network's features) are ``mu``."""
+    n = eps.shape[1]
+    z = torch.addcmul(mu[:, :n], std[:, :n], eps)
+    if n == mu.shape[1]:
+        return z
+    return torch.cat([z, mu[:, n:].expand(len(eps), -1, -1, -1)], 1)
+
+
 def decode_samples(
     model: Any,
     net: DivNoisingVAE,
@@ -127,7 +137,7 @@ def decode_samples(
 
         def decode_group() -> torch.Tensor | None:
             (r0, r1, _, _), (c0, c1, _, _) = group[0]
-            if mu.is_cuda:
+            if mu.is_cuda and net.noise_channels == net.z_dim:
                 z = torch.empty((len(group) * k, net.z_dim, r1 - r0, c1 - c0), device=mu.device,
                                 memory_format=torch.channels_last)
                 for t, ((r0, r1, _, _), (c0, c1, _, _)) in enumerate(group):  # z = mu + std * eps, written once
@@ -135,8 +145,8 @@ def decode_samples(
                     torch.addcmul(mu[..., r0:r1, c0:c1], std[..., r0:r1, c0:c1], eps, out=z[t * k : (t + 1) * k])
             else:
                 # On a CPU, writing channels-last directly is several times slower than converting afterwards.
-                latents = [torch.addcmul(mu[..., r0:r1, c0:c1], std[..., r0:r1, c0:c1],
-                                         noise.crop(samples, (r0, r1), (c0, c1)))
+                latents = [latent_samples(mu[..., r0:r1, c0:c1], std[..., r0:r1, c0:c1],
+                                          noise.crop(samples, (r0, r1), (c0, c1)))
                            for (r0, r1, _, _), (c0, c1, _, _) in group]
                 z = (latents[0] if len(latents) == 1 else torch.cat(latents)).contiguous(
                     memory_format=torch.channels_last)

@@ -71,7 +71,7 @@ def generate_prior_iter(
     base_seed = new_seed(seed)
     m = net.size_multiple
     latent = (-(-h // m), -(-w // m))
-    noise = frame_noise(base_seed, net.z_dim, latent, dev)
+    noise = frame_noise(base_seed, net.noise_channels, latent, dev)
     images = np.empty((count, h, w), np.float32)
     batch = plan.batch
     try:

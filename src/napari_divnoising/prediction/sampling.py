@@ -228,7 +228,7 @@ def predict_iter(
                     view_label = label if len(views) == 1 else f"{label}, view {index + 1}/{len(views)}"
                     frame = stack[f] if index == 0 else view.apply(stack[f])
                     mu, std = yield from _encode(job, frame, view_label)
-                    noise = frame_noise(frame_seed(base_seed, f, n_frames), net.z_dim, mu.shape[-2:], dev)
+                    noise = frame_noise(frame_seed(base_seed, f, n_frames), net.noise_channels, mu.shape[-2:], dev)
                     yield from _sample(job, mu, std, noise, (f, n_frames), (start, start + count, n_samples), view,
                                        moments, frame_kept, all_samples, copies, label)
                     start += count

@@ -170,6 +170,7 @@ def _predict_region(
 
     from ..network import pad_to_multiple
     from ..prediction import RunningMoments, default_batch_size, latent_noise, tile_margin
+    from ..prediction.engine import latent_samples
 
     net = _inference_net(model)
     dev = model.device
@@ -221,8 +222,8 @@ def _predict_region(
         k = min(batch, n - done)
 
         def decode(done: int = done, k: int = k) -> np.ndarray:
-            eps = latent_noise(seed, range(done, done + k), lr, lc, net.z_dim, dev)
-            z = mu + std * eps
+            eps = latent_noise(seed, range(done, done + k), lr, lc, net.noise_channels, dev)
+            z = latent_samples(mu, std, eps)
             out = net.decode(z.contiguous(memory_format=torch.channels_last))[:, 0, iy, ix]
             return model.denormalize(out.float()).cpu().numpy()
 

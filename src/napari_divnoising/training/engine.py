@@ -181,9 +181,9 @@ def train_iter(
     initial_noise_model_state = {k: v.clone() for k, v in model.noise_model.state_dict().items()}
     rng = np.random.default_rng([config.seed, start_step])
     next_batch = batch_source(data, config, device, rng, start_step)
-    validation_set = ValidationSet(data, config, model.network.z_dim, model.network.size_multiple, device)
+    validation_set = ValidationSet(data, config, model.network.noise_channels, model.network.size_multiple, device)
     lat = config.patch_size // model.network.size_multiple
-    latent_shape = (config.batch_size, model.network.z_dim, lat, lat)
+    latent_shape = (config.batch_size, model.network.noise_channels, lat, lat)
     max_seconds = config.max_minutes * 60.0 if config.max_minutes is not None else math.inf
     run_steps = config.max_steps
     target_step = start_step + run_steps if run_steps is not None else None

@@ -36,7 +36,7 @@ def loss_terms(
     if isinstance(net, HierarchicalVAE):  # its KL involves the learned priors of the finer levels
         if eps is None:
             m = net.size_multiple
-            eps = torch.randn((x_raw.shape[0], net.z_dim, x_raw.shape[-2] // m, x_raw.shape[-1] // m),
+            eps = torch.randn((x_raw.shape[0], net.noise_channels, x_raw.shape[-2] // m, x_raw.shape[-1] // m),
                               device=x_raw.device)
         with autocast or contextlib.nullcontext():
             signal_norm, kl_sum, _ = net.signal_and_kl(x_norm, eps)
