@@ -549,8 +549,8 @@ def test_free_space_check_counts_the_network_being_trained(cli, data, disk):
     """A small network fits the 4 MB disk (best + last + one temporary copy); a depth-3 one would not."""
     from napari_divnoising.model_io import load_model
 
-    result = cli("train", "--data", data / "noisy.tif", "--co-learn", "--out", disk / "m.pt", "--depth", "1",
-                 *TRAIN_FAST)
+    result = cli("train", "--data", data / "noisy.tif", "--co-learn", "--out", disk / "m.pt", "--network",
+                 "divnoising", "--depth", "1", *TRAIN_FAST)
     assert result.rc == 0, result.text
     assert load_model(disk / "m.pt").history["steps"] == 2
 

@@ -13,7 +13,7 @@ from napari_divnoising.model_io import load_model, save_model
 from napari_divnoising.network import DivNoisingVAE, build_network
 from napari_divnoising.noise_models import GaussianNoiseModel
 from napari_divnoising.prediction import generate_prior, predict
-from napari_divnoising.training import TrainingConfig
+from napari_divnoising.training import TrainingConfig, train_iter
 
 
 def small_net(levels: int = 3, seed: int = 0) -> HierarchicalVAE:
@@ -109,6 +109,10 @@ def test_build_network_and_settings_round_trip():
 def test_config_refuses_a_single_level_hierarchy():
     with pytest.raises(DivNoisingError, match="depth 2 or more"):
         TrainingConfig(network="hierarchical", depth=1).validate()
+    with pytest.raises(DivNoisingError, match="network divnoising for depth 1"):  # the CPU's choice, depth 1
+        next(iter(train_iter(np.zeros((2, 64, 64), np.float32), 10.0, TrainingConfig(depth=1, max_steps=1,
+                                                                                        device="cpu"))))
+    TrainingConfig(depth=1).validate()  # with the network left to the device, a GPU could train it
     with pytest.raises(DivNoisingError, match="network must be one of"):
         TrainingConfig(network="unet").validate()
 

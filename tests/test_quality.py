@@ -15,7 +15,10 @@ import pytest
 from napari_divnoising.metrics import psnr
 from napari_divnoising.prediction import predict
 from napari_divnoising.training import TrainingConfig, TrainingDone, TrainingWarning, train_iter
-from napari_divnoising.training.config import DEFAULT_NETWORK, NETWORK_TYPES
+from napari_divnoising.training.config import CPU_DEFAULTS, NETWORK_TYPES
+
+#: The network a CPU trains by default.
+DEFAULT_NETWORK = CPU_DEFAULTS["network"]
 
 SEEDS = (0, 1, 2)
 #: (network, seed) of every training run: each seed of the default network, one of the other.

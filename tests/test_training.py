@@ -47,9 +47,11 @@ def data():
 
 
 def small_config(**kw) -> TrainingConfig:
-    """A tiny network (4 filters, 4 latent channels) for tests of the loop's logic, not of denoising quality."""
-    base = dict(patch_size=32, batch_size=4, depth=2, start_filters=4, z_dim=4, max_steps=40, max_minutes=None,
-                learning_rate=3e-3, n_validation_patches=8, validation_interval=10, kl_annealing_steps=10)
+    """A tiny DivNoising network (4 filters, 4 latent channels) for tests of the loop's logic, not of denoising
+    quality."""
+    base = dict(network="divnoising", patch_size=32, batch_size=4, depth=2, start_filters=4, z_dim=4, max_steps=40,
+                max_minutes=None, learning_rate=3e-3, n_validation_patches=8, validation_interval=10,
+                kl_annealing_steps=10)
     base.update(kw)
     return TrainingConfig(**base)
 

@@ -82,6 +82,13 @@ def test_speed_scripts_run_against_the_current_package(benchmark_script, script,
     assert figures[script] is not None and figures[script] > 0
 
 
+def test_network_speed_script_measures_both_networks(benchmark_script, capsys):
+    assert benchmark_script("bench_networks").main(["--quick", "--no-save", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.startswith("| divnoising") or line.startswith("| hier")]
+    assert len(rows) == 2 and all(float(row.split("|")[2]) > 0 for row in rows), printed
+
+
 def test_speed_scaling_child_measures_time_and_memory(benchmark_script, common):
     run_speed = benchmark_script("run_speed")
     ballast = np.ones(64 * 2**20)  # 512 MiB resident in this process: must not show in the child's peak

@@ -28,7 +28,8 @@ def test_colearn_writes_best_and_last_and_summary(tmp_path, noisy_tif, capsys):
     assert main(["train", "--data", str(noisy_tif), "--co-learn", "--out", str(out), *FAST]) == 0
     printed = capsys.readouterr().out
     assert "12 steps" in printed and "Learned noise model: variance =" in printed and str(out) in printed
-    assert "depth 2, 16 filters, 64 latent channels" in printed  # the network the CPU's defaults chose
+    # the network the CPU's defaults chose
+    assert "hierarchical network, depth 3, 16 filters, 16 latent channels per level" in printed
     model = load_model(out)
     assert model.noise_model.kind == "gaussian" and model.config["patch_size"] == 32
     assert load_model(tmp_path / "m.last.pt").history["steps"] == 12
@@ -102,19 +103,19 @@ def test_a_missing_gpu_is_one_line_before_any_progress(tmp_path, noisy_tif, caps
     assert captured.out == "" and not out.exists()
 
 
-def test_hierarchical_network_trains_and_continues_with_its_own_settings(tmp_path, noisy_tif, capsys):
+def test_the_other_network_trains_and_continues_with_its_own_settings(tmp_path, noisy_tif, capsys):
     out = tmp_path / "h.pt"
-    assert main(["train", "--data", str(noisy_tif), "--co-learn", "--network", "hierarchical", "--out", str(out),
+    assert main(["train", "--data", str(noisy_tif), "--co-learn", "--network", "divnoising", "--out", str(out),
                  *FAST]) == 0
     printed = capsys.readouterr().out
-    assert "hierarchical network, depth 3, 16 filters, 16 latent channels per level" in printed
-    assert load_model(out).network.settings() == {"network": "hierarchical", "depth": 3, "start_filters": 16,
-                                                  "z_dim": 16}
+    assert "divnoising network, depth 2, 16 filters, 64 latent channels," in printed
+    assert load_model(out).network.settings() == {"network": "divnoising", "depth": 2, "start_filters": 16,
+                                                  "z_dim": 64}
     # Continued without network options: it keeps its own; asked for another one: refused in one line.
     assert main(["train", "--data", str(noisy_tif), "--resume", str(out), "--out", str(out), "--max-steps", "14"]) == 0
     assert load_model(out).history["steps"] == 12 + 14
     capsys.readouterr()
     assert main(["train", "--data", str(noisy_tif), "--resume", str(out), "--out", str(out), "--network",
-                 "divnoising", "--max-steps", "16"]) == 1
+                 "hierarchical", "--max-steps", "16"]) == 1
     err = capsys.readouterr().err
-    assert "has network hierarchical, but network divnoising was asked for" in err and "Traceback" not in err
+    assert "has network divnoising, but network hierarchical was asked for" in err and "Traceback" not in err

@@ -28,9 +28,9 @@ def test_average_follows_its_formula_and_applied_restores_the_live_weights():
 
 
 def _config(**kw) -> TrainingConfig:
-    base = dict(patch_size=16, batch_size=2, depth=1, start_filters=4, z_dim=2, n_validation_patches=4,
-                max_minutes=None, max_steps=30, validations_per_run=1, kl_annealing_fraction=0.0, seed=3,
-                device="cpu")
+    base = dict(network="divnoising", patch_size=16, batch_size=2, depth=1, start_filters=4, z_dim=2,
+                n_validation_patches=4, max_minutes=None, max_steps=30, validations_per_run=1,
+                kl_annealing_fraction=0.0, seed=3, device="cpu")
     base.update(kw)
     return TrainingConfig(**base)
 

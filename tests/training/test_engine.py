@@ -41,8 +41,8 @@ class StepClock:
 
 
 def tiny_config(**kw) -> TrainingConfig:
-    base = dict(patch_size=16, batch_size=2, depth=1, start_filters=4, z_dim=2, n_validation_patches=4,
-                max_minutes=None, max_steps=None, learning_rate=1e-3)
+    base = dict(network="divnoising", patch_size=16, batch_size=2, depth=1, start_filters=4, z_dim=2,
+                n_validation_patches=4, max_minutes=None, max_steps=None, learning_rate=1e-3)
     base.update(kw)
     return TrainingConfig(**base)
 
@@ -98,14 +98,19 @@ def test_step_budget_reports_its_use_and_the_rate(images):
     assert done.history["runs"][-1]["budget_used"] == pytest.approx(1.0)
 
 
-def test_device_defaults_fill_patch_batch_size_and_filters(images):
-    assert device_defaults("cpu") == {"patch_size": 64, "batch_size": 8, "start_filters": 16}
+def test_device_defaults_fill_patch_batch_size_filters_and_network(images):
+    assert device_defaults("cpu") == {"patch_size": 64, "batch_size": 8, "start_filters": 16,
+                                      "network": "hierarchical"}
     started = next(iter(train_iter(np.zeros((2, 80, 80), np.float32) + np.arange(80), 10.0,
                                    TrainingConfig(max_steps=1, device="cpu"))))
     assert isinstance(started, TrainingStarted)
     assert started.config["patch_size"] == 64 and started.config["batch_size"] == 8
     assert started.config["start_filters"] == 16 and started.model.network.start_filters == 16
     assert started.config["log_interval"] == 1
+    # and the network's own depth and latent channels
+    assert (started.config["network"], started.config["depth"], started.config["z_dim"]) == ("hierarchical", 3, 16)
+    assert started.model.network.settings() == {"network": "hierarchical", "depth": 3, "start_filters": 16,
+                                                "z_dim": 16}
 
 
 def test_a_continued_model_keeps_its_filters_when_they_are_left_to_the_device(images):

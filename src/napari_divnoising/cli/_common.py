@@ -28,8 +28,8 @@ def checkpoint_bytes(config: Any) -> int:
     filters = config.start_filters
     if filters is None:  # chosen for the device when training starts: count the widest
         filters = max(d["start_filters"] for d in (CPU_DEFAULTS, GPU_DEFAULTS, SMALL_GPU_DEFAULTS))
-    network = config.network_settings()
-    return 3 * estimate_file_bytes(network["depth"], filters, network["z_dim"], network=network["network"])
+    return 3 * max(estimate_file_bytes(network["depth"], filters, network["z_dim"], network=network["network"])
+                   for network in config.possible_network_settings())
 
 
 def check_output_path(

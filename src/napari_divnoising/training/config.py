@@ -29,24 +29,22 @@ from ..errors import DivNoisingError
 if TYPE_CHECKING:
     import torch
 
-#: Patch size, batch size and first-level filters per device type. On a CPU, which is compute-bound,
-#: more and cheaper steps learn more in a time budget (benchmarks/results/ablation.md); a GPU is not
-#: compute-bound at these sizes (on an H200, batch 32 x 128^2 costs about what 8 x 64^2 does).
-CPU_DEFAULTS = {"patch_size": 64, "batch_size": 8, "start_filters": 16}
-GPU_DEFAULTS = {"patch_size": 128, "batch_size": 32, "start_filters": 32}
-SMALL_GPU_DEFAULTS = {"patch_size": 128, "batch_size": 16, "start_filters": 32}
+#: Patch size, batch size, first-level filters and network type per device type. On a CPU, which is
+#: compute-bound, more and cheaper steps learn more in a time budget, and the hierarchical network learns
+#: more than the DivNoising network in the same time (benchmarks/results/ablation.md); a GPU is not
+#: compute-bound at these sizes (on an H200, batch 32 x 128^2 costs about what 8 x 64^2 does) and keeps the
+#: network measured there.
+CPU_DEFAULTS = {"patch_size": 64, "batch_size": 8, "start_filters": 16, "network": "hierarchical"}
+GPU_DEFAULTS = {"patch_size": 128, "batch_size": 32, "start_filters": 32, "network": "divnoising"}
+SMALL_GPU_DEFAULTS = {"patch_size": 128, "batch_size": 16, "start_filters": 32, "network": "divnoising"}
 #: The settings whose empty value means "chosen for the device".
 DEVICE_CHOSEN = tuple(CPU_DEFAULTS)
 #: Network types (``network.build_network``): one latent grid as in the DivNoising paper, or latents at
 #: several scales (``hierarchical_network``).
 NETWORK_TYPES = ("divnoising", "hierarchical")
-#: The network trained when none is asked for.
-DEFAULT_NETWORK = "divnoising"
 #: Depth and latent channels per network type (``depth`` and ``z_dim`` left empty): for the hierarchical
 #: network, 3 latent levels of 16 channels each (benchmarks/results/ablation.md).
 NETWORK_DEFAULTS = {"divnoising": {"depth": 2, "z_dim": 64}, "hierarchical": {"depth": 3, "z_dim": 16}}
-#: The settings whose empty value means "chosen for the network".
-NETWORK_CHOSEN = ("network", "depth", "z_dim")
 #: GPUs with less memory than this get :data:`SMALL_GPU_DEFAULTS`.
 SMALL_GPU_BYTES = 6 * 1024**3
 
@@ -83,7 +81,8 @@ class TrainingConfig:
         label="Batch size", minimum=1, maximum=1024)
     network: str | None = _field(
         None, help="Network type: divnoising (one latent grid, as in the DivNoising paper) or hierarchical (latents "
-        f"at several scales); empty: {DEFAULT_NETWORK}.", label="Network", choices=NETWORK_TYPES, advanced=True)
+        "at several scales); empty: chosen for the device (hierarchical on a CPU, divnoising on a GPU).",
+        label="Network", choices=NETWORK_TYPES, advanced=True)
     depth: int | None = _field(
         None, help="Down-sampling levels of the network (for a hierarchical network: its latent levels); empty: "
         "chosen for the network (2 for divnoising, 3 for hierarchical).", label="Depth", minimum=1, maximum=6)
@@ -172,19 +171,30 @@ class TrainingConfig:
         """The settings as a JSON-serialisable dictionary."""
         return dataclasses.asdict(self)
 
-    def network_settings(self) -> dict[str, Any]:
-        """Network type, depth and latent channels, with those left empty chosen for the network."""
-        network = self.network or DEFAULT_NETWORK
-        defaults = NETWORK_DEFAULTS.get(network, NETWORK_DEFAULTS[DEFAULT_NETWORK])
-        return {"network": network, "depth": self.depth if self.depth is not None else defaults["depth"],
+    def network_settings(self, network: str | None = None) -> dict[str, Any]:
+        """Network type, depth and latent channels, those left empty chosen for the network (``network`` where
+        the type is left empty; None: the type the config names, which must not be empty)."""
+        kind = self.network or network
+        if kind not in NETWORK_DEFAULTS:
+            raise ValueError(f"network {kind!r}: give a network type")
+        defaults = NETWORK_DEFAULTS[kind]
+        return {"network": kind, "depth": self.depth if self.depth is not None else defaults["depth"],
                 "z_dim": self.z_dim if self.z_dim is not None else defaults["z_dim"]}
 
+    def possible_network_settings(self) -> list[dict[str, Any]]:
+        """:meth:`network_settings` for each network type this config may train (one when the type is set; with
+        the type left to the device, those that can be built with the depth asked for)."""
+        if self.network:
+            return [self.network_settings()]
+        every = [self.network_settings(kind) for kind in NETWORK_TYPES]
+        return [s for s in every if not (s["network"] == "hierarchical" and s["depth"] < 2)]
+
     def resolved(self, device: torch.device) -> TrainingConfig:
-        """A copy with the network's and the device's settings (network, depth, latent channels, patch and batch
-        size, filters, log interval) filled in."""
+        """A copy with the device's and the network's settings (network type, patch and batch size, filters,
+        depth, latent channels, log interval) filled in."""
         defaults = device_defaults(device)
         changes: dict[str, Any] = {k: v for k, v in defaults.items() if getattr(self, k) is None}
-        changes.update(self.network_settings())
+        changes.update(self.network_settings(changes.get("network")))
         if self.log_interval is None:
             changes["log_interval"] = 1 if device.type == "cpu" else 25
         return dataclasses.replace(self, **changes)
@@ -192,12 +202,11 @@ class TrainingConfig:
     def validate(self) -> None:
         """Raise :class:`DivNoisingError` with one clear line for the first setting out of range."""
         check_ranges(self)
-        network = self.network_settings()
-        if network["network"] == "hierarchical" and network["depth"] < 2:
-            raise DivNoisingError("A hierarchical network needs depth 2 or more (its latent levels); 3 is a good "
-                                  "choice.")
+        if self.network == "hierarchical" and self.depth is not None and self.depth < 2:
+            raise DivNoisingError("A hierarchical network (the default on a CPU) needs depth 2 or more (its latent "
+                                  "levels); choose depth 3, or network divnoising for depth 1.")
         if self.patch_size is not None:
-            multiple = 2 ** network["depth"]
+            multiple = max(2 ** network["depth"] for network in self.possible_network_settings())
             if self.patch_size < 2 * multiple or self.patch_size % multiple:
                 raise DivNoisingError(
                     f"patch size {self.patch_size} must be a multiple of {multiple} (2**depth) and at least "
