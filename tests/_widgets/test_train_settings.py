@@ -53,6 +53,16 @@ def test_changed_settings_reach_the_config(panel):
     assert panel.training_config().patch_size is None
 
 
+def test_network_choice_offers_the_devices_choice_and_both_networks(panel):
+    combo = panel.advanced_settings.editors["network"].widget
+    assert [combo.itemText(i) for i in range(combo.count())] == ["auto (device)", "divnoising", "hierarchical"]
+    assert not combo.isEditable() and panel.training_config().network is None
+    combo.setCurrentText("divnoising")
+    assert panel.training_config().network == "divnoising"
+    panel.advanced_settings.editors["network"].set(None)
+    assert combo.currentIndex() == 0 and panel.training_config().network is None
+
+
 def test_an_unknown_setting_fails_loudly():
     with pytest.raises(TypeError):
         make_training_config(learning_rat=0.1)
