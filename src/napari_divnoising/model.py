@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .hierarchical_network import HierarchicalVAE
 from .network import DivNoisingVAE
 
 
@@ -22,7 +23,8 @@ class DivNoisingModel:
     Attributes
     ----------
     network
-        The VAE; works in normalised units.
+        The VAE (:class:`~napari_divnoising.network.DivNoisingVAE` or
+        :class:`~napari_divnoising.hierarchical_network.HierarchicalVAE`); works in normalised units.
     noise_model
         :class:`~napari_divnoising.noise_models.GMMNoiseModel` or
         :class:`~napari_divnoising.noise_models.GaussianNoiseModel`; raw units.
@@ -40,7 +42,7 @@ class DivNoisingModel:
         checkpoints so that "continue training" resumes exactly; ``None`` when not kept.
     """
 
-    network: DivNoisingVAE
+    network: DivNoisingVAE | HierarchicalVAE
     noise_model: nn.Module
     data_mean: float
     data_std: float
