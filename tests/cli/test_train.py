@@ -28,8 +28,8 @@ def test_colearn_writes_best_and_last_and_summary(tmp_path, noisy_tif, capsys):
     assert main(["train", "--data", str(noisy_tif), "--co-learn", "--out", str(out), *FAST]) == 0
     printed = capsys.readouterr().out
     assert "12 steps" in printed and "Learned noise model: variance =" in printed and str(out) in printed
-    # the network the CPU's defaults chose
-    assert "hierarchical network, depth 3, 16 filters, 16 latent channels per level" in printed
+    # the network the CPU's defaults chose for co-learning
+    assert "divnoising network, depth 2, 16 filters, 64 latent channels," in printed
     model = load_model(out)
     assert model.noise_model.kind == "gaussian" and model.config["patch_size"] == 32
     assert load_model(tmp_path / "m.last.pt").history["steps"] == 12

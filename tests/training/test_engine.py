@@ -9,6 +9,7 @@ from napari_divnoising.errors import DivNoisingError
 from napari_divnoising.model_io import load_model
 from napari_divnoising.noise_models import GaussianNoiseModel
 from napari_divnoising.training import (
+    COLEARN,
     CheckpointSaved,
     TrainingConfig,
     TrainingDone,
@@ -219,3 +220,12 @@ def test_colearned_noise_model_starts_from_the_data_noise_line():
     flat = resolve_noise_model(None, float(np.mean(frames)), float(np.std(frames)), frames,
                                TrainingConfig(noise_warm_start=False))
     assert flat.a == 0.0 and flat.b > 0
+
+
+def test_the_cpu_trains_the_hierarchical_network_unless_the_noise_model_is_co_learned():
+    frames = np.zeros((2, 80, 80), np.float32) + np.arange(80)
+    for noise, network in ((10.0, "hierarchical"), (COLEARN, "divnoising"), (None, "divnoising")):
+        started = next(iter(train_iter(frames, noise, TrainingConfig(max_steps=1, device="cpu"))))
+        assert started.config["network"] == network and started.model.network.settings()["network"] == network
+    asked = next(iter(train_iter(frames, COLEARN, TrainingConfig(max_steps=1, device="cpu", network="hierarchical"))))
+    assert asked.config["network"] == "hierarchical"  # what the user asks for is what trains

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 #: Patch size, batch size, first-level filters and network type per device type. On a CPU, which is
 #: compute-bound, more and cheaper steps learn more in a time budget, and the hierarchical network learns
-#: more than the DivNoising network in the same time (benchmarks/results/ablation.md); a GPU is not
+#: more than the DivNoising network in the same time (benchmarks/results/ablation.md; co-learning the noise
+#: model keeps the DivNoising network, see ``train_iter``); a GPU is not
 #: compute-bound at these sizes (on an H200, batch 32 x 128^2 costs about what 8 x 64^2 does) and keeps the
 #: network measured there.
 CPU_DEFAULTS = {"patch_size": 64, "batch_size": 8, "start_filters": 16, "network": "hierarchical"}
@@ -81,7 +82,8 @@ class TrainingConfig:
         label="Batch size", minimum=1, maximum=1024)
     network: str | None = _field(
         None, help="Network type: divnoising (one latent grid, as in the DivNoising paper) or hierarchical (latents "
-        "at several scales); empty: chosen for the device (hierarchical on a CPU, divnoising on a GPU).",
+        "at several scales); empty: hierarchical on a CPU with a given noise model, else divnoising (on a GPU, "
+        "and when co-learning the noise model).",
         label="Network", choices=NETWORK_TYPES, advanced=True)
     depth: int | None = _field(
         None, help="Down-sampling levels of the network (for a hierarchical network: its latent levels); empty: "
