@@ -113,6 +113,7 @@ def test_config_refuses_a_single_level_hierarchy():
         next(iter(train_iter(np.zeros((2, 64, 64), np.float32), 10.0, TrainingConfig(depth=1, max_steps=1,
                                                                                         device="cpu"))))
     TrainingConfig(depth=1).validate()  # with the network left to the device, a GPU could train it
+    assert TrainingConfig(network="Hierarchical").resolved(torch.device("cpu")).network == "hierarchical"
     with pytest.raises(DivNoisingError, match="network must be one of"):
         TrainingConfig(network="unet").validate()
 

@@ -119,3 +119,7 @@ def test_the_other_network_trains_and_continues_with_its_own_settings(tmp_path, 
                  "hierarchical", "--max-steps", "16"]) == 1
     err = capsys.readouterr().err
     assert "has network divnoising, but network hierarchical was asked for" in err and "Traceback" not in err
+    assert main(["train", "--data", str(noisy_tif), "--sigma", "3", "--network", "Unet", "--out",
+                 str(tmp_path / "u.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "network must be one of divnoising, hierarchical (got 'Unet')" in err and "Traceback" not in err

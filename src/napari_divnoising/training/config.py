@@ -176,9 +176,10 @@ class TrainingConfig:
     def network_settings(self, network: str | None = None) -> dict[str, Any]:
         """Network type, depth and latent channels, those left empty chosen for the network (``network`` where
         the type is left empty; None: the type the config names, which must not be empty)."""
-        kind = self.network or network
+        kind = (self.network or network or "").strip().lower()
         if kind not in NETWORK_DEFAULTS:
-            raise ValueError(f"network {kind!r}: give a network type")
+            asked = self.network or network
+            raise DivNoisingError(f"network must be one of {', '.join(NETWORK_TYPES)} (got {asked!r}).")
         defaults = NETWORK_DEFAULTS[kind]
         return {"network": kind, "depth": self.depth if self.depth is not None else defaults["depth"],
                 "z_dim": self.z_dim if self.z_dim is not None else defaults["z_dim"]}
