@@ -130,7 +130,8 @@ def estimate_file_bytes(
     depth: int = 2, start_filters: int = 32, z_dim: int = 64, with_training_state: bool = True,
     network: str = "divnoising",
 ) -> int:
-    """About how many bytes :func:`save_model` writes for a network of this size (for free-space checks).
+    """About how many bytes :func:`save_model` writes for a network of this size (for free-space checks);
+    the settings are those of the network's ``settings()``.
 
     The weights, plus Adam's two moments per weight when ``with_training_state``, plus a margin for the
     metadata and history.

@@ -461,10 +461,8 @@ class TrainWidget(QWidget):
             report_exception(DivNoisingError("There is no model to save yet; train or load one."), "Saving")
             return None
         try:
-            settings = self.model.network.settings()
-            need = estimate_file_bytes(settings["depth"], settings["start_filters"], settings["z_dim"],
-                                       with_training_state=self.model.training_state is not None,
-                                       network=settings["network"])
+            need = estimate_file_bytes(**self.model.network.settings(),
+                                       with_training_state=self.model.training_state is not None)
             check_output_file(path, force=True, planned_bytes=need, what="model")
             written = save_model(self.model, path)
         except (DivNoisingError, OSError) as exc:

@@ -28,7 +28,7 @@ def checkpoint_bytes(config: Any) -> int:
     filters = config.start_filters
     if filters is None:  # chosen for the device when training starts: count the widest
         filters = max(d["start_filters"] for d in (CPU_DEFAULTS, GPU_DEFAULTS, SMALL_GPU_DEFAULTS))
-    return 3 * max(estimate_file_bytes(network["depth"], filters, network["z_dim"], network=network["network"])
+    return 3 * max(estimate_file_bytes(**network, start_filters=filters)
                    for network in config.possible_network_settings())
 
 
