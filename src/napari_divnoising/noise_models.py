@@ -195,7 +195,7 @@ class GaussianNoiseModel(nn.Module):
 
     def __init__(
         self, a: float = 0.0, b: float = 1.0, sigma_min: float = 1.0,
-        offset: float = 0.0, scale: float = 1.0, trainable: bool = True,
+        offset: float = 0.0, scale: float = 1.0, trainable: bool = True, bound: float | None = None,
     ):
         super().__init__()
         scale = float(scale) if scale > 0 else 1.0
@@ -206,19 +206,39 @@ class GaussianNoiseModel(nn.Module):
         beta = (float(b) + float(a) * float(offset)) / scale**2
         self.alpha = nn.Parameter(torch.tensor(alpha, dtype=torch.float32), requires_grad=trainable)
         self.beta = nn.Parameter(torch.tensor(beta, dtype=torch.float32), requires_grad=trainable)
+        self.bound = None if bound is None else float(bound)
+        if self.bound is not None:
+            if not self.bound >= 1.0:
+                raise ValueError(f"bound must be at least 1 (got {bound})")
+            # The variance at the anchors offset -/+ scale (in units of scale**2) may move by the factor `bound`
+            # from where it starts, floored so that a start at or below zero still leaves room.
+            floor = max(float(sigma_min) ** 2 / scale**2, 1e-8)
+            start = torch.tensor([max(beta - alpha, floor), max(beta + alpha, floor)], dtype=torch.float32)
+            self.register_buffer("anchor_range", torch.stack([start / self.bound, start * self.bound]))
+
+    def _line(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha, beta) as used: within the bound's range when there is one."""
+        if self.bound is None:
+            return self.alpha, self.beta
+        low = torch.clamp(self.beta - self.alpha, self.anchor_range[0, 0], self.anchor_range[1, 0])
+        high = torch.clamp(self.beta + self.alpha, self.anchor_range[0, 1], self.anchor_range[1, 1])
+        return (high - low) / 2, (high + low) / 2
 
     @property
     def a(self) -> float:
         """Slope of the variance in raw units."""
-        return float(self.alpha.detach() * self.scale)
+        alpha, _ = self._line()
+        return float(alpha.detach() * self.scale)
 
     @property
     def b(self) -> float:
         """Intercept of the variance in raw units (variance at signal 0)."""
-        return float(self.beta.detach() * self.scale**2 - self.alpha.detach() * self.scale * self.offset)
+        alpha, beta = (t.detach() for t in self._line())
+        return float(beta * self.scale**2 - alpha * self.scale * self.offset)
 
     def variance(self, signal: torch.Tensor) -> torch.Tensor:
-        var = self.scale**2 * (self.alpha * (signal - self.offset) / self.scale + self.beta)
+        alpha, beta = self._line()
+        var = self.scale**2 * (alpha * (signal - self.offset) / self.scale + beta)
         return torch.clamp(var, min=(self.sigma_min**2).to(var.dtype))
 
     def log_likelihood(self, observation: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
@@ -233,7 +253,7 @@ class GaussianNoiseModel(nn.Module):
         """The model :meth:`to_config` describes (load the state dict next for the trained values)."""
         return cls(
             a=config["a"], b=config["b"], sigma_min=config["sigma_min"], offset=config["offset"],
-            scale=config["scale"], trainable=config.get("trainable", True),
+            scale=config["scale"], trainable=config.get("trainable", True), bound=config.get("bound"),
         )
 
     def to_config(self) -> dict:
@@ -245,6 +265,7 @@ class GaussianNoiseModel(nn.Module):
             "offset": float(self.offset),
             "scale": float(self.scale),
             "trainable": bool(self.alpha.requires_grad),
+            "bound": self.bound,
         }
 
 
