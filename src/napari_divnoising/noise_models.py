@@ -210,19 +210,20 @@ class GaussianNoiseModel(nn.Module):
         if self.bound is not None:
             if not self.bound >= 1.0:
                 raise ValueError(f"bound must be at least 1 (got {bound})")
-            # The variance at the anchors offset -/+ scale (in units of scale**2) may move by the factor `bound`
-            # from where it starts, floored so that a start at or below zero still leaves room.
+            # The variance at the anchors `offset` and `offset + scale` (the data's mean and one standard deviation
+            # above it, where a line that fits the data is positive) may move by the factor `bound` from where it
+            # starts; the floor only matters for a start that is not positive there.
             floor = max(float(sigma_min) ** 2 / scale**2, 1e-8)
-            start = torch.tensor([max(beta - alpha, floor), max(beta + alpha, floor)], dtype=torch.float32)
+            start = torch.tensor([max(beta, floor), max(beta + alpha, floor)], dtype=torch.float32)
             self.register_buffer("anchor_range", torch.stack([start / self.bound, start * self.bound]))
 
     def _line(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(alpha, beta) as used: within the bound's range when there is one."""
         if self.bound is None:
             return self.alpha, self.beta
-        low = torch.clamp(self.beta - self.alpha, self.anchor_range[0, 0], self.anchor_range[1, 0])
-        high = torch.clamp(self.beta + self.alpha, self.anchor_range[0, 1], self.anchor_range[1, 1])
-        return (high - low) / 2, (high + low) / 2
+        at_mean = torch.clamp(self.beta, self.anchor_range[0, 0], self.anchor_range[1, 0])
+        above = torch.clamp(self.beta + self.alpha, self.anchor_range[0, 1], self.anchor_range[1, 1])
+        return above - at_mean, at_mean
 
     @property
     def a(self) -> float:
