@@ -89,11 +89,16 @@ def train_once(data: dict, noise: str, settings: dict, seed: int, steps: int | N
                threads: int) -> tuple[Any, dict]:
     import torch
 
-    from napari_divnoising.noise_model_fitting import fit_gmm_from_calibration
+    from napari_divnoising.noise_model_fitting import fit_gmm_from_calibration, fit_gmm_from_noisy
     from napari_divnoising.training import COLEARN, TrainingConfig, TrainingDone, TrainingWarning, train_iter
 
     torch.set_num_threads(threads)
-    noise_model = fit_gmm_from_calibration(data["calibration"]) if noise == "calibration" else COLEARN
+    if noise == "calibration":
+        noise_model = fit_gmm_from_calibration(data["calibration"])
+    elif noise == "estimated":
+        noise_model = fit_gmm_from_noisy(list(data["train"]))
+    else:
+        noise_model = COLEARN
     config = TrainingConfig(**{**settings, "max_steps": steps, "max_minutes": minutes, "seed": seed,
                                "device": "cpu"})
     t0 = time.perf_counter()
@@ -180,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="defaults")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="a TrainingConfig setting (repeatable)")
-    parser.add_argument("--noise", choices=("calibration", "colearn"), default="calibration")
+    parser.add_argument("--noise", choices=("calibration", "colearn", "estimated"), default="calibration",
+                        help="noise model: GMM fitted to the calibration stack, co-learned Gaussian, or GMM "
+                        "estimated from the training images alone (fit_gmm_from_noisy)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--minutes", type=float, default=None)

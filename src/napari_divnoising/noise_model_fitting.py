@@ -617,11 +617,14 @@ def _box_mean(image: np.ndarray, radius: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class NoiseLine:
-    """Noise variance ``a * signal + b`` estimated from noisy images, and the least variance measured in a bin."""
+    """Noise variance ``a * signal + b`` estimated from noisy images, the least variance measured in a bin (median
+    based), the darkest bin's mean-based variance and its signal."""
 
     a: float
     b: float
     least_variance: float
+    dark_variance: float = float("nan")
+    dark_signal: float = float("nan")
 
 
 def estimate_noise_line(
@@ -668,16 +671,97 @@ def estimate_noise_line(
         keep = np.random.default_rng(seed).choice(signal_all.size, max_pixels, replace=False)
         signal_all, deviation_all = signal_all[keep], deviation_all[keep]
     order = np.argsort(signal_all, kind="stable")
-    centres, variances = [], []
+    centres, variances, mean_variances = [], [], []
     for chunk in np.array_split(order, n_bins):
         if chunk.size < 100:
             continue
         centres.append(float(np.median(signal_all[chunk])))
         variances.append(float(np.median(deviation_all[chunk])) / _CHI2_1_MEDIAN)
+        mean_variances.append(float(np.mean(deviation_all[chunk])))
     centres_arr, variances_arr = np.asarray(centres), np.asarray(variances)
     if centres_arr.size < 3 or np.ptp(centres_arr) <= 0:
         return None
     a, b = np.polyfit(centres_arr, variances_arr, 1)
     if not (np.isfinite(a) and np.isfinite(b)) or max(a * centres_arr[-1] + b, a * centres_arr[0] + b) <= 0:
         return None
-    return NoiseLine(float(a), float(b), float(variances_arr.min()))
+    return NoiseLine(float(a), float(b), float(variances_arr.min()), mean_variances[0], centres[0])
+
+
+#: Pixels simulated for :func:`fit_gmm_from_noisy` (a random subset of the images' pixels beyond this).
+SIMULATED_PIXELS = 4_000_000
+
+
+def simulated_calibration(
+    images: list[np.ndarray], line: NoiseLine, seed: int = 0, max_pixels: int = SIMULATED_PIXELS
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(signal, simulated observation, integer data) for noise that follows ``line`` as Poisson-Gaussian noise.
+
+    The signal is each image's 5 x 5 local mean (docs/method.md 4c); observations are drawn as
+    ``offset + a * Poisson((signal - offset) / a) + N(0, read variance)``, where the read variance is
+    the darkest bin's variance and the offset puts the line through it, then rounded where the
+    images are whole numbers and clipped to the images' range. A line with a slope near zero
+    gives Gaussian noise of the line's variance.
+    """
+    signal = np.concatenate([
+        _box_mean(np.pad(np.asarray(im, np.float64), 2, mode="reflect"), 2).ravel() for im in images
+    ])
+    flat = np.concatenate([np.asarray(im).ravel() for im in images])
+    integer = is_integer_valued(flat)
+    low, high = float(flat.min()), float(flat.max())
+    rng = np.random.default_rng(seed)
+    if signal.size > max_pixels:
+        signal = signal[rng.choice(signal.size, max_pixels, replace=False)]
+    read_variance = line.dark_variance if np.isfinite(line.dark_variance) else line.least_variance
+    read_variance = max(read_variance - (1.0 / 12.0 if integer else 0.0), 1e-6)  # rounding adds 1/12
+    if line.a > 1e-3 * max(abs(line.b), read_variance, 1e-12) / max(float(np.std(signal)), 1e-12):
+        offset = (read_variance - line.b) / line.a
+        photons = rng.poisson(np.clip(signal - offset, 0.0, None) / line.a)
+        observation = offset + line.a * photons + rng.normal(0.0, np.sqrt(read_variance), signal.shape)
+    else:
+        variance = np.maximum(line.a * signal + line.b, read_variance)
+        observation = signal + rng.normal(0.0, 1.0, signal.shape) * np.sqrt(variance)
+    if integer:
+        observation = np.round(observation)
+    return signal.astype(np.float32)[None], np.clip(observation, low, high).astype(np.float32)[None], integer
+
+
+def fit_gmm_from_noisy_iter(
+    images: list[np.ndarray], n_gaussians: int = 3, n_coeffs: int = 2, seed: int = 0, **kwargs,
+) -> Iterator[NoiseFitProgress | NoiseFitResult]:
+    """:func:`fit_gmm_from_noisy` as a generator of :func:`fit_gmm_iter`'s events."""
+    line = estimate_noise_line(images, seed=seed)
+    if line is None or line.a * float(np.mean([np.mean(im) for im in images])) + line.b <= 0:
+        raise DivNoisingError(
+            "Cannot estimate the noise from these images: they are too small or too flat. Use a calibration "
+            "stack, or co-learn the noise model."
+        )
+    signal, observation, integer = simulated_calibration(images, line, seed=seed)
+    kwargs.setdefault("integer_data", integer)
+    yield from fit_gmm_iter(signal, observation, n_gaussians=n_gaussians, n_coeffs=n_coeffs, seed=seed, **kwargs)
+
+
+def fit_gmm_from_noisy(images: list[np.ndarray], n_gaussians: int = 3, n_coeffs: int = 2, seed: int = 0,
+                       **kwargs) -> GMMNoiseModel:
+    """Fit a GMM noise model to noisy images alone, without calibration data or training.
+
+    The noise variance is estimated as a line in the signal (:func:`estimate_noise_line`), read as
+    Poisson-Gaussian noise (photon counts of gain ``a`` above an offset, plus read noise of the
+    darkest pixels' variance), simulated on the images' own signal levels, rounded and clipped as
+    the images are, and a GMM is fitted to the simulation as to a calibration stack (docs/method.md 4c).
+
+    Parameters
+    ----------
+    images
+        2-D noisy images in raw units (the images to denoise, or more of the same kind).
+    n_gaussians, n_coeffs
+        The GMM's components and polynomial coefficients, as for a calibration stack.
+    seed
+        Seed of the pixel subsets and of the simulation.
+    **kwargs
+        Further keywords of :func:`fit_gmm_iter`.
+
+    Returns
+    -------
+    GMMNoiseModel
+    """
+    return run_to_end(fit_gmm_from_noisy_iter(images, n_gaussians, n_coeffs, seed, **kwargs))
