@@ -257,3 +257,39 @@ def test_noise_line_is_none_when_there_is_nothing_to_fit():
 
     assert estimate_noise_line([np.zeros((4, 4))]) is None
     assert estimate_noise_line([np.full((64, 64), 7.0)]) is None
+
+
+def _dark_poisson_gaussian(seed: int, frames: int = 4, size: int = 80) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-number camera images: offset 5, gain 2, read noise sigma 1.5, signal 5..125, clipped at 0."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    clean = np.stack([5 + 120 * (0.5 + 0.5 * np.sin(xx / (9.0 + k)) * np.cos(yy / (11.0 + k))) ** 2
+                      for k in range(frames)])
+    noisy = 5 + 2.0 * rng.poisson((clean - 5) / 2.0) + rng.normal(0, 1.5, clean.shape)
+    return clean, np.clip(np.round(noisy), 0, 255).astype(np.uint16)
+
+
+def test_gmm_from_noisy_images_alone_is_nearly_as_good_as_one_from_clean_pairs():
+    from napari_divnoising.noise_model_fitting import fit_gmm_from_noisy
+
+    clean, noisy = _dark_poisson_gaussian(seed=0)
+    fit = {"explore_iterations": 600, "polish_iterations": 100, "max_pairs": 100_000}
+    estimated = fit_gmm_from_noisy(list(noisy), **fit)
+    with_truth = fit_gmm_from_pairs(noisy.astype(np.float32), clean.astype(np.float32), **fit)
+    levels = torch.tensor([20.0, 60.0, 100.0], dtype=torch.float64)
+    with torch.no_grad():
+        np.testing.assert_allclose(estimated.variance(levels).numpy(), 2.0 * (levels.numpy() - 5) + 2.25, rtol=0.1)
+    fresh_clean, fresh = _dark_poisson_gaussian(seed=1)
+    s = torch.as_tensor(fresh_clean.reshape(-1), dtype=torch.float64)
+    x = torch.as_tensor(fresh.reshape(-1).astype(np.float64) + np.random.default_rng(2).uniform(-0.5, 0.5, s.numel()))
+    with torch.no_grad():
+        nll_estimated = float(-estimated.log_likelihood(x, s).mean())
+        nll_truth = float(-with_truth.log_likelihood(x, s).mean())
+    assert nll_estimated < nll_truth + 0.01  # the same fit given the clean images: within 0.01 nats per pixel
+
+
+def test_gmm_from_noisy_images_refuses_images_without_noise_to_measure():
+    from napari_divnoising.noise_model_fitting import fit_gmm_from_noisy
+
+    with pytest.raises(DivNoisingError, match="Cannot estimate the noise"):
+        fit_gmm_from_noisy([np.full((64, 64), 7.0)])

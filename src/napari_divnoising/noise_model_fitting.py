@@ -725,19 +725,35 @@ def simulated_calibration(
     return signal.astype(np.float32)[None], np.clip(observation, low, high).astype(np.float32)[None], integer
 
 
+def noisy_image_pairs(images: list[np.ndarray], seed: int = 0, name: str = "noisy images") -> FitPairs:
+    """Simulated (signal, observation) pairs for noisy images alone (see :func:`simulated_calibration`).
+
+    Raises
+    ------
+    DivNoisingError
+        When no noise line can be estimated (images too small or too flat).
+    """
+    frames = [np.asarray(im, np.float64) for im in images]
+    line = estimate_noise_line(frames, seed=seed)
+    if line is None or line.a * float(np.mean([np.mean(f) for f in frames])) + line.b <= 0:
+        raise DivNoisingError(
+            f"Cannot estimate the noise from {name}: they are too small or too flat. Use a calibration stack, or "
+            "co-learn the noise model."
+        )
+    signal, observation, integer = simulated_calibration(images, line, seed=seed)
+    return FitPairs(signal, observation, integer,
+                    f"{name} (noise variance {line.a:.3g} x signal {'+' if line.b >= 0 else '-'} {abs(line.b):.3g}, "
+                    "simulated as Poisson-Gaussian)")
+
+
 def fit_gmm_from_noisy_iter(
     images: list[np.ndarray], n_gaussians: int = 3, n_coeffs: int = 2, seed: int = 0, **kwargs,
 ) -> Iterator[NoiseFitProgress | NoiseFitResult]:
     """:func:`fit_gmm_from_noisy` as a generator of :func:`fit_gmm_iter`'s events."""
-    line = estimate_noise_line(images, seed=seed)
-    if line is None or line.a * float(np.mean([np.mean(im) for im in images])) + line.b <= 0:
-        raise DivNoisingError(
-            "Cannot estimate the noise from these images: they are too small or too flat. Use a calibration "
-            "stack, or co-learn the noise model."
-        )
-    signal, observation, integer = simulated_calibration(images, line, seed=seed)
-    kwargs.setdefault("integer_data", integer)
-    yield from fit_gmm_iter(signal, observation, n_gaussians=n_gaussians, n_coeffs=n_coeffs, seed=seed, **kwargs)
+    pairs = noisy_image_pairs(images, seed=seed)
+    kwargs.setdefault("integer_data", pairs.integer_data)
+    yield from fit_gmm_iter(pairs.signal, pairs.observation, n_gaussians=n_gaussians, n_coeffs=n_coeffs, seed=seed,
+                            **kwargs)
 
 
 def fit_gmm_from_noisy(images: list[np.ndarray], n_gaussians: int = 3, n_coeffs: int = 2, seed: int = 0,

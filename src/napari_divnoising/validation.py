@@ -183,13 +183,14 @@ def check_generate_args(
 
 
 def check_noise_model_arg(noise_model: Any) -> None:
-    """A GMM or Gaussian noise model, None or 'gaussian' (co-learn), or a positive sigma."""
+    """A GMM or Gaussian noise model, None or 'gaussian' (co-learn), 'estimated' (a GMM estimated from the
+    images), or a positive sigma."""
     from .noise_models import GaussianNoiseModel, GMMNoiseModel
 
     if noise_model is None or isinstance(noise_model, (GMMNoiseModel, GaussianNoiseModel)):
         return
     if isinstance(noise_model, str):
-        if noise_model.lower() in COLEARN_NAMES:
+        if noise_model.lower() in (*COLEARN_NAMES, "estimated"):
             return
         if noise_model.lower().endswith(".npz"):
             raise DivNoisingError(
@@ -200,7 +201,7 @@ def check_noise_model_arg(noise_model: Any) -> None:
         return
     raise DivNoisingError(
         "noise_model must be a GMMNoiseModel or GaussianNoiseModel, 'gaussian' (or None) to co-learn one, "
-        f"or a positive noise sigma; got {_describe(noise_model)}."
+        f"'estimated' to estimate a GMM from the images, or a positive noise sigma; got {_describe(noise_model)}."
     )
 
 

@@ -8,6 +8,7 @@ import torch
 
 from napari_divnoising._widgets._session import NOISE_COLEARN, NOISE_FITTED, get_session
 from napari_divnoising._widgets.noise_model_widget import (
+    SOURCE_NOISY,
     SOURCE_PAIRS,
     NoiseModelWidget,
 )
@@ -82,6 +83,24 @@ def test_fit_from_noisy_clean_pairs(widget, qtbot, wait_for, noisy_clean_pair):
     model = get_session(viewer).noise_model
     assert model is not None
     assert float(model.variance(torch.tensor([100.0]))) > float(model.variance(torch.tensor([20.0])))
+
+
+def test_fit_from_noisy_images_alone(widget, qtbot, wait_for, calibration_stack, monkeypatch):
+    viewer, w = widget
+    errors = _errors(monkeypatch)
+    w.source.setCurrentText(SOURCE_NOISY)
+    w.fit_button.click()
+    assert errors and "Choose a layer of noisy images" in errors[0]  # nothing to fit yet: one line
+    viewer.add_image(calibration_stack[:4], name="noisy frames")
+    w.noisy_only_layer.set_layer("noisy frames")
+    w.fit_button.click()
+    wait_for(w.runner)
+    model = get_session(viewer).noise_model
+    assert isinstance(model, GMMNoiseModel)
+    s = torch.tensor([30.0, 80.0])
+    np.testing.assert_allclose(model.variance(s).detach().numpy(), 2 * s.numpy() + 9, rtol=0.35)  # as calibrated
+    assert "noisy images 'noisy frames'" in w.status.text() and "Poisson-Gaussian" in w.status.text()
+    assert get_session(viewer).noise_choice == NOISE_FITTED
 
 
 def test_single_image_as_calibration_gives_a_hint(widget, qtbot, wait_for, monkeypatch):

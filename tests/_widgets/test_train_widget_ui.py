@@ -364,3 +364,24 @@ def test_the_status_shows_the_co_learned_noise_line_with_its_sign(widget):
     w._update_progress(TrainStep(step=7, max_steps=10, loss=1.0, reconstruction=1.0, kl=0.1, kl_weight=1.0, lr=1e-3,
                                  elapsed_s=1.0, eta_s=1.0, fraction=0.7, noise_a=3.69, noise_b=-242.0))
     assert "variance = 3.69 x signal - 242" in w.status.text()
+
+
+def test_the_estimated_noise_choice_asks_the_core_for_a_noise_model_from_the_images(widget, wait_for, monkeypatch):
+    from napari_divnoising._widgets._session import NOISE_CHOICE_LABELS, NOISE_ESTIMATED
+    from napari_divnoising.training import ESTIMATED
+
+    viewer, w = widget
+    model, events = scripted_training(3)
+    asked = []
+
+    def recorded(images, noise_model, config, resume=None, bootstrap=False):
+        asked.append((noise_model, bootstrap))
+        return events(images, noise_model, config, resume, bootstrap)
+
+    monkeypatch.setattr(core, "training_events", recorded)
+    w.noise_choice.setCurrentIndex(list(NOISE_CHOICE_LABELS).index(NOISE_ESTIMATED))
+    assert get_session(viewer).noise_choice == NOISE_ESTIMATED
+    assert "estimated from the training images" in w.noise_label.text()
+    w.train_button.click()
+    wait_for(w.runner)
+    assert asked == [(ESTIMATED, False)]

@@ -73,6 +73,20 @@ def test_pairs_fit_with_options(tmp_path, capsys):
     assert float(model.min_signal) == pytest.approx(np.percentile(clean, 1), rel=1e-3)
 
 
+def test_noisy_images_alone_give_a_noise_model(tmp_path, capsys):
+    frames = np.round(_frames(_clean(64), 4, seed=3)).astype(np.uint16)  # whole numbers, as a camera gives
+    tifffile.imwrite(tmp_path / "noisy.tif", frames)
+    out = tmp_path / "estimated.npz"
+    code = main(_fast("fit-noise-model", "--noisy", str(tmp_path / "noisy.tif"), "--out", str(out)))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    with torch.no_grad():
+        var = load_gmm_npz(out).variance(torch.tensor([200.0, 400.0], dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(var, [209.0, 609.0], rtol=0.15)  # the frames' noise: 2 * (s - 100) + 9
+    assert "noisy.tif" in read_description(out) and "Poisson-Gaussian" in read_description(out)
+    assert len(captured.out.strip().splitlines()) == 1
+
+
 def test_refuses_to_overwrite_without_force(tmp_path, calibration_tif, capsys):
     out = tmp_path / "nm.npz"
     out.write_bytes(b"keep me")
@@ -100,7 +114,7 @@ def test_refuses_to_overwrite_plot_without_force(tmp_path, calibration_tif, caps
     [
         (lambda d, c: ["--out", str(d / "o.npz")], "give --calibration"),
         (lambda d, c: ["--calibration", str(c), "--noisy", str(c), "--out", str(d / "o.npz")], "not both"),
-        (lambda d, c: ["--noisy", str(c), "--out", str(d / "o.npz")], "give --calibration"),
+        (lambda d, c: ["--clean", str(c), "--out", str(d / "o.npz")], "--clean needs --noisy"),
         (lambda d, c: ["--calibration", str(c), "--out", str(d / "o.txt")], ".npz"),
         (lambda d, c: ["--calibration", str(c), "--out", str(d / "o.npz"), "--plot", str(d / "p.pdf")], ".png"),
         (lambda d, c: ["--calibration", str(d / "missing.tif"), "--out", str(d / "o.npz")], "not found"),

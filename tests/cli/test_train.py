@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from napari_divnoising import training
 from napari_divnoising.cli import main
@@ -47,6 +48,30 @@ def test_gmm_file_and_resume_in_place(tmp_path, noisy_tif, capsys):
     model = load_model(tmp_path / "m.last.pt")
     assert model.history["steps"] == 16 and model.noise_model.kind == "gmm"
     assert model.config["batch_size"] == 4  # settings carried over from the resumed model
+
+
+def test_a_noise_model_estimated_from_the_training_images(tmp_path, noisy_tif, capsys, monkeypatch):
+    from napari_divnoising import noise_model_fitting
+    from napari_divnoising.training import noise_setup
+
+    def quick_fit(images, **kw):  # the same fit with fewer iterations (the fit has its own tests)
+        return noise_model_fitting.fit_gmm_from_noisy(images, explore_iterations=300, polish_iterations=30, **kw)
+
+    monkeypatch.setattr(noise_setup, "fit_gmm_from_noisy", quick_fit)
+    out = tmp_path / "m.pt"
+    assert main(["train", "--data", str(noisy_tif), "--estimate-noise", "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "hierarchical network" in printed  # a given noise model: the CPU's network
+    model = load_model(out)
+    assert model.noise_model.kind == "gmm"
+    with torch.no_grad():  # the images' noise: sigma 10
+        assert float(model.noise_model.variance(torch.tensor([60.0], dtype=torch.float64))) == pytest.approx(
+            100, rel=0.3)
+    for extra, words in ((["--co-learn"], "only one of"), (["--resume", str(out)], "keeps its own noise model")):
+        assert main(["train", "--data", str(noisy_tif), "--estimate-noise", *extra, "--out",
+                     str(tmp_path / "n.pt"), *FAST]) == 1
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1
 
 
 def test_refuses_to_overwrite_and_bad_combinations(tmp_path, noisy_tif, capsys):

@@ -242,6 +242,30 @@ def test_a_co_learned_noise_model_bounded_at_one_ends_where_it_started():
     assert abs(free.a - a) > 1e-3 * abs(a)  # without the bound the same run moves it
 
 
+def test_a_noise_model_estimated_from_the_training_images_is_a_fixed_gmm(monkeypatch):
+    from napari_divnoising import noise_model_fitting
+    from napari_divnoising.noise_models import GMMNoiseModel
+    from napari_divnoising.training import ESTIMATED, noise_setup
+
+    def quick_fit(images, **kw):  # the same fit with fewer iterations (the fit has its own tests)
+        return noise_model_fitting.fit_gmm_from_noisy(images, explore_iterations=300, polish_iterations=30, **kw)
+
+    monkeypatch.setattr(noise_setup, "fit_gmm_from_noisy", quick_fit)
+
+    rng = np.random.default_rng(3)
+    signal = np.repeat(np.linspace(5, 200, 64)[None], 64, axis=0)
+    frames = np.stack([np.round(rng.poisson(signal / 2.0) * 2.0) for _ in range(3)]).astype(np.float32)
+    started = next(iter(train_iter(frames, ESTIMATED, TrainingConfig(max_steps=1, device="cpu"))))
+    noise_model = started.model.noise_model
+    assert isinstance(noise_model, GMMNoiseModel) and not any(p.requires_grad for p in noise_model.parameters())
+    assert started.config["network"] == "hierarchical"  # a given (not co-learned) noise model: the CPU's network
+    with torch.no_grad():  # the images' noise: variance 2 * signal
+        assert float(noise_model.variance(torch.tensor([100.0], dtype=torch.float64))) == pytest.approx(200, rel=0.2)
+    done = [e for e in train_iter(frames, 10.0, tiny_config(max_steps=2)) if isinstance(e, TrainingDone)][-1]
+    with pytest.raises(DivNoisingError, match="keeps its own noise model"):
+        next(iter(train_iter(frames, ESTIMATED, tiny_config(max_steps=2), resume=done.model)))
+
+
 def test_the_cpu_trains_the_hierarchical_network_unless_the_noise_model_is_co_learned():
     frames = np.zeros((2, 80, 80), np.float32) + np.arange(80)
     for noise, network in ((10.0, "hierarchical"), (COLEARN, "divnoising"), (None, "divnoising")):

@@ -13,10 +13,12 @@ from typing import Any
 from psygnal import Signal
 
 NOISE_FITTED = "fitted"
+NOISE_ESTIMATED = "estimated"
 NOISE_COLEARN = "co-learn"
 NOISE_BOOTSTRAP = "bootstrap"
 NOISE_CHOICE_LABELS = {
     NOISE_FITTED: "Use the fitted / loaded noise model",
+    NOISE_ESTIMATED: "Estimate a GMM noise model from the training images",
     NOISE_COLEARN: "Co-learn a Gaussian noise model during training",
     NOISE_BOOTSTRAP: "Bootstrap: co-learn first, then fit a GMM to its denoising",
 }
@@ -32,7 +34,7 @@ class Session:
     noise_model_description
         Where it came from (shown in the Train widget).
     noise_choice
-        One of ``NOISE_FITTED``, ``NOISE_COLEARN``, ``NOISE_BOOTSTRAP``.
+        One of ``NOISE_FITTED``, ``NOISE_ESTIMATED``, ``NOISE_COLEARN``, ``NOISE_BOOTSTRAP``.
     trained_model
         The latest trained or loaded :class:`~napari_divnoising.model.DivNoisingModel`.
     training_layer_names

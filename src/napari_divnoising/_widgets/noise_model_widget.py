@@ -24,12 +24,14 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from ..errors import DivNoisingError
+from ..io import as_image_stack
 from ..noise_model_fitting import (
     NoiseFitProgress,
     NoiseFitResult,
     empirical_noise_statistics,
     fit_gmm_iter,
     fitting_pairs,
+    noisy_image_pairs,
 )
 from ._core import FIT_PROGRESS_INTERVAL_S, latest_every
 from ._layers import LayerPicker, layer_data_copy, warn_if_unusable
@@ -44,6 +46,7 @@ NOISE_MODEL_BYTES = 16 * 1024
 SOURCE_CALIBRATION_LAYER = "Calibration stack (layer)"
 SOURCE_CALIBRATION_FILE = "Calibration stack (TIFF file)"
 SOURCE_PAIRS = "Noisy + clean image layers"
+SOURCE_NOISY = "Noisy images alone (no calibration)"
 
 
 @dataclass(frozen=True)
@@ -69,10 +72,12 @@ class NoiseModelWidget(QWidget):
 
         form = QFormLayout()
         self.source = QComboBox()
-        self.source.addItems([SOURCE_CALIBRATION_LAYER, SOURCE_CALIBRATION_FILE, SOURCE_PAIRS])
+        self.source.addItems([SOURCE_CALIBRATION_LAYER, SOURCE_CALIBRATION_FILE, SOURCE_PAIRS, SOURCE_NOISY])
         self.source.setToolTip(
             "Calibration stack: many noisy frames of a static sample (signal = per-pixel mean).\n"
-            "Noisy + clean: noisy images and their clean ground truth (e.g. averages)."
+            "Noisy + clean: noisy images and their clean ground truth (e.g. averages).\n"
+            "Noisy images alone: the noise is estimated from the images to denoise (read as Poisson-Gaussian\n"
+            "noise); no calibration data needed, a little less exact than a calibration stack."
         )
         form.addRow("Fit from", self.source)
         layout.addLayout(form)
@@ -106,6 +111,13 @@ class NoiseModelWidget(QWidget):
         self.clean_layer = LayerPicker(napari_viewer)
         f.addRow("Noisy layer", self.noisy_layer)
         f.addRow("Clean layer", self.clean_layer)
+        pages_layout.addWidget(page)
+        # page 3: noisy images alone
+        page = QWidget()
+        f = QFormLayout(page)
+        f.setContentsMargins(0, 0, 0, 0)
+        self.noisy_only_layer = LayerPicker(napari_viewer)
+        f.addRow("Noisy layer", self.noisy_only_layer)
         pages_layout.addWidget(page)
         self.source.currentIndexChanged.connect(self._show_source_page)
         layout.addWidget(self.source_pages)
@@ -225,6 +237,13 @@ class NoiseModelWidget(QWidget):
             if not path:
                 raise DivNoisingError("Choose a calibration TIFF file first (Browse...).")
             return f"calibration stack {Path(path).name}", (read_tiff(path),)
+        if source == SOURCE_NOISY:
+            layer = self.noisy_only_layer.current_layer()
+            if layer is None:
+                raise DivNoisingError(
+                    "Choose a layer of noisy images (the images to denoise, or more of the same kind)."
+                )
+            return f"noisy images '{layer.name}'", (layer_data_copy(layer),)
         noisy, clean = self.noisy_layer.current_layer(), self.clean_layer.current_layer()
         if noisy is None or clean is None:
             raise DivNoisingError("Choose both a noisy and a clean image layer.")
@@ -249,12 +268,17 @@ class NoiseModelWidget(QWidget):
             "min_variance": self.min_variance.value() or None,
         }
 
+        noisy_alone = self.source.currentText() == SOURCE_NOISY
+
         def fit_events() -> Any:
-            if len(arrays) == 1:
+            if noisy_alone:
+                pairs = noisy_image_pairs(list(as_image_stack(arrays[0], name=description)), name=description)
+            elif len(arrays) == 1:
                 pairs = fitting_pairs(calibration=arrays[0], name=description)
             else:
                 pairs = fitting_pairs(noisy=arrays[0], clean=arrays[1], name=description)
-            yield _FitInputs(empirical_noise_statistics(pairs.signal, pairs.observation), description)
+            yield _FitInputs(empirical_noise_statistics(pairs.signal, pairs.observation),
+                             pairs.description if noisy_alone else description)
             yield from fit_gmm_iter(pairs.signal, pairs.observation, integer_data=pairs.integer_data, **settings)
 
         self._set_running(True)

@@ -25,6 +25,7 @@ from superqt import QCollapsible
 from ..errors import DivNoisingError
 from ..events import Progress
 from ..training import (
+    ESTIMATED,
     CheckpointSaved,
     TrainingConfig,
     TrainingDone,
@@ -42,7 +43,15 @@ from ._layers import LayerChecklist, layer_data_copy, warn_if_unusable
 from ._layout import fit_to_width, scrollable_layout
 from ._notify import report_exception, show_info, show_warning
 from ._plots import LossPlot
-from ._session import NOISE_BOOTSTRAP, NOISE_CHOICE_LABELS, NOISE_COLEARN, NOISE_FITTED, bind, get_session
+from ._session import (
+    NOISE_BOOTSTRAP,
+    NOISE_CHOICE_LABELS,
+    NOISE_COLEARN,
+    NOISE_ESTIMATED,
+    NOISE_FITTED,
+    bind,
+    get_session,
+)
 from ._settings import ConfigForm
 from ._worker import ActivityProgress, StopWhenRemoved, WorkerRunner
 
@@ -252,6 +261,9 @@ class TrainWidget(QWidget):
                 text = "No noise model yet: fit or load one in the Noise model widget (or File...)."
             else:
                 text = self.session.noise_model_description or "noise model from the Noise model widget"
+        elif choice == NOISE_ESTIMATED:
+            text = ("A GMM noise model is estimated from the training images alone before training (their noise "
+                    "read as Poisson-Gaussian): no calibration data needed.")
         elif choice == NOISE_COLEARN:
             text = "A Gaussian noise model (variance = a * signal + b) is learned together with the network."
         else:
@@ -303,6 +315,8 @@ class TrainWidget(QWidget):
             images = self._training_images()
             choice = self.session.noise_choice
             noise_model = copy.deepcopy(self.session.noise_model) if choice == NOISE_FITTED else None
+            if choice == NOISE_ESTIMATED and not resume:
+                noise_model = ESTIMATED
             if choice == NOISE_FITTED and noise_model is None and not resume:
                 raise DivNoisingError(
                     "No noise model yet: fit or load one in the Noise model widget, or choose co-learning."

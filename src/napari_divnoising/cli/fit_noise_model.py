@@ -1,4 +1,4 @@
-"""``divnoising fit-noise-model``: fit a GMM noise model to a calibration stack or noisy/clean pairs."""
+"""``divnoising fit-noise-model``: fit a GMM noise model to a calibration stack, noisy/clean pairs or noisy images."""
 
 from __future__ import annotations
 
@@ -14,14 +14,17 @@ from ._common import check_output_path
 DESCRIPTION = """\
 Fit a Gaussian-mixture noise model p(x | s) (DivNoising / PPN2V) and save it as .npz.
 
-Either give a calibration stack (many noisy frames of a static sample; the
-signal is the per-pixel mean over frames), or noisy and clean images of the
-same shape (2-D images or stacks). The .npz file loads in the reference
-DivNoising / PPN2V code and in CAREamics.
+Give a calibration stack (many noisy frames of a static sample; the signal
+is the per-pixel mean over frames), or noisy and clean images of the same
+shape (2-D images or stacks), or noisy images alone (--noisy without
+--clean: the noise is estimated from the images, read as Poisson-Gaussian
+noise and simulated; no calibration data needed, a little less exact). The
+.npz file loads in the reference DivNoising / PPN2V code and in CAREamics.
 
 examples:
   divnoising fit-noise-model --calibration calib.tif --out nm.npz --plot nm.png
   divnoising fit-noise-model --noisy noisy.tif --clean clean.tif --out nm.npz
+  divnoising fit-noise-model --noisy noisy.tif --out nm.npz
 """
 
 
@@ -31,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "fit-noise-model", help="fit a GMM noise model from calibration frames or noisy/clean pairs",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    source = parser.add_argument_group("data (give --calibration, or --noisy with --clean)")
+    source = parser.add_argument_group("data (give --calibration, or --noisy with or without --clean)")
     source.add_argument("--calibration", metavar="CAL.tif", help="TIFF stack (frames, Y, X) of a static sample")
     source.add_argument("--noisy", metavar="N.tif", help="noisy TIFF image or stack")
     source.add_argument("--clean", metavar="C.tif", help="clean TIFF of the same shape as --noisy")
@@ -59,20 +62,23 @@ def run(args: argparse.Namespace) -> int:
     """Fit, save and summarise; returns the exit status."""
     from tqdm import tqdm
 
-    from ..io import read_tiff
+    from ..io import as_image_stack, read_tiff
     from ..noise_model_fitting import (
         NoiseFitProgress,
         NoiseFitResult,
         fit_gmm_iter,
         fitting_pairs,
+        noisy_image_pairs,
         variance_line,
     )
     from ..noise_model_io import save_gmm_npz
 
     if args.calibration and (args.noisy or args.clean):
         raise DivNoisingError("give either --calibration or --noisy with --clean, not both.")
-    if not args.calibration and not (args.noisy and args.clean):
-        raise DivNoisingError("give --calibration CAL.tif, or both --noisy N.tif and --clean C.tif.")
+    if args.clean and not args.noisy:
+        raise DivNoisingError("--clean needs --noisy N.tif (the noisy images of the same shape).")
+    if not args.calibration and not args.noisy:
+        raise DivNoisingError("give --calibration CAL.tif, --noisy N.tif with --clean C.tif, or --noisy N.tif alone.")
     for given, what, option in ((args.out, "noise model", "--out"), (args.plot, "plot", "--plot")):
         if given and Path(given).is_dir():
             raise DivNoisingError(folder_message(Path(given), what, option))
@@ -86,9 +92,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.calibration:
         pairs = fitting_pairs(calibration=read_tiff(args.calibration), name=Path(args.calibration).name)
-    else:
+    elif args.clean:
         pairs = fitting_pairs(noisy=read_tiff(args.noisy), clean=read_tiff(args.clean),
                               name=f"{Path(args.noisy).name} / {Path(args.clean).name}")
+    else:
+        frames = as_image_stack(read_tiff(args.noisy), name=Path(args.noisy).name)
+        pairs = noisy_image_pairs(list(frames), seed=args.seed, name=Path(args.noisy).name)
     signal, observation, integer_data = pairs.signal, pairs.observation, pairs.integer_data
     description = f"fitted to {pairs.description}"
 

@@ -21,10 +21,11 @@ Train a DivNoising model on noisy images only, and save it as one file.
 
 Give one or more TIFF images or stacks (frames of a stack are separate
 images) and a noise model: a GMM fitted with `divnoising fit-noise-model`
-(--noise-model), a Gaussian noise model learned together with the network
-(--co-learn), bootstrapping (--bootstrap: co-learn for half the budget, fit
-a GMM to that model's denoising, train with it for the other half), or
-Gaussian noise of known sigma (--sigma). Training stops after
+(--noise-model), a GMM estimated from the training images alone
+(--estimate-noise: no calibration data needed), a Gaussian noise model
+learned together with the network (--co-learn), bootstrapping (--bootstrap:
+co-learn for half the budget, fit a GMM to that model's denoising, train
+with it for the other half), or Gaussian noise of known sigma (--sigma). Training stops after
 --max-minutes or --max-steps, whichever comes first (default: 10 minutes), or
 earlier when the validation loss stops improving.
 
@@ -34,6 +35,7 @@ one, with the optimizer state, next to it with ".last" before the suffix
 and keeps both files.
 
 examples:
+  divnoising train --data noisy.tif --estimate-noise --out model.pt
   divnoising train --data noisy.tif --co-learn --out model.pt
   divnoising train --data a.tif --data b.tif --noise-model nm.npz --out model.pt --max-minutes 30
   divnoising train --data noisy.tif --resume model.pt --out model.pt --max-minutes 10
@@ -50,6 +52,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="noisy training image or stack (repeat for several files)")
     noise = p.add_argument_group("noise model (one of these; not needed with --resume)")
     noise.add_argument("--noise-model", metavar="NM.npz", help="GMM noise model from `divnoising fit-noise-model`")
+    noise.add_argument("--estimate-noise", action="store_true",
+                       help="estimate a GMM noise model from the training images alone (their noise read as "
+                       "Poisson-Gaussian), before training")
     noise.add_argument("--co-learn", action="store_true",
                        help="learn a Gaussian noise model (variance = a * signal + b) with the network")
     noise.add_argument("--bootstrap", action="store_true",
@@ -104,17 +109,30 @@ def run(args: argparse.Namespace) -> int:
     from ..device import resolve_device
     from ..io import as_image_stack, read_tiff
     from ..model_io import last_checkpoint_path, load_model
-    from ..training import COLEARN, TrainingDone, TrainingStarted, TrainingWarning, TrainStep, Validation, train_iter
+    from ..training import (
+        COLEARN,
+        ESTIMATED,
+        TrainingDone,
+        TrainingStarted,
+        TrainingWarning,
+        TrainStep,
+        Validation,
+        train_iter,
+    )
 
-    chosen = [bool(args.noise_model), bool(args.co_learn), args.sigma is not None, args.bootstrap]
+    chosen = [bool(args.noise_model), args.estimate_noise, bool(args.co_learn), args.sigma is not None, args.bootstrap]
     if sum(chosen) > 1:
-        raise DivNoisingError("give only one of --noise-model, --co-learn, --sigma and --bootstrap.")
+        raise DivNoisingError("give only one of --noise-model, --estimate-noise, --co-learn, --sigma and --bootstrap.")
     if sum(chosen) == 0 and not args.resume:
-        raise DivNoisingError("choose a noise model: --noise-model NM.npz, --co-learn, --sigma S or --bootstrap.")
+        raise DivNoisingError("choose a noise model: --noise-model NM.npz, --estimate-noise, --co-learn, --sigma S or "
+                              "--bootstrap.")
     if args.sigma_min is not None and not (args.co_learn or args.bootstrap):
         raise DivNoisingError("--sigma-min only applies with --co-learn or --bootstrap.")
     if args.bootstrap and args.resume:
         raise DivNoisingError("--bootstrap trains new models; continue a bootstrapped model with --resume alone.")
+    if args.estimate_noise and args.resume:
+        raise DivNoisingError("--estimate-noise starts new models; a model continued with --resume keeps its own "
+                              "noise model.")
 
     resume = load_model(args.resume) if args.resume else None
     config = _config(args, resume)
@@ -134,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         noise_model = args.sigma
     elif args.co_learn:
         noise_model = COLEARN
+    elif args.estimate_noise:
+        noise_model = ESTIMATED
     else:
         noise_model = resume.noise_model  # continue with the model's own noise model
 

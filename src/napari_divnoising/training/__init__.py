@@ -25,6 +25,7 @@ _LAZY = {
                      "TrainingWarning", "TrainStep", "Validation"), "events"),
     "kl_per_pixel": "loss", "loss_terms": "loss",
     "COLEARN": "noise_setup", "colearned_noise_model": "noise_setup", "is_colearn": "noise_setup",
+    "ESTIMATED": "noise_setup", "is_estimated": "noise_setup",
 }
 
 
@@ -42,6 +43,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "COLEARN",
+    "ESTIMATED",
     "STOP_REASONS",
     "CheckpointSaved",
     "Checkpointer",
@@ -57,6 +59,7 @@ __all__ = [
     "field_default",
     "field_metadata",
     "is_colearn",
+    "is_estimated",
     "kl_per_pixel",
     "loss_terms",
     "train",

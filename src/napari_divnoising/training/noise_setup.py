@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import DivNoisingError
 from ..model import DivNoisingModel
-from ..noise_model_fitting import NoiseLine, estimate_noise_line
+from ..noise_model_fitting import NoiseLine, estimate_noise_line, fit_gmm_from_noisy
 from ..noise_models import GaussianNoiseModel, GMMNoiseModel
 from .config import TrainingConfig
 
@@ -20,9 +20,19 @@ COLEARN = "gaussian"
 _COLEARN_NAMES = (COLEARN, "colearn", "co-learn", "co-learned")
 
 
+#: Noise-model argument meaning "a GMM estimated from the training images alone, before training"
+#: (:func:`~napari_divnoising.noise_model_fitting.fit_gmm_from_noisy`).
+ESTIMATED = "estimated"
+
+
 def is_colearn(spec: Any) -> bool:
     """True for the noise-model arguments that ask for a co-learned Gaussian noise model."""
     return spec is None or (isinstance(spec, str) and spec.lower() in _COLEARN_NAMES)
+
+
+def is_estimated(spec: Any) -> bool:
+    """True for the noise-model argument that asks for a GMM estimated from the training images."""
+    return isinstance(spec, str) and spec.lower() == ESTIMATED
 
 
 def _neighbour_noise_variance(regions: list[np.ndarray]) -> float:
@@ -58,6 +68,10 @@ def resolve_noise_model(
     if is_colearn(spec):
         line = estimate_noise_line(regions, seed=config.seed) if config.noise_warm_start else None
         return colearned_noise_model(data_mean, data_std, regions, config.sigma_min, line, config.noise_bound)
+    if is_estimated(spec):
+        model = fit_gmm_from_noisy(regions, seed=config.seed)
+        model.requires_grad_(False)
+        return model
     if isinstance(spec, GMMNoiseModel):
         model = copy.deepcopy(spec)
         model.requires_grad_(False)
@@ -70,7 +84,7 @@ def resolve_noise_model(
         return GaussianNoiseModel(a=0.0, b=float(spec) ** 2, sigma_min=1e-6 * data_std, trainable=False)
     raise DivNoisingError(
         f"Unknown noise model {spec!r}: give a GMM noise model, a Gaussian noise model, "
-        f"{COLEARN!r} to co-learn one, or a noise sigma."
+        f"{COLEARN!r} to co-learn one, {ESTIMATED!r} to estimate a GMM from the images, or a noise sigma."
     )
 
 
@@ -106,6 +120,11 @@ def check_resume(resume: DivNoisingModel, config: TrainingConfig, spec: Any) -> 
     kind = getattr(own, "kind", type(own).__name__)
     if spec is None or spec is own:  # None: continue with the model's own noise model
         return
+    if is_estimated(spec):
+        raise DivNoisingError(
+            "A model being continued keeps its own noise model; leave out the noise-model choice to continue, or "
+            "train a new model with a noise model estimated from the images."
+        )
     if is_colearn(spec):
         if isinstance(own, GaussianNoiseModel) and own.alpha.requires_grad:
             return
