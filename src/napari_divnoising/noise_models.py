@@ -195,7 +195,7 @@ class GaussianNoiseModel(nn.Module):
 
     def __init__(
         self, a: float = 0.0, b: float = 1.0, sigma_min: float = 1.0,
-        offset: float = 0.0, scale: float = 1.0, trainable: bool = True, bound: float | None = None,
+        offset: float = 0.0, scale: float = 1.0, trainable: bool = True,
     ):
         super().__init__()
         scale = float(scale) if scale > 0 else 1.0
@@ -206,40 +206,19 @@ class GaussianNoiseModel(nn.Module):
         beta = (float(b) + float(a) * float(offset)) / scale**2
         self.alpha = nn.Parameter(torch.tensor(alpha, dtype=torch.float32), requires_grad=trainable)
         self.beta = nn.Parameter(torch.tensor(beta, dtype=torch.float32), requires_grad=trainable)
-        self.bound = None if bound is None else float(bound)
-        if self.bound is not None:
-            if not self.bound >= 1.0:
-                raise ValueError(f"bound must be at least 1 (got {bound})")
-            # The variance at the anchors `offset` and `offset + scale` (the data's mean and one standard deviation
-            # above it, where a line that fits the data is positive) may move by the factor `bound` from where it
-            # starts; the floor only matters for a start that is not positive there.
-            floor = max(float(sigma_min) ** 2 / scale**2, 1e-8)
-            start = torch.tensor([max(beta, floor), max(beta + alpha, floor)], dtype=torch.float32)
-            self.register_buffer("anchor_range", torch.stack([start / self.bound, start * self.bound]))
-
-    def _line(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(alpha, beta) as used: within the bound's range when there is one."""
-        if self.bound is None:
-            return self.alpha, self.beta
-        at_mean = torch.clamp(self.beta, self.anchor_range[0, 0], self.anchor_range[1, 0])
-        above = torch.clamp(self.beta + self.alpha, self.anchor_range[0, 1], self.anchor_range[1, 1])
-        return above - at_mean, at_mean
 
     @property
     def a(self) -> float:
         """Slope of the variance in raw units."""
-        alpha, _ = self._line()
-        return float(alpha.detach() * self.scale)
+        return float(self.alpha.detach() * self.scale)
 
     @property
     def b(self) -> float:
         """Intercept of the variance in raw units (variance at signal 0)."""
-        alpha, beta = (t.detach() for t in self._line())
-        return float(beta * self.scale**2 - alpha * self.scale * self.offset)
+        return float(self.beta.detach() * self.scale**2 - self.alpha.detach() * self.scale * self.offset)
 
     def variance(self, signal: torch.Tensor) -> torch.Tensor:
-        alpha, beta = self._line()
-        var = self.scale**2 * (alpha * (signal - self.offset) / self.scale + beta)
+        var = self.scale**2 * (self.alpha * (signal - self.offset) / self.scale + self.beta)
         return torch.clamp(var, min=(self.sigma_min**2).to(var.dtype))
 
     def log_likelihood(self, observation: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
@@ -254,7 +233,7 @@ class GaussianNoiseModel(nn.Module):
         """The model :meth:`to_config` describes (load the state dict next for the trained values)."""
         return cls(
             a=config["a"], b=config["b"], sigma_min=config["sigma_min"], offset=config["offset"],
-            scale=config["scale"], trainable=config.get("trainable", True), bound=config.get("bound"),
+            scale=config["scale"], trainable=config.get("trainable", True),
         )
 
     def to_config(self) -> dict:
@@ -266,7 +245,6 @@ class GaussianNoiseModel(nn.Module):
             "offset": float(self.offset),
             "scale": float(self.scale),
             "trainable": bool(self.alpha.requires_grad),
-            "bound": self.bound,
         }
 
 

@@ -222,26 +222,6 @@ def test_colearned_noise_model_starts_from_the_data_noise_line():
     assert flat.a == 0.0 and flat.b > 0
 
 
-def test_a_co_learned_noise_model_bounded_at_one_ends_where_it_started():
-    rng = np.random.default_rng(2)
-    signal = np.repeat(np.linspace(5, 200, 48)[None], 48, axis=0)
-    frames = np.stack([rng.normal(signal, np.sqrt(3.0 * signal + 4.0)) for _ in range(4)]).astype(np.float32)
-    def start_and_end(**kw):
-        events = iter(train_iter(frames, COLEARN, tiny_config(max_steps=30, learning_rate=1e-2,
-                                                              collapse_kl_threshold=0.0, **kw)))
-        started = next(events)
-        assert isinstance(started, TrainingStarted)
-        start = (started.model.noise_model.a, started.model.noise_model.b)
-        return start, [e for e in events if isinstance(e, TrainingDone)][-1].model.noise_model
-
-    (a, b), learned = start_and_end(noise_bound=1.0)
-    assert abs(a - 3.0) < 0.5  # the warm start: the data's noise line
-    assert learned.bound == 1.0 and learned.alpha.requires_grad  # still the co-learned kind of model
-    assert learned.a == pytest.approx(a, rel=1e-5) and learned.b == pytest.approx(b, rel=1e-5)
-    (a, _), free = start_and_end()
-    assert abs(free.a - a) > 1e-3 * abs(a)  # without the bound the same run moves it
-
-
 def test_a_noise_model_estimated_from_the_training_images_is_a_fixed_gmm(monkeypatch):
     from napari_divnoising import noise_model_fitting
     from napari_divnoising.noise_models import GMMNoiseModel

@@ -153,10 +153,6 @@ class TrainingConfig:
     noise_warm_start: bool = _field(True, help="Co-learned noise model: start from the noise variance-vs-signal line "
                                     "estimated from the images (off: from a flat variance).",
                                     label="Noise-model warm start", advanced=True)
-    noise_bound: float | None = _field(
-        None, help="Co-learned noise model: the learned noise variance stays within this factor of its warm start "
-        "(1 keeps the estimated line); empty: unbounded.", label="Noise-model bound", minimum=1.0, maximum=1e6,
-        advanced=True)
     device: str = _field("auto", help="Where to train: auto (a GPU when there is one), cpu, cuda, cuda:N or mps.",
                          label="Device", choices=DEVICE_CHOICES)
     mixed_precision: bool = _field(True, help="bfloat16 autocast for the network on CUDA GPUs that support it.",

@@ -42,23 +42,20 @@ def _neighbour_noise_variance(regions: list[np.ndarray]) -> float:
 
 
 def colearned_noise_model(
-    mean: float, std: float, regions: list[np.ndarray], sigma_min: float | None, line: NoiseLine | None = None,
-    bound: float | None = None,
+    mean: float, std: float, regions: list[np.ndarray], sigma_min: float | None, line: NoiseLine | None = None
 ) -> GaussianNoiseModel:
     """A trainable Gaussian noise model started from the data's noise line, or else a flat variance.
 
     ``line`` (see :func:`~napari_divnoising.noise_model_fitting.estimate_noise_line`) gives the start
     and, unless ``sigma_min`` is set, the variance floor; without it the start is a flat variance
-    near the noise level of the images ``regions``. ``bound`` (a factor, at least 1) keeps the learned
-    variance near its start (see :class:`~napari_divnoising.noise_models.GaussianNoiseModel`).
+    near the noise level of the images ``regions``.
     """
     if line is not None:
         floor = sigma_min if sigma_min is not None else max(0.01 * std, float(np.sqrt(max(line.least_variance, 0.0))))
-        return GaussianNoiseModel(a=line.a, b=line.b, sigma_min=floor, offset=mean, scale=std, trainable=True,
-                                  bound=bound)
+        return GaussianNoiseModel(a=line.a, b=line.b, sigma_min=floor, offset=mean, scale=std, trainable=True)
     b = float(np.clip(0.5 * _neighbour_noise_variance(regions), 1e-4 * std**2, 0.5 * std**2))
     floor = sigma_min if sigma_min is not None else 0.01 * std
-    return GaussianNoiseModel(a=0.0, b=b, sigma_min=floor, offset=mean, scale=std, trainable=True, bound=bound)
+    return GaussianNoiseModel(a=0.0, b=b, sigma_min=floor, offset=mean, scale=std, trainable=True)
 
 
 def resolve_noise_model(
@@ -67,7 +64,7 @@ def resolve_noise_model(
     """The noise model a new run trains with (see :func:`~napari_divnoising.training.train_iter`)."""
     if is_colearn(spec):
         line = estimate_noise_line(regions, seed=config.seed) if config.noise_warm_start else None
-        return colearned_noise_model(data_mean, data_std, regions, config.sigma_min, line, config.noise_bound)
+        return colearned_noise_model(data_mean, data_std, regions, config.sigma_min, line)
     if is_estimated(spec):
         model = fit_gmm_from_noisy(regions, seed=config.seed)
         model.requires_grad_(False)
