@@ -5,7 +5,8 @@ Trains on ``train_noisy.tif``, evaluates on the frames of ``val_noisy.tif`` agai
 
 - DivNoising MMSE and MAP with (a) the GMM noise model fitted on ``calibration_fov01.tif``,
   (b) the co-learned Gaussian noise model, (c) a bootstrapped GMM: fitted on (noisy training data,
-  MMSE of model (b)) with a 0.5/99.5 percentile clip, then a new model trained with it;
+  MMSE of model (b)) with a 0.5/99.5 percentile clip, then a new model trained with it, (d) a GMM
+  estimated from the noisy training images alone (``fit_gmm_from_noisy``; its fitting time is reported);
 - the noisy input; BM3D with a generalized Anscombe VST (noise line from the calibration stack);
 - Noise2Void (CAREamics), run from its own virtual environment as a subprocess.
 
@@ -51,11 +52,12 @@ from _common import (
 #: The FMD BPAE folder (the four TIFFs); set DIVNOISING_FMD_DIR or pass --data.
 FMD_DIR = fmd_dir()
 DEFAULT_N2V_PYTHON = Path(os.environ.get("DIVNOISING_N2V_PYTHON", ".venv-careamics/bin/python"))
-PARTS = ("calibration", "colearn", "bootstrap", "bm3d", "n2v", "samples")
+PARTS = ("calibration", "colearn", "bootstrap", "estimated", "bm3d", "n2v", "samples")
 VARIANT_LABELS = {
     "calibration": "DivNoising, GMM from calibration (a)",
     "colearn": "DivNoising, co-learned Gaussian (b)",
     "bootstrap": "DivNoising, bootstrapped GMM (c)",
+    "estimated": "DivNoising, GMM from the noisy images alone (d)",
 }
 
 
@@ -227,7 +229,7 @@ def run(quick: bool = False, budget_minutes: float | None = None, data_dir: Path
     ``quick`` shrinks budgets (0.2 min), samples (10), the sweep (1, 10) and the frames (2) for a smoke run.
     """
     from napari_divnoising.errors import DivNoisingError
-    from napari_divnoising.noise_model_fitting import fit_gmm_from_calibration
+    from napari_divnoising.noise_model_fitting import fit_gmm_from_calibration, fit_gmm_from_noisy
     from napari_divnoising.training import COLEARN, TrainingConfig
     from napari_divnoising.workflows import BootstrapPhase, bootstrap_iter
 
@@ -303,6 +305,16 @@ def run(quick: bool = False, budget_minutes: float | None = None, data_dir: Path
             methods["bootstrap"] = {"label": VARIANT_LABELS["bootstrap"], **summary,
                                     **evaluate_model(models["bootstrap"], val_noisy, val_gt, n_samples, data_range)}
             log(f"    MMSE {methods['bootstrap']['psnr_mean']:.2f} dB")
+    if "estimated" not in skip:
+        log(f"(d) GMM estimated from the noisy training images + {budget:g} min training")
+        t0 = time.perf_counter()
+        estimated = fit_gmm_from_noisy(list(data["train"]))
+        fit_s = time.perf_counter() - t0
+        models["estimated"], summary = _train(data["train"], estimated, config, log)
+        summary["noise_fit_seconds"] = fit_s
+        methods["estimated"] = {"label": VARIANT_LABELS["estimated"], **summary,
+                                **evaluate_model(models["estimated"], val_noisy, val_gt, n_samples, data_range)}
+        log(f"    MMSE {methods['estimated']['psnr_mean']:.2f} dB (noise model fitted in {fit_s:.1f} s)")
     if "bm3d" not in skip:
         log("BM3D + VST")
         try:
@@ -343,7 +355,7 @@ def to_markdown(results: dict[str, Any]) -> str:
     def pm(entry: dict[str, Any]) -> str:
         return f"{entry['psnr_mean']:.2f} ± {entry['psnr_std']:.2f}"
 
-    order = ["noisy", "bm3d", "n2v", "calibration", "colearn", "bootstrap"]
+    order = ["noisy", "bm3d", "n2v", "calibration", "colearn", "bootstrap", "estimated"]
     for key in order:
         if key not in methods:
             continue
@@ -359,6 +371,8 @@ def to_markdown(results: dict[str, Any]) -> str:
             note = f"{m.get('train_steps')} steps of {m['settings']['batch']}×{m['settings']['patch']}²"
         elif key in VARIANT_LABELS:
             note = f"{m['steps']} steps ({m['stop_reason']})"
+            if key == "estimated" and "noise_fit_seconds" in m:
+                note += f"; noise model fitted in {m['noise_fit_seconds']:.0f} s"
             if m.get("warnings"):
                 note += f"; {len(m['warnings'])} warning(s)"
         rows.append([m.get("label", key), pm(m), pm(m["map"]) if "map" in m else "–",

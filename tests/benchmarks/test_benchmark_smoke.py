@@ -165,7 +165,7 @@ def test_quality_markdown_from_results(benchmark_script, tmp_path):
 
 
 def test_quality_run_end_to_end_on_synthetic_folder(benchmark_script, tmp_path, monkeypatch):
-    """The whole quality pipeline (fit, 3 trainings, predict, MAP, sweep) on a tiny synthetic data folder."""
+    """The whole quality pipeline (fits, 4 trainings, predict, MAP, sweep) on a tiny synthetic data folder."""
     import dataclasses
     import functools
 
@@ -176,7 +176,8 @@ def test_quality_run_end_to_end_on_synthetic_folder(benchmark_script, tmp_path, 
     from napari_divnoising import prediction
 
     # Plumbing, not fit quality: short noise-model fits (they were most of this test's time).
-    fits = ((fitting, "fit_gmm_from_calibration"), (fitting, "bootstrap_gmm"), (workflows, "fit_gmm_iter"))
+    fits = ((fitting, "fit_gmm_from_calibration"), (fitting, "bootstrap_gmm"), (fitting, "fit_gmm_from_noisy"),
+            (workflows, "fit_gmm_iter"))
     for module, name in fits:
         monkeypatch.setattr(module, name, functools.partial(getattr(module, name), explore_pairs=4000,
                                                             explore_iterations=200, polish_iterations=20))
@@ -210,9 +211,10 @@ def test_quality_run_end_to_end_on_synthetic_folder(benchmark_script, tmp_path, 
     results = run_quality.run(quick=True, budget_minutes=0.05, data_dir=tmp_path, skip=("bm3d", "n2v"),
                               n_samples=3, sample_counts=[1, 3], max_steps=3, bootstrap_samples=2, verbose=False)
     methods = results["methods"]
-    assert set(methods) == {"noisy", "calibration", "colearn", "bootstrap"}
+    assert set(methods) == {"noisy", "calibration", "colearn", "bootstrap", "estimated"}
     assert first_denoisings == [500, 501]
-    for key in ("calibration", "colearn", "bootstrap"):
+    assert methods["estimated"]["noise_fit_seconds"] > 0
+    for key in ("calibration", "colearn", "bootstrap", "estimated"):
         m = methods[key]
         assert "error" not in m, m["error"]  # a refused bootstrap fit is a failure, not a result
         assert len(m["psnr"]) == 2 and np.isfinite(m["psnr_mean"]) and np.isfinite(m["map"]["psnr_mean"])
