@@ -33,6 +33,7 @@ from _common import RESULTS_DIR, fmd_dir, machine_info, markdown_table, parse_se
 FMD_DIR = fmd_dir()
 BIN_EDGES = (0, 3.5, 4, 4.5, 5, 6, 8, 10, 13, 20, 30, 50, 70, 100, 150, 256)
 EVAL_PAIRS = 2_000_000
+NOISY_ALONE = "noisy images alone"
 DEFAULT_FITS = ("defaults:", "floor 1:min_variance=1.0", "floor 1/12:min_variance=0.083333")
 
 
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=FMD_DIR, help="folder with calibration_fov01.tif")
     parser.add_argument("--fit", action="append", default=None, metavar="LABEL:KEY=VALUE,...")
     parser.add_argument("--quick", action="store_true", help="small synthetic stack, short fits")
+    parser.add_argument("--noisy-alone", action="store_true",
+                        help="also fit from noisy images alone (fit_gmm_from_noisy on train_noisy.tif without its "
+                        "frame 0, which is the calibration's field of view; --quick: the stack's fitting frames)")
     parser.add_argument("--name", default="noise_fit", help="results file name (without suffix)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from napari_divnoising.io import read_tiff
-    from napari_divnoising.noise_model_fitting import fit_gmm_from_calibration, is_integer_valued
+    from napari_divnoising.noise_model_fitting import fit_gmm_from_calibration, fit_gmm_from_noisy, is_integer_valued
 
     stack = synthetic_stack() if args.quick else np.asarray(read_tiff(args.data / "calibration_fov01.tif"))
     fitting, held_out = stack[0::2].astype(np.float32), stack[1::2].astype(np.float32)
@@ -116,10 +120,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick else {}
 
     fits = []
-    for label, kwargs in map(parse_fit, args.fit or DEFAULT_FITS):
+    requested = list(map(parse_fit, args.fit or DEFAULT_FITS))
+    if args.noisy_alone:
+        requested.append((NOISY_ALONE, {}))
+    for label, kwargs in requested:
         torch.manual_seed(0)
         t0 = time.perf_counter()
-        model = fit_gmm_from_calibration(fitting, **{**extra, **kwargs})
+        if label == NOISY_ALONE:
+            noisy = list(fitting) if args.quick else list(np.asarray(read_tiff(args.data / "train_noisy.tif"))[1:])
+            model = fit_gmm_from_noisy(noisy, **{**extra, **kwargs})
+        else:
+            model = fit_gmm_from_calibration(fitting, **{**extra, **kwargs})
         seconds = time.perf_counter() - t0
         scored = score(model, signal, held_out, integer)
         fits.append({"label": label, "settings": kwargs, "fit_seconds": seconds,

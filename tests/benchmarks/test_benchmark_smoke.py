@@ -82,6 +82,16 @@ def test_speed_scripts_run_against_the_current_package(benchmark_script, script,
     assert figures[script] is not None and figures[script] > 0
 
 
+def test_noise_fit_quality_scores_a_fit_from_noisy_images_alone(benchmark_script, tmp_path):
+    import json
+
+    assert benchmark_script("noise_fit_quality").main(
+        ["--quick", "--noisy-alone", "--fit", "defaults:", "--out-dir", str(tmp_path), "--name", "fit"]) == 0
+    fits = json.loads((tmp_path / "fit.json").read_text())["fits"]
+    assert [f["label"] for f in fits] == ["defaults", "noisy images alone"]
+    assert all(np.isfinite(f["nll"]) for f in fits)
+
+
 def test_network_speed_script_measures_both_networks(benchmark_script, capsys):
     assert benchmark_script("bench_networks").main(["--quick", "--no-save", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
