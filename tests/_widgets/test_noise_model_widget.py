@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_divnoising._widgets._session import NOISE_COLEARN, NOISE_FITTED, get_session
+from napari_divnoising._widgets._session import NOISE_COLEARN, NOISE_ESTIMATED, NOISE_FITTED, get_session
 from napari_divnoising._widgets.noise_model_widget import (
     SOURCE_NOISY,
     SOURCE_PAIRS,
@@ -144,10 +144,11 @@ def test_stop_keeps_previous_model_and_frees_buttons(widget, qtbot, wait_for, ca
 def test_choice_is_shared_through_the_session(widget):
     viewer, w = widget
     session = get_session(viewer)
-    w.choice.setCurrentIndex(1)
+    assert session.noise_choice == NOISE_ESTIMATED == w.choice.currentData()  # until a model is fitted or loaded
+    w.choice.setCurrentIndex(w.choice.findData(NOISE_COLEARN))
     assert session.noise_choice == NOISE_COLEARN
     session.set_noise_choice(NOISE_FITTED)
-    assert w.choice.currentIndex() == 0
+    assert w.choice.currentData() == NOISE_FITTED
 
 
 def test_deleted_widget_no_longer_listens(make_napari_viewer, qtbot):

@@ -215,11 +215,13 @@ def test_plugin_docks_share_one_session(make_napari_viewer):
     _, noise = viewer.window.add_plugin_dock_widget("napari-divnoising", "Noise model")
     _, train = viewer.window.add_plugin_dock_widget("napari-divnoising", "Train")
     _, predict = viewer.window.add_plugin_dock_widget("napari-divnoising", "Predict")
-    noise.session.set_noise_model(GMMNoiseModel.initial(0.0, 10.0), "GMM for the test")
     assert train.session is noise.session is predict.session
+    assert "estimated from the training images" in train.noise_label.text()  # no noise model yet
+    noise.session.set_noise_model(GMMNoiseModel.initial(0.0, 10.0), "GMM for the test")
+    noise.choice.setCurrentIndex(0)  # use the fitted / loaded one
     assert train.noise_label.text() == "GMM for the test"
-    noise.choice.setCurrentIndex(1)
-    assert train.noise_choice.currentIndex() == 1
+    noise.choice.setCurrentIndex(2)
+    assert train.noise_choice.currentIndex() == 2
 
 
 def test_closing_the_dock_stops_the_run(make_napari_viewer, qtbot, wait_for, monkeypatch):

@@ -51,7 +51,8 @@ class Session:
     def __init__(self) -> None:
         self.noise_model: Any = None
         self.noise_model_description = ""
-        self.noise_choice = NOISE_FITTED
+        # Until a noise model is fitted or loaded (which chooses it), Train estimates one from its images.
+        self.noise_choice = NOISE_ESTIMATED
         self.trained_model: Any = None
         self.trained_model_description = ""
         self.warned_rgb_layers: set[int] = set()

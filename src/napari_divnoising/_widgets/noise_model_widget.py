@@ -180,6 +180,7 @@ class NoiseModelWidget(QWidget):
         self.choice = QComboBox()
         for key, label in NOISE_CHOICE_LABELS.items():
             self.choice.addItem(label, key)
+        self.choice.setCurrentIndex(list(NOISE_CHOICE_LABELS).index(self.session.noise_choice))
         self.choice.setToolTip("What the Train widget uses as the noise model.")
         self.choice.currentIndexChanged.connect(lambda _: self.session.set_noise_choice(self.choice.currentData()))
         form.addRow("Train uses", self.choice)
@@ -309,7 +310,7 @@ class NoiseModelWidget(QWidget):
             self.status.setText(
                 f"{description}: {event.iterations} iterations in {event.seconds:.1f} s{held} nats/pixel."
             )
-            self.choice.setCurrentIndex(list(NOISE_CHOICE_LABELS).index(NOISE_FITTED))
+            self.session.set_noise_choice(NOISE_FITTED)
 
     def _on_done(self, stopped: bool) -> None:
         try:
@@ -418,7 +419,7 @@ class NoiseModelWidget(QWidget):
         self.statistics = None
         description = f"GMM loaded from {Path(path).name}"
         self.session.set_noise_model(model, description)
-        self.choice.setCurrentIndex(list(NOISE_CHOICE_LABELS).index(NOISE_FITTED))
+        self.session.set_noise_choice(NOISE_FITTED)
         self.status.setText(description)
         return True
 
