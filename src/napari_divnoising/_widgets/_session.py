@@ -18,7 +18,7 @@ NOISE_COLEARN = "co-learn"
 NOISE_BOOTSTRAP = "bootstrap"
 NOISE_CHOICE_LABELS = {
     NOISE_FITTED: "Use the fitted / loaded noise model",
-    NOISE_ESTIMATED: "Estimate a GMM noise model from the training images",
+    NOISE_ESTIMATED: "Estimate from the training images",
     NOISE_COLEARN: "Co-learn a Gaussian noise model during training",
     NOISE_BOOTSTRAP: "Bootstrap: co-learn first, then fit a GMM to its denoising",
 }

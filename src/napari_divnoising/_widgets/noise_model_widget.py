@@ -158,7 +158,7 @@ class NoiseModelWidget(QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         layout.addWidget(self.progress)
-        self.status = QLabel("No noise model yet: fit one, load a .npz, or co-learn during training.")
+        self.status = QLabel("No noise model yet: fit one, load a .npz, or let Train estimate one from its images.")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
 

@@ -320,7 +320,7 @@ class TrainWidget(QWidget):
             if choice == NOISE_FITTED and noise_model is None and not resume:
                 raise DivNoisingError(
                     "No noise model yet: fit or load one in the Noise model widget, or let Train estimate one from "
-                    "the training images (Train uses: Estimate a GMM noise model from the training images)."
+                    "the training images (Train uses: Estimate from the training images)."
                 )
             resume_model = self.model if resume else None
             if resume and resume_model is None:
