@@ -702,15 +702,17 @@ def simulated_calibration(
     images are whole numbers and clipped to the images' range. A line with a slope near zero
     gives Gaussian noise of the line's variance.
     """
-    signal = np.concatenate([
-        _box_mean(np.pad(np.asarray(im, np.float64), 2, mode="reflect"), 2).ravel() for im in images
-    ])
-    flat = np.concatenate([np.asarray(im).ravel() for im in images])
-    integer = is_integer_valued(flat)
-    low, high = float(flat.min()), float(flat.max())
     rng = np.random.default_rng(seed)
-    if signal.size > max_pixels:
-        signal = signal[rng.choice(signal.size, max_pixels, replace=False)]
+    total = sum(int(np.asarray(im).size) for im in images)
+    parts = []
+    for im in images:  # each image's share of at most max_pixels, so that large stacks stay small here
+        local_mean = _box_mean(np.pad(np.asarray(im, np.float64), 2, mode="reflect"), 2).ravel()
+        keep = min(local_mean.size, math.ceil(max_pixels * local_mean.size / total))
+        parts.append(local_mean if keep == local_mean.size else local_mean[rng.choice(local_mean.size, keep,
+                                                                                        replace=False)])
+    signal = np.concatenate(parts)
+    integer = all(is_integer_valued(im) for im in images)
+    low, high = min(float(np.min(im)) for im in images), max(float(np.max(im)) for im in images)
     read_variance = line.dark_variance if np.isfinite(line.dark_variance) else line.least_variance
     read_variance = max(read_variance - (1.0 / 12.0 if integer else 0.0), 1e-6)  # rounding adds 1/12
     if line.a > 1e-3 * max(abs(line.b), read_variance, 1e-12) / max(float(np.std(signal)), 1e-12):
