@@ -618,13 +618,12 @@ def _box_mean(image: np.ndarray, radius: int) -> np.ndarray:
 @dataclass(frozen=True)
 class NoiseLine:
     """Noise variance ``a * signal + b`` estimated from noisy images, the least variance measured in a bin (median
-    based), the darkest bin's mean-based variance and its signal."""
+    based) and the darkest bin's mean-based variance."""
 
     a: float
     b: float
     least_variance: float
     dark_variance: float = float("nan")
-    dark_signal: float = float("nan")
 
 
 def estimate_noise_line(
@@ -684,7 +683,7 @@ def estimate_noise_line(
     a, b = np.polyfit(centres_arr, variances_arr, 1)
     if not (np.isfinite(a) and np.isfinite(b)) or max(a * centres_arr[-1] + b, a * centres_arr[0] + b) <= 0:
         return None
-    return NoiseLine(float(a), float(b), float(variances_arr.min()), mean_variances[0], centres[0])
+    return NoiseLine(float(a), float(b), float(variances_arr.min()), mean_variances[0])
 
 
 #: Pixels simulated for :func:`fit_gmm_from_noisy` (a random subset of the images' pixels beyond this).
@@ -735,9 +734,8 @@ def noisy_image_pairs(images: list[np.ndarray], seed: int = 0, name: str = "nois
     DivNoisingError
         When no noise line can be estimated (images too small or too flat).
     """
-    frames = [np.asarray(im, np.float64) for im in images]
-    line = estimate_noise_line(frames, seed=seed)
-    if line is None or line.a * float(np.mean([np.mean(f) for f in frames])) + line.b <= 0:
+    line = estimate_noise_line(images, seed=seed)
+    if line is None or line.a * float(np.mean([np.mean(im, dtype=np.float64) for im in images])) + line.b <= 0:
         raise DivNoisingError(
             f"Cannot estimate the noise from {name}: they are too small or too flat. Use a calibration stack, or "
             "co-learn the noise model."

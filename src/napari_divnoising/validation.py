@@ -26,6 +26,8 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 #: Aliases of "co-learn a Gaussian noise model" accepted by ``train``.
 COLEARN_NAMES = ("gaussian", "colearn", "co-learn", "co-learned")
+#: The noise-model argument that asks for a GMM estimated from the training images alone.
+ESTIMATED_NAME = "estimated"
 
 
 def _describe(value: Any) -> str:
@@ -190,7 +192,7 @@ def check_noise_model_arg(noise_model: Any) -> None:
     if noise_model is None or isinstance(noise_model, (GMMNoiseModel, GaussianNoiseModel)):
         return
     if isinstance(noise_model, str):
-        if noise_model.lower() in (*COLEARN_NAMES, "estimated"):
+        if noise_model.lower() in (*COLEARN_NAMES, ESTIMATED_NAME):
             return
         if noise_model.lower().endswith(".npz"):
             raise DivNoisingError(

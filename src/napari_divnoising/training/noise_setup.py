@@ -13,21 +13,19 @@ from ..errors import DivNoisingError
 from ..model import DivNoisingModel
 from ..noise_model_fitting import NoiseLine, estimate_noise_line, fit_gmm_from_noisy
 from ..noise_models import GaussianNoiseModel, GMMNoiseModel
+from ..validation import COLEARN_NAMES, ESTIMATED_NAME
 from .config import TrainingConfig
 
 #: Noise-model argument meaning "co-learn a Gaussian noise model (variance = a * signal + b)".
-COLEARN = "gaussian"
-_COLEARN_NAMES = (COLEARN, "colearn", "co-learn", "co-learned")
-
-
+COLEARN = COLEARN_NAMES[0]
 #: Noise-model argument meaning "a GMM estimated from the training images alone, before training"
 #: (:func:`~napari_divnoising.noise_model_fitting.fit_gmm_from_noisy`).
-ESTIMATED = "estimated"
+ESTIMATED = ESTIMATED_NAME
 
 
 def is_colearn(spec: Any) -> bool:
     """True for the noise-model arguments that ask for a co-learned Gaussian noise model."""
-    return spec is None or (isinstance(spec, str) and spec.lower() in _COLEARN_NAMES)
+    return spec is None or (isinstance(spec, str) and spec.lower() in COLEARN_NAMES)
 
 
 def is_estimated(spec: Any) -> bool:
