@@ -263,16 +263,20 @@ def run(quick: bool = False, budget_minutes: float | None = None, data_dir: Path
     log(f"noisy input: {methods['noisy']['psnr_mean']:.2f} dB")
 
     models: dict[str, Any] = {}
+    def with_fitted_noise_model(key: str, fit: Any) -> None:
+        """Fit a noise model (timed apart from the training budget), train with it and score the model."""
+        t0 = time.perf_counter()
+        noise_model = fit()
+        fit_s = time.perf_counter() - t0
+        models[key], summary = _train(data["train"], noise_model, config, log)
+        summary["noise_fit_seconds"] = fit_s
+        methods[key] = {"label": VARIANT_LABELS[key], **summary,
+                        **evaluate_model(models[key], val_noisy, val_gt, n_samples, data_range)}
+        log(f"    MMSE {methods[key]['psnr_mean']:.2f} dB (noise model fitted in {fit_s:.1f} s)")
+
     if "calibration" not in skip:
         log(f"(a) GMM from calibration + {budget:g} min training")
-        t0 = time.perf_counter()
-        gmm = fit_gmm_from_calibration(data["calibration"])
-        fit_s = time.perf_counter() - t0
-        models["calibration"], summary = _train(data["train"], gmm, config, log)
-        summary["noise_fit_seconds"] = fit_s
-        methods["calibration"] = {"label": VARIANT_LABELS["calibration"], **summary,
-                                  **evaluate_model(models["calibration"], val_noisy, val_gt, n_samples, data_range)}
-        log(f"    MMSE {methods['calibration']['psnr_mean']:.2f} dB")
+        with_fitted_noise_model("calibration", lambda: fit_gmm_from_calibration(data["calibration"]))
     if "colearn" not in skip or "bootstrap" not in skip:
         log(f"(b) co-learned noise model + {budget:g} min training")
         models["colearn"], summary = _train(data["train"], COLEARN, config, log)
@@ -307,14 +311,7 @@ def run(quick: bool = False, budget_minutes: float | None = None, data_dir: Path
             log(f"    MMSE {methods['bootstrap']['psnr_mean']:.2f} dB")
     if "estimated" not in skip:
         log(f"(d) GMM estimated from the noisy training images + {budget:g} min training")
-        t0 = time.perf_counter()
-        estimated = fit_gmm_from_noisy(list(data["train"]))
-        fit_s = time.perf_counter() - t0
-        models["estimated"], summary = _train(data["train"], estimated, config, log)
-        summary["noise_fit_seconds"] = fit_s
-        methods["estimated"] = {"label": VARIANT_LABELS["estimated"], **summary,
-                                **evaluate_model(models["estimated"], val_noisy, val_gt, n_samples, data_range)}
-        log(f"    MMSE {methods['estimated']['psnr_mean']:.2f} dB (noise model fitted in {fit_s:.1f} s)")
+        with_fitted_noise_model("estimated", lambda: fit_gmm_from_noisy(list(data["train"])))
     if "bm3d" not in skip:
         log("BM3D + VST")
         try:
