@@ -85,20 +85,27 @@ def score(model: Any, noisy: np.ndarray, gt: np.ndarray, n_samples: int, data_ra
             "diversity": float(np.mean(spread)), "mmse_frames": mmse}
 
 
+def build_noise_model(data: dict, noise: str) -> Any:
+    """The noise model ``noise`` names: a GMM fitted to the calibration stack, one estimated from the training
+    images, or the co-learned Gaussian."""
+    from napari_divnoising.noise_model_fitting import fit_gmm_from_calibration, fit_gmm_from_noisy
+    from napari_divnoising.training import COLEARN
+
+    if noise == "calibration":
+        return fit_gmm_from_calibration(data["calibration"])
+    if noise == "estimated":
+        return fit_gmm_from_noisy(list(data["train"]))
+    return COLEARN
+
+
 def train_once(data: dict, noise: str, settings: dict, seed: int, steps: int | None, minutes: float | None,
                threads: int) -> tuple[Any, dict]:
     import torch
 
-    from napari_divnoising.noise_model_fitting import fit_gmm_from_calibration, fit_gmm_from_noisy
-    from napari_divnoising.training import COLEARN, TrainingConfig, TrainingDone, TrainingWarning, train_iter
+    from napari_divnoising.training import TrainingConfig, TrainingDone, TrainingWarning, train_iter
 
     torch.set_num_threads(threads)
-    if noise == "calibration":
-        noise_model = fit_gmm_from_calibration(data["calibration"])
-    elif noise == "estimated":
-        noise_model = fit_gmm_from_noisy(list(data["train"]))
-    else:
-        noise_model = COLEARN
+    noise_model = build_noise_model(data, noise)
     config = TrainingConfig(**{**settings, "max_steps": steps, "max_minutes": minutes, "seed": seed,
                                "device": "cpu"})
     t0 = time.perf_counter()
@@ -117,8 +124,9 @@ def train_once(data: dict, noise: str, settings: dict, seed: int, steps: int | N
     return done.model, info
 
 
-def step_rate(data: dict, settings: dict, threads: int, seconds: float = 40.0) -> float:
-    """Steps per second of ``settings`` after a warm-up (no validation in the timed part)."""
+def step_rate(data: dict, noise: str, settings: dict, threads: int, seconds: float = 40.0) -> float:
+    """Steps per second of ``settings`` with the noise model ``noise`` (which decides the network a CPU trains
+    by default) after a warm-up (no validation in the timed part)."""
     import torch
 
     from napari_divnoising.training import TrainingConfig, TrainStep, train_iter
@@ -127,7 +135,7 @@ def step_rate(data: dict, settings: dict, threads: int, seconds: float = 40.0) -
     config = TrainingConfig(**{**settings, "max_minutes": seconds / 60 + 0.5, "device": "cpu",
                                "validations_per_run": 1})
     marks = []
-    events = train_iter(data["train"], None, config)
+    events = train_iter(data["train"], build_noise_model(data, noise), config)
     for event in events:
         if isinstance(event, TrainStep):
             marks.append((event.step, time.perf_counter()))
@@ -222,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         data["train"] = np.concatenate([data["train"], *(noisy for noisy, _ in data["sets"].values())])
     settings = parse_settings(args.settings)
     if args.rate_only:
-        rate = step_rate(data, settings, args.threads)
-        print(json.dumps({"label": args.label, "settings": settings, "threads": args.threads,
+        rate = step_rate(data, args.noise, settings, args.threads)
+        print(json.dumps({"label": args.label, "settings": settings, "noise": args.noise, "threads": args.threads,
                           "steps_per_s": rate, "cpu": machine_info().get("cpu")}))
         return 0
     if (args.steps is None) == (args.minutes is None):
