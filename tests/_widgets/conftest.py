@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 
@@ -90,3 +92,16 @@ def train_in_a_child_process(monkeypatch):
     from napari_divnoising._widgets import _core
 
     monkeypatch.setattr(_core, "TRAIN_IN_CHILD_PROCESS", True)
+
+
+@pytest.fixture(autouse=True)
+def _freeze_what_outlives_the_test():
+    """After each widget test (its viewers closed), move what is still alive out of the collector's reach.
+
+    napari runs a full garbage collection whenever a viewer drops its layers, and the fixture runs more: each
+    scans every object created since the last freeze. Freezing the survivors of each test (caches, settings,
+    Qt wrappers that live for the run) keeps those scans to what the next test creates.
+    """
+    yield
+    gc.collect()
+    gc.freeze()
