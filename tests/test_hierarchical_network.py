@@ -46,6 +46,21 @@ def test_features_in_the_grid_pass_through_unchanged_and_noise_changes_the_sampl
     assert (samples[0] - samples[1]).abs().mean() > 0
 
 
+def test_a_sample_is_the_same_with_and_without_its_kl():
+    # Prediction skips the priors of the finer levels (only the KL needs them) and, for samples of one
+    # image, computes the features' share of each posterior once: the samples must not change.
+    net = small_net()
+    mu, logvar = net.encode(torch.randn(2, 1, 32, 32))
+    eps = torch.randn((3, *mu.shape[1:]))
+    for image in range(2):
+        z = mu[image : image + 1] + torch.exp(0.5 * logvar[image : image + 1]) * eps  # 3 samples of one image
+        signal, kl = net.decoder(z, with_kl=True)
+        torch.testing.assert_close(net.decode(z), signal, rtol=1e-5, atol=1e-6)
+        assert kl > 0 and (signal[0] - signal[1]).abs().mean() > 0
+    z = mu + torch.exp(0.5 * logvar) * eps[:2]  # samples of two images: no shared features
+    torch.testing.assert_close(net.decode(z), net.decoder(z, with_kl=True)[0], rtol=0, atol=0)
+
+
 def test_kl_matches_torch_distributions():
     q = torch.distributions.Normal(torch.tensor([0.3, -1.0]), torch.tensor([0.5, 2.0]))
     p = torch.distributions.Normal(torch.tensor([0.0, 0.5]), torch.tensor([1.5, 0.7]))

@@ -141,12 +141,14 @@ class HierarchicalDecoder(nn.Module):
         # Coarse to fine: the finer levels are stored finest first.
         for j, i in enumerate(reversed(range(self.layout.levels - 1))):
             h = self.up[j](h)
-            p_mu, p_logvar = self.prior[j](h).chunk(2, 1)
-            p_logvar = bounded_logvar(p_logvar)
+            # Posterior samples without the KL (prediction) do not need the prior at all.
+            if self.from_prior or with_kl:
+                p_mu, p_logvar = self.prior[j](h).chunk(2, 1)
+                p_logvar = bounded_logvar(p_logvar)
             if self.from_prior:
                 z = p_mu + torch.exp(0.5 * p_logvar) * noise[i]
             else:
-                q_mu, q_logvar = self.posterior[j](torch.cat([h, context[i]], 1)).chunk(2, 1)
+                q_mu, q_logvar = self._posterior(j, h, context[i], shared_context_allowed=not with_kl).chunk(2, 1)
                 q_logvar = bounded_logvar(q_logvar)
                 z = q_mu + torch.exp(0.5 * q_logvar) * noise[i]
                 if with_kl:
@@ -154,6 +156,19 @@ class HierarchicalDecoder(nn.Module):
             h = self.blocks[j](h + self.latent_in[j](z))
         signal = self.head(h)
         return (signal, kl) if with_kl else signal
+
+    def _posterior(self, j: int, h: torch.Tensor, context: torch.Tensor, shared_context_allowed: bool) -> torch.Tensor:
+        """The posterior convolution of finer level ``j`` on the top-down state and the bottom-up features.
+
+        Prediction decodes many samples of one tile at once, which share the tile's features: then the
+        features' half of the convolution (it is linear in them) is computed once for the whole batch.
+        """
+        conv = self.posterior[j]
+        if shared_context_allowed and len(context) > 1 and bool((context == context[:1]).all()):
+            c = h.shape[1]
+            shared = F.conv2d(context[:1], conv.weight[:, c:], None, conv.stride, conv.padding)
+            return F.conv2d(h, conv.weight[:, :c], conv.bias, conv.stride, conv.padding) + shared
+        return conv(torch.cat([h, context], 1))
 
 
 class HierarchicalVAE(nn.Module):
