@@ -223,10 +223,12 @@ def run_n2v(data_dir: Path, budget_minutes: float, python: Path, max_frames: int
 def run(quick: bool = False, budget_minutes: float | None = None, data_dir: Path = FMD_DIR,
         skip: tuple[str, ...] = (), n_samples: int | None = None, sample_counts: list[int] | None = None,
         max_frames: int | None = None, data_range: float = 255.0, max_steps: int | None = None,
-        n2v_python: Path = DEFAULT_N2V_PYTHON, bootstrap_samples: int = 20, verbose: bool = True) -> dict[str, Any]:
+        n2v_python: Path = DEFAULT_N2V_PYTHON, bootstrap_samples: int = 20, verbose: bool = True,
+        seed: int = 0) -> dict[str, Any]:
     """Run the quality benchmark and return its JSON-serialisable results (see the module docstring).
 
     ``quick`` shrinks budgets (0.2 min), samples (10), the sweep (1, 10) and the frames (2) for a smoke run.
+    ``seed`` is the training seed of every DivNoising model (weights, patches, latent noise).
     """
     from napari_divnoising.errors import DivNoisingError
     from napari_divnoising.noise_model_fitting import fit_gmm_from_calibration, fit_gmm_from_noisy
@@ -245,12 +247,13 @@ def run(quick: bool = False, budget_minutes: float | None = None, data_dir: Path
     if bad:
         raise ValueError(f"unknown part(s) to skip: {', '.join(sorted(bad))}; choose from {', '.join(PARTS)}")
     data = load_data(data_dir, max_frames)
-    config = TrainingConfig(max_minutes=budget, max_steps=max_steps, seed=0)
+    config = TrainingConfig(max_minutes=budget, max_steps=max_steps, seed=seed)
     val_noisy, val_gt = data["val_noisy"], data["val_gt"]
 
     results: dict[str, Any] = {
         "machine": machine_info(), "data": Path(data_dir).name, "data_range": data_range,
-        "budget_minutes": budget, "max_steps": max_steps, "n_samples": n_samples, "n_frames": len(val_noisy),
+        "budget_minutes": budget, "max_steps": max_steps, "seed": seed, "n_samples": n_samples,
+        "n_frames": len(val_noisy),
         "quick": quick, "skipped": sorted(skip), "training_config": {"patch_size": config.patch_size,
                                                                      "batch_size": config.batch_size,
                                                                      "depth": config.depth},
@@ -343,6 +346,7 @@ def to_markdown(results: dict[str, Any]) -> str:
              f"Data: `{results['data']}`, {results['n_frames']} validation frame(s); training budget "
              f"{fmt(results['budget_minutes'])} min per model"
              + (f" (at most {results['max_steps']} steps)" if results.get("max_steps") else "")
+             + f"; training seed {results.get('seed', 0)}"
              + f"; DivNoising MMSE of {results['n_samples']} samples, MAP from the same samples; "
                "all estimates clipped to the data range." + (" **Quick smoke run: not representative.**"
                                                            if results.get("quick") else ""),
@@ -411,10 +415,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="python of the CAREamics environment")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--name", default="quality", help="output file stem (quality -> quality.json/.md)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed of the DivNoising models (0)")
     args = parser.parse_args(argv)
     results = run(quick=args.quick, budget_minutes=args.budget_minutes, data_dir=args.data, skip=tuple(args.skip),
                   n_samples=args.n_samples, sample_counts=args.sample_counts, max_frames=args.max_frames,
-                  max_steps=args.max_steps, n2v_python=args.n2v_python)
+                  max_steps=args.max_steps, n2v_python=args.n2v_python, seed=args.seed)
     markdown = to_markdown(results)
     json_path, md_path = write_results(args.name, results, markdown, args.out_dir)
     print()

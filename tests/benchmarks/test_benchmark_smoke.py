@@ -151,7 +151,7 @@ def test_quality_markdown_from_results(benchmark_script, tmp_path):
     run_quality = benchmark_script("run_quality")
     results = {
         "machine": {"cpu": "test cpu", "cores": 2}, "data": "synthetic", "data_range": 255.0, "budget_minutes": 0.1,
-        "max_steps": 3, "n_samples": 4, "n_frames": 2, "quick": True,
+        "max_steps": 3, "seed": 2, "n_samples": 4, "n_frames": 2, "quick": True,
         "methods": {
             "noisy": {"label": "Noisy input", "psnr_mean": 30.0, "psnr_std": 0.1},
             "n2v": {"label": "Noise2Void (CAREamics)", "skipped": "no CAREamics environment"},
@@ -167,6 +167,7 @@ def test_quality_markdown_from_results(benchmark_script, tmp_path):
     }
     markdown = run_quality.to_markdown(results)
     assert "| Noisy input | 30.00 ± 0.10 |" in markdown
+    assert "training seed 2;" in markdown
     assert "no CAREamics environment" in markdown
     assert "33.00 ± 0.20 | 32.50 ± 0.30 |" in markdown
     assert "| 1 | 31.00 ± 0.10 | – |" in markdown
