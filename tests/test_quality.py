@@ -62,7 +62,8 @@ def disc_frames(n: int = 7, size: int = 64, seed: int = 0) -> tuple[np.ndarray, 
 def quality_config(seed: int, network: str = DEFAULT_NETWORK) -> TrainingConfig:
     return TrainingConfig(patch_size=32, batch_size=8, max_steps=STEPS[network], max_minutes=None, learning_rate=3e-3,
                           network=network, start_filters=8, z_dim=16, n_validation_patches=8,
-                          validation_interval=50, kl_annealing_steps=240, device="cpu", seed=seed)
+                          validation_interval=50, kl_annealing_steps=240, lr_decay_fraction=0.0, device="cpu",
+                          seed=seed)
 
 
 def mean_gain(estimates: list[np.ndarray], clean: np.ndarray, noisy: np.ndarray) -> float:

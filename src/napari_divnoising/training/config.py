@@ -121,7 +121,7 @@ class TrainingConfig:
                               label="Weight averaging", minimum=0.0, maximum=0.99999, advanced=True)
     lr_factor: float = _field(0.5, help="Factor the learning rate is multiplied by when validation stalls.",
                               label="LR factor", minimum=0.01, maximum=0.99, advanced=True)
-    lr_decay_fraction: float = _field(0.0, help="Fraction at the end of the budget over which the learning rate "
+    lr_decay_fraction: float = _field(0.5, help="Fraction at the end of the budget over which the learning rate "
                                       "decays linearly (0: off).", label="LR decay fraction", minimum=0.0,
                                       maximum=1.0, advanced=True)
     lr_decay_floor: float = _field(0.05, help="Learning-rate factor reached at the end of the decay.",
