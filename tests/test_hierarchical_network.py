@@ -79,6 +79,22 @@ def test_signal_and_kl_sums_every_levels_kl():
     assert kl > top_kl > 0  # the finer levels add their KL to the top level's
 
 
+def test_training_sample_equals_decoding_the_encoders_grid():
+    # Training skips packing the features into the latent grid: the sample and the KL must be those of the grid.
+    net = small_net()
+    x = torch.randn(2, 1, 32, 48)
+    eps = torch.randn((2, net.noise_channels, 4, 6))
+    signal, kl, mu_top = net.signal_and_kl(x, eps)
+    mu, logvar = net.encode(x)
+    grid_eps = torch.cat([eps, torch.zeros((2, net.z_dim - net.noise_channels, 4, 6))], 1)
+    z = torch.where(torch.isneginf(logvar), mu, mu + torch.exp(0.5 * logvar) * grid_eps)
+    grid_signal, grid_kl = net.decoder(z, with_kl=True)
+    top = -0.5 * torch.sum(1 + logvar[:, :3] - mu[:, :3] ** 2 - logvar[:, :3].exp())
+    torch.testing.assert_close(signal, grid_signal, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(kl, grid_kl + top, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mu_top, mu[:, :3])
+
+
 def test_receptive_radius_bounds_the_measured_reach():
     """Perturb one input pixel (one grid cell): outputs change near it and nowhere beyond the radius."""
     net = small_net(levels=2)
