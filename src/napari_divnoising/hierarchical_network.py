@@ -25,6 +25,7 @@ prior sample), so every random number of a sample is an entry of the grid's nois
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F  # noqa: N812 (the usual PyTorch name)
@@ -73,9 +74,11 @@ class _Layout:
         sizes = [self.z_dim, *self.noise, *self.context]
         parts = torch.split(grid, sizes, dim=1)
         n = self.levels - 1
-        noise = [F.pixel_shuffle(p, f) if f > 1 else p for p, f in zip(parts[1 : 1 + n], self.factors, strict=True)]
-        context = [F.pixel_shuffle(p, f) if f > 1 else p for p, f in zip(parts[1 + n :], self.factors, strict=True)]
-        return parts[0], noise, context
+        return parts[0], self.at_scales(parts[1 : 1 + n]), self.at_scales(parts[1 + n :])
+
+    def at_scales(self, parts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """One grid part per finer level (finest first), pixel-shuffled from the grid to that level's scale."""
+        return [F.pixel_shuffle(p, f) if f > 1 else p for p, f in zip(parts, self.factors, strict=True)]
 
 
 class HierarchicalEncoder(nn.Module):
@@ -279,12 +282,11 @@ class HierarchicalVAE(nn.Module):
         ``eps``: standard normal noise of the latent grid's first :attr:`noise_channels` channels.
         """
         # The same computation as decoding the encoder's latent grid, without packing the features into the grid
-        # and unpacking them again (which costs the training step a tenth of its time).
+        # and unpacking them again (a large share of a training step; benchmarks/results/ablation.md).
         mu, logvar, features = self.encoder.bottom_up(x)
         layout, top = self.encoder.layout, self.level_z_dim
         z_top = mu + torch.exp(0.5 * logvar) * eps[:, :top]
-        noise_parts = torch.split(eps[:, top : top + sum(layout.noise)], layout.noise, dim=1)
-        noise = [F.pixel_shuffle(p, f) if f > 1 else p for p, f in zip(noise_parts, layout.factors, strict=True)]
+        noise = layout.at_scales(torch.split(eps[:, top : top + sum(layout.noise)], layout.noise, dim=1))
         signal, kl = self.decoder.top_down(z_top, noise, features, with_kl=True)
         mu_top, logvar_top = mu.float(), logvar.float()
         kl = kl - 0.5 * torch.sum(1 + logvar_top - mu_top.pow(2) - logvar_top.exp())
