@@ -37,7 +37,7 @@ import numpy as np
 # The package's tested PSNR (napari_divnoising.metrics needs only numpy, so this also works in a
 # baseline's own environment where the package is not installed).
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-from napari_divnoising.metrics import psnr
+from napari_divnoising.metrics import intensity_matched_reference, psnr
 
 
 def _time_budget_callback(seconds: float):
@@ -115,6 +115,7 @@ def train_and_evaluate(
             prediction = prediction[0]
         predictions.append(np.clip(np.squeeze(np.asarray(prediction)), 0.0, data_range))
     scores = [psnr(p, val_gt, data_range) for p in predictions]
+    matched = [psnr(p, intensity_matched_reference(f, val_gt)[0], data_range) for p, f in zip(predictions, frames)]
     return {
         "method": "Noise2Void (CAREamics)",
         "careamics_version": _version("careamics"),
@@ -134,6 +135,8 @@ def train_and_evaluate(
         "psnr": scores,
         "psnr_mean": float(np.mean(scores)),
         "psnr_std": float(np.std(scores)),
+        "psnr_matched": matched,
+        "psnr_matched_mean": float(np.mean(matched)),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
         "predictions": predictions,  # removed before JSON (see main); kept for callers that want images
     }

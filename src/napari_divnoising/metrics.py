@@ -55,3 +55,30 @@ def std_psnr(samples: np.ndarray, gt: np.ndarray, data_range: float) -> float:
     if len(values) < 2:
         raise DivNoisingError("The std-PSNR diversity metric needs at least two samples.")
     return float(np.std(values))
+
+
+def intensity_matched_reference(noisy: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The ground truth brought to the intensity of one noisy frame: ``(a * gt + b, a, b)``.
+
+    ``a`` and ``b`` are the least-squares fit of ``noisy`` on ``gt``. A ground truth averaged over many
+    frames can differ in brightness from any single one of them (bleaching, drift): a denoiser that is
+    faithful to the frame then pays for the difference. The PSNR against this reference measures the
+    denoising alone; quote it beside the plain PSNR, never instead of it.
+
+    Parameters
+    ----------
+    noisy
+        One noisy frame.
+    gt
+        Its ground truth, same shape.
+    """
+    x, g = _checked(noisy, gt)
+    if x.shape != g.shape:
+        raise DivNoisingError(f"Image shape {x.shape} does not match the ground truth shape {g.shape}.")
+    g_centred = g - g.mean()
+    spread = float(np.sum(g_centred**2))
+    if spread == 0:
+        raise DivNoisingError("The ground truth is constant: there is no intensity to match.")
+    a = float(np.sum(g_centred * (x - x.mean())) / spread)
+    b = float(x.mean() - a * g.mean())
+    return a * g + b, a, b

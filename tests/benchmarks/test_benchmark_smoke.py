@@ -145,6 +145,7 @@ def test_bm3d_vst_denoises_synthetic_image(benchmark_script):
     noisy = _poisson_gaussian(signal, 4.0, 2.0, rng)[None]
     result = bm3d_vst.evaluate(noisy, signal, calibration)
     assert result["psnr_mean"] > result["noisy_psnr_mean"] + 3.0
+    assert result["psnr_matched_mean"] == pytest.approx(result["psnr_mean"], abs=0.5)  # the frame is as bright
 
 
 def test_quality_markdown_from_results(benchmark_script, tmp_path):
@@ -156,7 +157,8 @@ def test_quality_markdown_from_results(benchmark_script, tmp_path):
             "noisy": {"label": "Noisy input", "psnr_mean": 30.0, "psnr_std": 0.1},
             "n2v": {"label": "Noise2Void (CAREamics)", "skipped": "no CAREamics environment"},
             "colearn": {"label": "DivNoising, co-learned Gaussian (b)", "psnr_mean": 33.0, "psnr_std": 0.2,
-                        "map": {"psnr_mean": 32.5, "psnr_std": 0.3}, "train_seconds": 6.0,
+                        "map": {"psnr_mean": 32.5, "psnr_std": 0.3, "psnr_matched_mean": 32.9},
+                        "psnr_matched_mean": 33.4, "train_seconds": 6.0,
                         "predict_seconds_per_image": 0.5, "steps": 3, "stop_reason": "max_steps"},
         },
         "samples_sweep": {"label": "DivNoising, co-learned Gaussian (b)",
@@ -165,8 +167,10 @@ def test_quality_markdown_from_results(benchmark_script, tmp_path):
                                             "map": {"psnr_mean": 31.5, "psnr_std": 0.2, "seconds_per_image": 0.3}},
                                      "single_sample": {"psnr_mean": 29.5, "psnr_std": 0.4, "n": 20}}},
     }
+    results["frame_intensity"] = [{"a": 0.94, "b": 0.3}, {"a": 0.95, "b": 0.25}]
     markdown = run_quality.to_markdown(results)
     assert "| Noisy input | 30.00 ± 0.10 |" in markdown
+    assert "| 33.40 (MAP 32.90) |" in markdown and "a = 0.940, 0.950; b = 0.30, 0.25" in markdown
     assert "training seed 2;" in markdown
     assert "no CAREamics environment" in markdown
     assert "33.00 ± 0.20 | 32.50 ± 0.30 |" in markdown
@@ -224,11 +228,13 @@ def test_quality_run_end_to_end_on_synthetic_folder(benchmark_script, tmp_path, 
     methods = results["methods"]
     assert set(methods) == {"noisy", "calibration", "colearn", "bootstrap", "estimated"}
     assert first_denoisings == [500, 501]
+    assert [f["a"] for f in results["frame_intensity"]] == pytest.approx([1.0, 1.0], abs=0.1)
     assert methods["estimated"]["noise_fit_seconds"] > 0
     for key in ("calibration", "colearn", "bootstrap", "estimated"):
         m = methods[key]
         assert "error" not in m, m["error"]  # a refused bootstrap fit is a failure, not a result
         assert len(m["psnr"]) == 2 and np.isfinite(m["psnr_mean"]) and np.isfinite(m["map"]["psnr_mean"])
+        assert len(m["psnr_matched"]) == 2 and np.isfinite(m["map"]["psnr_matched_mean"])
         assert 0 < m["steps"] <= 3
     counts = results["samples_sweep"]["counts"]
     assert set(counts) == {"1", "3", "single_sample"}
@@ -269,7 +275,8 @@ def test_quality_ablation_trains_saves_and_scores_with_views(benchmark_script, t
     assert [(r["label"], r["orientations"], r["offsets"]) for r in records] == [
         ("tiny", 1, 1), ("tiny, 8 orientations", 8, 1), ("tiny, 2 orientations", 2, 1),
         ("tiny, 2 orientations, 2 grid offsets", 2, 2)]
-    assert all(np.isfinite(r[name]["mmse"]) for r in records for name in ("val", "holdout"))
+    assert all(np.isfinite(r[name]["mmse"]) and np.isfinite(r[name]["mmse_matched"])
+               for r in records for name in ("val", "holdout"))
     assert records[2]["steps"] == 3 and records[2]["settings"]["start_filters"] == 8
     table = ablation.summarise(runs)
     assert "| tiny, 2 orientations | calibration | 3 steps | 1 |" in table
