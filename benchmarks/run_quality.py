@@ -267,12 +267,12 @@ def run(quick: bool = False, budget_minutes: float | None = None, data_dir: Path
     }
     methods = results["methods"]
     noisy_scores = [psnr(f, val_gt, data_range) for f in val_noisy]
-    intensity_fits = [intensity_matched_reference(f, val_gt)[1:] for f in val_noisy]
-    results["frame_intensity"] = [{"a": a, "b": b} for a, b in intensity_fits]
+    intensity_fits = [intensity_matched_reference(f, val_gt) for f in val_noisy]
+    results["frame_intensity"] = [{"a": a, "b": b} for _, a, b in intensity_fits]
     methods["noisy"] = {"label": "Noisy input", "psnr": noisy_scores, "psnr_mean": float(np.mean(noisy_scores)),
                         "psnr_std": float(np.std(noisy_scores)),
-                        "psnr_matched_mean": float(np.mean([psnr(f, intensity_matched_reference(f, val_gt)[0],
-                                                                 data_range) for f in val_noisy]))}
+                        "psnr_matched_mean": float(np.mean([psnr(f, fit[0], data_range)
+                                                            for f, fit in zip(val_noisy, intensity_fits)]))}
     log(f"noisy input: {methods['noisy']['psnr_mean']:.2f} dB")
 
     models: dict[str, Any] = {}
