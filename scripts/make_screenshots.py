@@ -88,8 +88,8 @@ def psnr(image: np.ndarray, clean: np.ndarray, data_range: float = 400.0) -> flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-steps", type=int, default=60, help="training budget in steps (default 60)")
-    parser.add_argument("--network", choices=["divnoising", "hierarchical"], default="divnoising",
-                        help="network to train (default divnoising, the network of the guide's screenshots)")
+    parser.add_argument("--network", choices=["auto", "divnoising", "hierarchical"], default="auto",
+                        help="network to train (default auto: the Train panel's own choice)")
     parser.add_argument("--samples", type=int, default=30, help="posterior samples per image (default 30)")
     parser.add_argument("--only", choices=["noise", "train", "predict"], default=None,
                         help="stop after this panel's screenshots")
@@ -118,7 +118,8 @@ def main() -> None:
     train.images.set_checked(["noisy"])
     train.budget_unit.setCurrentText("steps")
     train.budget_value.setValue(args.train_steps)
-    train.advanced_settings.editors["network"].set(args.network)
+    if args.network != "auto":
+        train.advanced_settings.editors["network"].set(args.network)
     train.train_button.click()
     wait_until(lambda: len(train.loss_plot.train_steps) >= args.train_steps // 2 or not train.runner.running)
     shot(viewer, "03_training_running")
