@@ -67,7 +67,8 @@ def load_sets(data_dir: Path) -> dict[str, Any]:
 def score(model: Any, noisy: np.ndarray, gt: np.ndarray, n_samples: int, data_range: float = 255.0,
           orientations: int = 1, offsets: int = 1) -> dict:
     """MMSE, MAP, single-sample PSNR and diversity of ``model`` on the frames ``noisy`` (samples spread over
-    ``orientations`` orientations of each frame at ``offsets`` latent-grid offsets)."""
+    ``orientations`` orientations of each frame at ``offsets`` latent-grid offsets), and the MMSE's PSNR at each
+    frame's own intensity (``mmse_matched``)."""
     from napari_divnoising.map_estimate import map_estimate
     from napari_divnoising.metrics import intensity_matched_reference, psnr
     from napari_divnoising.prediction import predict
@@ -76,9 +77,9 @@ def score(model: Any, noisy: np.ndarray, gt: np.ndarray, n_samples: int, data_ra
     for i, frame in enumerate(noisy):
         result = predict(model, frame, n_samples, keep_samples=n_samples, seed=i, orientations=orientations,
                          offsets=offsets)
-        mmse.append(psnr(np.clip(result.mmse, 0, data_range), gt, data_range))
-        mmse_matched.append(psnr(np.clip(result.mmse, 0, data_range), intensity_matched_reference(frame, gt)[0],
-                                 data_range))
+        estimate = np.clip(result.mmse, 0, data_range)
+        mmse.append(psnr(estimate, gt, data_range))
+        mmse_matched.append(psnr(estimate, intensity_matched_reference(frame, gt)[0], data_range))
         map_.append(psnr(np.clip(map_estimate(result.samples), 0, data_range), gt, data_range))
         per_sample = [psnr(np.clip(s, 0, data_range), gt, data_range) for s in result.samples]
         single.append(float(np.mean(per_sample)))
