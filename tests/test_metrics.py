@@ -48,7 +48,7 @@ def test_intensity_matched_reference_recovers_a_dimmer_frame():
     assert b == pytest.approx(0.3, abs=0.5)
     # A perfect denoiser of the frame is penalised against the ground truth, not against the reference.
     assert psnr(frame_signal, reference, 255) > psnr(frame_signal, gt, 255) + 10
-    same, a1, b1 = intensity_matched_reference(gt + rng.normal(0, 3, gt.shape), gt)
+    _, a1, b1 = intensity_matched_reference(gt + rng.normal(0, 3, gt.shape), gt)
     assert (a1, b1) == pytest.approx((1.0, 0.0), abs=0.1)
 
 

@@ -7,10 +7,11 @@ import numpy as np
 from .errors import DivNoisingError
 
 
-def _checked(x: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _checked(x: np.ndarray, gt: np.ndarray, same_shape: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Both as float64; ``x`` must end in the ground truth's shape (or have exactly its shape: ``same_shape``)."""
     a = np.asarray(x, dtype=np.float64)
     b = np.asarray(gt, dtype=np.float64)
-    if a.shape[-b.ndim :] != b.shape:
+    if (a.shape if same_shape else a.shape[-b.ndim :]) != b.shape:
         raise DivNoisingError(f"Image shape {a.shape} does not match the ground truth shape {b.shape}.")
     return a, b
 
@@ -27,9 +28,7 @@ def psnr(x: np.ndarray, gt: np.ndarray, data_range: float) -> float:
     data_range
         The range to quote (e.g. 255 for 8-bit data); always state it with the number.
     """
-    a, b = _checked(x, gt)
-    if a.shape != b.shape:
-        raise DivNoisingError(f"Image shape {a.shape} does not match the ground truth shape {b.shape}.")
+    a, b = _checked(x, gt, same_shape=True)
     if data_range <= 0:
         raise DivNoisingError(f"The PSNR data range must be positive (got {data_range}).")
     mse = float(np.mean((a - b) ** 2))
@@ -72,9 +71,7 @@ def intensity_matched_reference(noisy: np.ndarray, gt: np.ndarray) -> tuple[np.n
     gt
         Its ground truth, same shape.
     """
-    x, g = _checked(noisy, gt)
-    if x.shape != g.shape:
-        raise DivNoisingError(f"Image shape {x.shape} does not match the ground truth shape {g.shape}.")
+    x, g = _checked(noisy, gt, same_shape=True)
     g_centred = g - g.mean()
     spread = float(np.sum(g_centred**2))
     if spread == 0:
