@@ -33,10 +33,11 @@ if TYPE_CHECKING:
 #: compute-bound, more and cheaper steps learn more in a time budget, and the hierarchical network learns
 #: more than the DivNoising network in the same time (benchmarks/results/ablation.md; co-learning the noise
 #: model keeps the DivNoising network, see ``train_iter``); a GPU is not
-#: compute-bound at these sizes (on an H200, batch 32 x 128^2 costs about what 8 x 64^2 does) and keeps the
-#: network measured there.
+#: compute-bound at these sizes (on an H200, batch 32 x 128^2 costs about what 8 x 64^2 does), and on an H100
+#: the hierarchical network learned more in the same time there too (benchmarks/results/gpu_networks.md).
+#: Small GPUs, not measured, keep the DivNoising network.
 CPU_DEFAULTS = {"patch_size": 64, "batch_size": 8, "start_filters": 16, "network": "hierarchical"}
-GPU_DEFAULTS = {"patch_size": 128, "batch_size": 32, "start_filters": 32, "network": "divnoising"}
+GPU_DEFAULTS = {"patch_size": 128, "batch_size": 32, "start_filters": 32, "network": "hierarchical"}
 SMALL_GPU_DEFAULTS = {"patch_size": 128, "batch_size": 16, "start_filters": 32, "network": "divnoising"}
 #: The settings whose empty value means "chosen for the device".
 DEVICE_CHOSEN = tuple(CPU_DEFAULTS)
