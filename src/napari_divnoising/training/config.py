@@ -83,8 +83,8 @@ class TrainingConfig:
         label="Batch size", minimum=1, maximum=1024)
     network: str | None = _field(
         None, help="Network type: divnoising (one latent grid, as in the DivNoising paper) or hierarchical (latents "
-        "at several scales); empty: hierarchical on a CPU with a given noise model, else divnoising (on a GPU, "
-        "and when co-learning the noise model).",
+        "at several scales); empty: hierarchical with a given noise model, else divnoising (when co-learning the "
+        "noise model, and on GPUs with less than 6 GiB).",
         label="Network", choices=NETWORK_TYPES, advanced=True)
     depth: int | None = _field(
         None, help="Down-sampling levels of the network (for a hierarchical network: its latent levels); empty: "
