@@ -84,7 +84,7 @@ class TrainingConfig:
     network: str | None = _field(
         None, help="Network type: divnoising (one latent grid, as in the DivNoising paper) or hierarchical (latents "
         "at several scales); empty: hierarchical with a given noise model, else divnoising (when co-learning the "
-        "noise model, and on GPUs with less than 6 GiB).",
+        "noise model, on Apple GPUs and on CUDA GPUs with less than 6 GiB).",
         label="Network", choices=NETWORK_TYPES, advanced=True)
     depth: int | None = _field(
         None, help="Down-sampling levels of the network (for a hierarchical network: its latent levels); empty: "
@@ -262,8 +262,8 @@ def check_ranges(config: Any) -> None:
 
 
 def device_defaults(device: torch.device | str) -> dict[str, int]:
-    """Patch size, batch size and filters for ``device``: the measured CPU defaults, or a wider network and
-    larger batches that fill a GPU."""
+    """Patch size, batch size, filters and network type for ``device``: the measured CPU defaults, or a wider
+    network and larger batches that fill a GPU."""
     import torch  # here, so that the settings (and ``divnoising --help``) load without torch
 
     device = torch.device(device)
