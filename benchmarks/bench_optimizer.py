@@ -54,11 +54,12 @@ VARIANTS = (("single", "single", False), ("foreach", "foreach", False), ("fused"
 
 
 def loop_config(device: torch.device, batch: int, patch: int, steps: int, filters: int | None = None,
-                cuda_graphs: bool = True) -> TrainingConfig:
-    """A step-budgeted run without validations or restarts (``filters`` None: the device's default)."""
+                cuda_graphs: bool = True, network: str | None = None, depth: int | None = None) -> TrainingConfig:
+    """A step-budgeted run without validations or restarts (``filters``, ``network`` and ``depth`` None: the
+    device's and the network's defaults)."""
     return TrainingConfig(batch_size=batch, patch_size=patch, start_filters=filters, max_steps=steps,
                           max_minutes=None, device=str(device), validation_interval=10**6, collapse_restarts=0,
-                          cuda_graphs=cuda_graphs)
+                          cuda_graphs=cuda_graphs, network=network, depth=depth)
 
 
 def loop_rate(frames: np.ndarray, device: torch.device, config: TrainingConfig, implementation: str | None = None,

@@ -13,6 +13,7 @@ Run ``python benchmarks/bench_train_step.py [--quick]``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -51,6 +52,37 @@ def conv_macs(network: DivNoisingVAE, height: int, width: int) -> int:
             h, w = h * 2, w * 2
         elif isinstance(layer, nn.Conv2d):
             macs += layer.in_channels * layer.out_channels * 9 * h * w
+    return macs
+
+
+def training_forward_macs(network: nn.Module, height: int, width: int) -> int:
+    """Multiply-accumulates of one training forward pass per image, counted on the layers as they run (any
+    network type: for ``DivNoisingVAE`` the same count as :func:`conv_macs`; for the hierarchical network
+    also the priors and posteriors of its finer levels that its KL needs)."""
+    from napari_divnoising.hierarchical_network import HierarchicalVAE
+
+    macs = 0
+
+    def count(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal macs
+        per_position = layer.in_channels // layer.groups * layer.out_channels * math.prod(layer.kernel_size)
+        # A convolution visits each output position, a transposed convolution each input position.
+        grid = output if isinstance(layer, nn.Conv2d) else inputs[0]
+        macs += per_position * grid.shape[-2] * grid.shape[-1]
+
+    layers = [m for m in network.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    hooks = [m.register_forward_hook(count) for m in layers]
+    try:
+        with torch.no_grad():
+            x = torch.zeros(1, 1, height, width)
+            if isinstance(network, HierarchicalVAE):
+                m = network.size_multiple
+                network.signal_and_kl(x, torch.zeros(1, network.noise_channels, height // m, width // m))
+            else:
+                network.decode(network.encode(x)[0])
+    finally:
+        for hook in hooks:
+            hook.remove()
     return macs
 
 

@@ -4,11 +4,13 @@ Measures, on ``--device`` (default ``cuda``):
 
 1. the float32 and bfloat16 matrix-product rates (the yardstick of the floors, measured in this run);
 2. the training step of the real loop (``training.train_iter``: patches cut on the device, bf16
-   autocast, losses read back every ``log_interval`` steps) at the CPU default (batch 8 x 64^2) and
-   the GPU default (batch 32 x 128^2) and batch 64 x 128^2, depth 2, as the median step time after
-   warm-up, against the FLOP floor (conv FLOPs x 3 for forward + backward at the bf16 matmul rate);
-3. posterior sampling: samples per second for 100 and 1000 samples of 512^2 and for 4096^2
-   (``prediction.predict_iter``), MAP time, and the peak GPU memory;
+   autocast, losses read back every ``log_interval`` steps) of the paper's network at depth 2 (the
+   issue's yardstick) at the CPU default (batch 8 x 64^2), the GPU default (batch 32 x 128^2) and
+   batch 64 x 128^2, and of the device's default network (when it is another) at the last two, as the
+   median step time after warm-up, against the FLOP floor (conv FLOPs of a training forward pass,
+   counted as the layers run, x 3 for forward + backward at the bf16 matmul rate);
+3. posterior sampling with each of those networks: samples per second for 100 and 1000 samples of
+   512^2 and for 4096^2 (``prediction.predict_iter``), MAP time, and the peak GPU memory;
 4. ``divnoising fit-noise-model`` on the calibration stack and ``divnoising train --max-minutes M``
    on ``train_noisy.tif`` through the command line, as a user would run them; the share of the
    budget the run used; MMSE (100 samples) and MAP PSNR on ``val_noisy.tif`` against ``val_gt.tif``
@@ -47,11 +49,10 @@ from _common import (  # noqa: E402
     write_results,
 )
 from bench_optimizer import loop_config, loop_rate  # noqa: E402
-from bench_train_step import conv_macs  # noqa: E402
+from bench_train_step import training_forward_macs  # noqa: E402
 
 from napari_divnoising.io import read_tiff  # noqa: E402
 from napari_divnoising.metrics import psnr  # noqa: E402
-from napari_divnoising.network import DivNoisingVAE  # noqa: E402
 
 #: Progress-bar lines of the command line's output, left out of the report.
 PROGRESS_LINE = re.compile(r"^\s*(step \d+, |fitting noise model:|training )")
@@ -73,11 +74,13 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int =
     return 2.0 * n**3 / median(times) / 1e9
 
 
-def train_step_times(images: np.ndarray, device: torch.device, batch: int, patch: int, steps: int) -> dict[str, Any]:
-    """Median step time of the real training loop after warm-up (seconds), from its own events."""
+def train_step_times(images: np.ndarray, device: torch.device, batch: int, patch: int, steps: int,
+                     network: str | None = None, depth: int | None = None) -> dict[str, Any]:
+    """Median step time of the real training loop after warm-up (seconds), from its own events (``network``
+    and ``depth`` None: the device's default network)."""
     from napari_divnoising.training import TrainStep, train_iter
 
-    config = loop_config(device, batch, patch, steps)
+    config = loop_config(device, batch, patch, steps, network=network, depth=depth)
     stamps = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -88,7 +91,9 @@ def train_step_times(images: np.ndarray, device: torch.device, batch: int, patch
     warm = max(10, steps // 5)
     per_step = np.diff(stamps[warm:])
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"batch": batch, "patch": patch, "steps": steps, "step_median_s": float(np.median(per_step)),
+    resolved = config.resolved(device)
+    return {"network": f"{resolved.network}, depth {resolved.depth}", "batch": batch, "patch": patch,
+            "steps": steps, "step_median_s": float(np.median(per_step)),
             "steps_per_s_unsynced": None, "peak_gpu_mib": peak}
 
 
@@ -109,7 +114,8 @@ def sampling_speed(model: Any, device: torch.device, size: int, n_samples: int, 
         times.append(time.perf_counter() - t)
     seconds = median(times)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"size": size, "samples": n_samples, "map": compute_map, "seconds": seconds,
+    return {"network": f"{model.network.kind}, depth {model.network.depth}", "size": size, "samples": n_samples,
+            "map": compute_map, "seconds": seconds,
             "samples_per_s": n_samples / seconds, "mpx_samples_per_s": n_samples * size * size / seconds / 1e6,
             "peak_gpu_mib": peak}
 
@@ -163,7 +169,8 @@ def fmd_training(data_dir: Path, device: torch.device, minutes: float, work: Pat
         "minutes": minutes, "wall_s": wall, "steps": int(model.history["steps"]), "reason": last_run["reason"],
         "budget_used": last_run.get("budget_used"), "train_elapsed_s": last_run.get("elapsed_s"),
         "best_step": model.history.get("best_step"), "batch": model.config.get("batch_size"),
-        "patch": model.config.get("patch_size"), "summary": summary, "predict_s_per_frame": predict_s,
+        "patch": model.config.get("patch_size"), "network": model.config.get("network"), "summary": summary,
+        "predict_s_per_frame": predict_s,
         **{f"{k}_psnr_mean": float(np.mean(v)) for k, v in scores.items()},
         **{f"{k}_psnr_std": float(np.std(v)) for k, v in scores.items()},
     }
@@ -188,8 +195,9 @@ def section(results: dict[str, Any], name: str, fn: Any, save: Any) -> None:
 def run(data_dir: Path, device: torch.device, minutes: float, quick: bool, save: Any = lambda results: None
         ) -> dict[str, Any]:
     from napari_divnoising.model import DivNoisingModel
+    from napari_divnoising.network import build_network
     from napari_divnoising.noise_models import GaussianNoiseModel
-    from napari_divnoising.training import device_defaults
+    from napari_divnoising.training import TrainingConfig, device_defaults
 
     log: list[str] = []
     results: dict[str, Any] = {"machine": machine_info(str(device)), "log": log}
@@ -200,18 +208,25 @@ def run(data_dir: Path, device: torch.device, minutes: float, quick: bool, save:
     steps = 20 if quick else 400
     configs = [(4, 32), (8, 64)] if quick else [(8, 64), (32, 128), (64, 128)]
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    start_filters = device_defaults(device)["start_filters"]  # the network a user trains on this device
+    defaults = device_defaults(device)  # the network a user trains on this device
+    start_filters = defaults["start_filters"]
     results["start_filters"] = start_filters
+    # The issue's yardstick (the paper's network, depth 2) at every size; the device's default network, where it
+    # is another, at the sizes of a GPU.
+    step_runs = [("divnoising", 2, batch, patch) for batch, patch in configs]
+    if defaults["network"] != "divnoising":
+        step_runs += [(defaults["network"], None, batch, patch) for batch, patch in configs[-2:]]
 
     def train_steps() -> list[dict[str, Any]]:
         yardstick = results.get("matmul_gflops", {}).get("bfloat16" if bf16 else "float32", float("nan"))
-        network = DivNoisingVAE(depth=2, start_filters=start_filters)
         rows = []
-        for batch, patch in configs:
-            row = train_step_times(train_frames, device, batch, patch, steps)
-            row["loop_steps_per_s"] = loop_rate(train_frames, device, loop_config(device, batch, patch, steps),
-                                                warm=max(10, steps // 5))
-            row["gflop_per_step"] = 3 * 2 * conv_macs(network, patch, patch) * batch / 1e9
+        for network, depth, batch, patch in step_runs:
+            row = train_step_times(train_frames, device, batch, patch, steps, network, depth)
+            config = loop_config(device, batch, patch, steps, network=network, depth=depth)
+            row["loop_steps_per_s"] = loop_rate(train_frames, device, config, warm=max(10, steps // 5))
+            resolved = config.resolved(device)
+            built = build_network(resolved.network, resolved.depth, resolved.start_filters, resolved.z_dim)
+            row["gflop_per_step"] = 3 * 2 * training_forward_macs(built, patch, patch) * batch / 1e9
             row["floor_s"] = row["gflop_per_step"] / yardstick
             row["ratio_to_floor"] = row["step_median_s"] / row["floor_s"]
             rows.append(row)
@@ -220,14 +235,20 @@ def run(data_dir: Path, device: torch.device, minutes: float, quick: bool, save:
     section(results, "train_steps", train_steps, save)
 
     def sampling() -> list[dict[str, Any]]:
-        torch.manual_seed(0)
-        model = DivNoisingModel(DivNoisingVAE(depth=2, start_filters=start_filters),
-                                GaussianNoiseModel(a=4.0, b=0.0), 20.0, 20.0)
+        networks = [("divnoising", 2)] + ([(defaults["network"], None)] if defaults["network"] != "divnoising"
+                                          else [])
         small, large = (128, 256) if quick else (512, 4096)
-        return [sampling_speed(model, device, small, 10 if quick else 100),
-                sampling_speed(model, device, small, 20 if quick else 1000),
-                sampling_speed(model, device, small, 10 if quick else 100, compute_map=True),
-                sampling_speed(model, device, large, 4 if quick else 20, repeats=1)]
+        rows = []
+        for network, depth in networks:
+            settings = TrainingConfig(network=network, depth=depth, start_filters=start_filters).network_settings()
+            torch.manual_seed(0)
+            model = DivNoisingModel(build_network(network, settings["depth"], start_filters, settings["z_dim"]),
+                                    GaussianNoiseModel(a=4.0, b=0.0), 20.0, 20.0)
+            rows += [sampling_speed(model, device, small, 10 if quick else 100),
+                     sampling_speed(model, device, small, 20 if quick else 1000),
+                     sampling_speed(model, device, small, 10 if quick else 100, compute_map=True),
+                     sampling_speed(model, device, large, 4 if quick else 20, repeats=1)]
+        return rows
 
     section(results, "sampling", sampling, save)
 
@@ -254,28 +275,37 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"Matrix-product yardstick: {fmt(m['float32'])} GFLOP/s float32, {fmt(m['bfloat16'])} GFLOP/s "
                   "bfloat16.", ""]
     if "train_steps" in results:
-        lines += [f"## Training step (real loop, depth 2, {results['start_filters']} first-level filters as the "
-                  "device default, bf16 autocast where supported)", ""]
+        lines += [f"## Training step (real loop, {results['start_filters']} first-level filters as the device "
+                  "default, bf16 autocast where supported)", ""]
         lines.append(markdown_table(
-            ["batch x patch", "GFLOP/step", "floor (ms)", "step median (ms)", "ratio to floor", "loop steps/s",
-             "peak GPU MiB"],
-            [[f"{r['batch']} x {r['patch']}²", r["gflop_per_step"], 1e3 * r["floor_s"], 1e3 * r["step_median_s"],
-              r["ratio_to_floor"], r["loop_steps_per_s"], r["peak_gpu_mib"]] for r in results["train_steps"]]))
+            ["network", "batch x patch", "GFLOP/step", "floor (ms)", "step median (ms)", "ratio to floor",
+             "loop steps/s", "peak GPU MiB"],
+            [[r.get("network", "divnoising, depth 2"), f"{r['batch']} x {r['patch']}²", r["gflop_per_step"],
+              1e3 * r["floor_s"], 1e3 * r["step_median_s"], r["ratio_to_floor"], r["loop_steps_per_s"],
+              r["peak_gpu_mib"]] for r in results["train_steps"]]))
         lines.append("")
     if "sampling" in results:
         lines += ["## Posterior sampling", ""]
+        rows = results["sampling"]
         lines.append(markdown_table(
-            ["image", "samples", "MAP", "seconds", "samples/s", "Mpx-samples/s", "peak GPU MiB"],
-            [[f"{s['size']}²", s["samples"], s["map"], s["seconds"], s["samples_per_s"], s["mpx_samples_per_s"],
-              s["peak_gpu_mib"]] for s in results["sampling"]]))
-        big, small = results["sampling"][3], results["sampling"][0]
-        lines += ["", f"Samples/s rate per pixel at {big['size']}² relative to {small['size']}²: "
-                  f"{fmt(big['mpx_samples_per_s'] / small['mpx_samples_per_s'])}.", ""]
+            ["network", "image", "samples", "MAP", "seconds", "samples/s", "Mpx-samples/s", "peak GPU MiB"],
+            [[s.get("network", "divnoising, depth 2"), f"{s['size']}²", s["samples"], s["map"], s["seconds"],
+              s["samples_per_s"], s["mpx_samples_per_s"], s["peak_gpu_mib"]] for s in rows]))
+        lines.append("")
+        for first in range(0, len(rows) - 3, 4):  # each network's four rows: 100, 1000, MAP, large
+            small, many, big = rows[first], rows[first + 1], rows[first + 3]
+            lines.append(f"{small.get('network', 'divnoising, depth 2')}: samples/s rate per pixel at "
+                         f"{big['size']}² relative to {small['size']}²: "
+                         f"{fmt(big['mpx_samples_per_s'] / small['mpx_samples_per_s'])} against "
+                         f"{small['samples']} samples, {fmt(big['mpx_samples_per_s'] / many['mpx_samples_per_s'])} "
+                         f"against {many['samples']}.")
+        lines.append("")
     if "fmd" in results:
         f = results["fmd"]
         lines += ["## FMD training through the command line", "",
                   f"`divnoising train --max-minutes {f['minutes']:g} --device {results['machine']['device']}` "
-                  f"(calibration GMM): {f['steps']} steps of batch {f['batch']} x {f['patch']}², ended by "
+                  f"(calibration GMM, {f.get('network') or 'divnoising'} network): {f['steps']} steps of batch "
+                  f"{f['batch']} x {f['patch']}², ended by "
                   f"{f['reason']} after {fmt(f['train_elapsed_s'])} s ({fmt(100 * (f['budget_used'] or 0))}% of the "
                   f"budget); best validation at step {f['best_step']}.", "",
                   markdown_table(["", "PSNR mean (dB)", "std"],

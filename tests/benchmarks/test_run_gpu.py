@@ -18,8 +18,10 @@ def test_step_times_sampling_speed_and_report_on_the_cpu(benchmark_script):
     run_gpu = benchmark_script("run_gpu")
     cpu = torch.device("cpu")
     frames = np.random.default_rng(0).poisson(40.0, (2, 48, 48)).astype(np.float32)
-    step = run_gpu.train_step_times(frames, cpu, batch=2, patch=16, steps=12)
-    assert step["step_median_s"] > 0 and step["peak_gpu_mib"] is None
+    step = run_gpu.train_step_times(frames, cpu, batch=2, patch=16, steps=12, network="divnoising", depth=2)
+    assert step["step_median_s"] > 0 and step["peak_gpu_mib"] is None and step["network"] == "divnoising, depth 2"
+    default = run_gpu.train_step_times(frames, cpu, batch=2, patch=16, steps=12)
+    assert default["network"] == "hierarchical, depth 3"  # the CPU's default network
     assert run_gpu.loop_rate(frames, cpu, run_gpu.loop_config(cpu, 2, 16, 12), warm=10) > 0
     model = DivNoisingModel(DivNoisingVAE(depth=2, start_filters=8, z_dim=8), GaussianNoiseModel(a=4.0, b=0.0),
                             40.0, 10.0)
@@ -37,7 +39,8 @@ def test_step_times_sampling_speed_and_report_on_the_cpu(benchmark_script):
                "sampling": sampling, "fmd": fmd}
     json.dumps(results)
     text = run_gpu.markdown(results)
-    assert "| 2 x 16² |" in text and "relative to 32²" in text and "16 first-level filters" in text
+    assert "| divnoising, depth 2 | 2 x 16² |" in text and "16 first-level filters" in text
+    assert "divnoising, depth 2: samples/s rate per pixel at 64² relative to 32²" in text
     assert "ended by max_minutes" in text
 
 
@@ -58,3 +61,16 @@ def test_a_failing_part_is_reported_and_the_others_still_run(benchmark_script):
     assert "## sampling failed" in text and "1 GFLOP/s float32" in text
     assert "[... 29 lines ...]" in text  # a long log keeps its head and tail
     assert run_gpu.PROGRESS_LINE.match("step 12, loss 2.5, 14 steps/s") and not run_gpu.PROGRESS_LINE.match("Done:")
+
+
+def test_the_floor_counts_what_each_network_computes_in_a_training_step(benchmark_script):
+    from napari_divnoising.hierarchical_network import HierarchicalVAE
+    from napari_divnoising.network import DivNoisingVAE
+
+    bench = benchmark_script("bench_train_step")
+    paper = DivNoisingVAE(depth=2, start_filters=8, z_dim=8)
+    assert bench.training_forward_macs(paper, 32, 32) == bench.conv_macs(paper, 32, 32)
+    ladder = HierarchicalVAE(levels=3, start_filters=8, z_dim=4)
+    macs = bench.training_forward_macs(ladder, 32, 32)
+    # The first convolution alone (1 to 8 channels, 3x3, every pixel), and more for a larger image.
+    assert macs > 8 * 9 * 32 * 32 and bench.training_forward_macs(ladder, 64, 64) == 4 * macs
