@@ -239,3 +239,19 @@ def test_a_cpu_run_continues_on_the_gpu_with_graphs():
     resumed = Optimiser(on_gpu, TrainingConfig(), state, capturable=True)
     resumed.step(sum(p.sum() for p in on_gpu))
     assert all(s["step"].device.type == "cuda" and float(s["step"]) == 2 for s in resumed.optimizer.state.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("network", ["divnoising", "hierarchical"])
+def test_each_network_trains_with_recorded_steps_on_a_gpu(network):
+    frames = np.random.default_rng(0).poisson(40.0, (3, 64, 64)).astype(np.float32)
+    config = TrainingConfig(network=network, patch_size=32, batch_size=4, start_filters=8, z_dim=4, max_steps=30,
+                            max_minutes=None, validation_interval=10, log_interval=5, device="cuda",
+                            collapse_restarts=0)
+    events = list(train_iter(frames, 5.0, config))
+    done = events[-1]
+    assert isinstance(done, TrainingDone) and done.reason == "max_steps"
+    assert not [e.message for e in events if isinstance(e, TrainingWarning) and e.kind == "cuda_graphs"]
+    losses = done.model.history["train_loss"]
+    assert len(losses) == 30 and np.isfinite(losses).all()
+    assert len(set(losses[WARMUP_STEPS:])) > 20  # every replay drew new patches and new latent noise
