@@ -148,6 +148,10 @@ class TrainingConfig:
                                     label="Stop on collapse", advanced=True)
     collapse_restarts: int = _field(2, help="Restarts from new weights (with longer KL annealing) after a collapse.",
                                     label="Collapse restarts", minimum=0, maximum=10, advanced=True)
+    divergence_rollbacks: int = _field(
+        3, help="Times a run that diverges (a non-finite loss, or a validation loss far above its best) goes back to "
+        "its best weights and goes on with half the learning rate; 0: a non-finite loss ends the run.",
+        label="Divergence rollbacks", minimum=0, maximum=10, advanced=True)
     sigma_min: float | None = _field(None, help="Co-learned noise model: least noise standard deviation; empty: 1% "
                                      "of the data's standard deviation.", label="Least noise sigma", minimum=0.0,
                                      maximum=1e30, advanced=True)

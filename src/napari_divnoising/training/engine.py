@@ -9,12 +9,16 @@
   ``beta`` on a fixed, seeded set of held-out patches and latent noise);
 - :class:`CheckpointSaved` when ``checkpoint_path`` is given and a file was written;
 - :class:`TrainingWarning` for what the user should know (posterior collapse, a noise
-  model that does not cover the data, a checkpoint that could not be written);
+  model that does not cover the data, a checkpoint that could not be written, a diverged
+  run that went back to its best weights);
 - :class:`TrainingDone` last, with the model holding the best weights.
 
 Training stops when the budget (``max_minutes`` and/or ``max_steps``) is used up, by
 early stopping on the validation loss (never before ``min_fraction_before_stopping`` of
-the budget), or on posterior collapse after all restarts. Closing the generator stops it
+the budget), or on posterior collapse after all restarts. A run that diverges (a non-finite
+loss, or a validation loss ``DIVERGENCE_MARGIN`` above its best) goes back to its best
+weights with a fresh optimizer at half the learning rate, up to ``divergence_rollbacks``
+times. Closing the generator stops it
 between two steps; the last checkpoint is then written if ``checkpoint_path`` was given.
 The schedule follows the budget fraction (see :mod:`.schedule`), so a slow warm-up on a
 GPU does not shorten the run.
@@ -57,7 +61,7 @@ from .events import (
 from .feed import ValidationSet, batch_source
 from .graphed import CudaGraphs, GraphedStep, uses_cuda_graphs
 from .loss import loss_terms
-from .loss_log import LossLog
+from .loss_log import DivergedLossError, LossLog
 from .noise_setup import COLEARN, check_resume, gmm_range_warning, is_colearn, resolve_noise_model
 from .optimiser import Optimiser
 from .schedule import KL_HOLD, Budget, CollapseMonitor, KLAnnealing, ValidationSchedule
@@ -74,6 +78,13 @@ def _autocast_for(device: torch.device, enabled: bool) -> contextlib.AbstractCon
     if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
     return None
+
+
+#: A validation loss this far (nats per pixel) above the best one is a diverged run, not noise: a model that much
+#: worse assigns the validation pixels e (2.7) times less likelihood each.
+DIVERGENCE_MARGIN = 1.0
+#: Factor on the learning rate after a divergence rollback.
+DIVERGENCE_LR_FACTOR = 0.5
 
 
 def _collapse_warning(step: int, window: int, config: TrainingConfig, restarts_done: int,
@@ -217,116 +228,147 @@ def train_iter(
                      noise_model=model.noise_model if colearned else None)
     budget = Budget(max_seconds, run_steps, clock)
     restarts_done = 0
+    rollbacks_done = 0
     reason = "stopped"
     step = start_step
+
+    def may_roll_back() -> bool:
+        return best.state is not None and rollbacks_done < config.divergence_rollbacks
+
+    def roll_back(at_step: int, why: str) -> TrainingWarning:
+        """Back to the best weights with a fresh optimizer at a lower learning rate."""
+        nonlocal rollbacks_done
+        rollbacks_done += 1
+        load_state(model, best.state)
+        if average is not None:
+            average.reset()
+        optimiser.roll_back(DIVERGENCE_LR_FACTOR)
+        best.reset_count()
+        history.setdefault("divergence_rollbacks", []).append(at_step)
+        return TrainingWarning(
+            f"Training diverged at step {at_step} ({why}). Going on from the best weights (step {best.step}) with "
+            f"the learning rate lowered to {optimiser.lr:.3g} (rollback {rollbacks_done} of "
+            f"{config.divergence_rollbacks}).", "divergence",
+        )
 
     finished = False
     try:
         model.network.train()
         while True:
-            elapsed = budget.elapsed()
-            done_here = step - start_step
-            exhausted = budget.exhausted(done_here, elapsed)
-            if exhausted:
-                reason = exhausted
-                break
-            progress = budget.progress(done_here, elapsed)
-            kl_weight = annealing.weight(step, progress)
-            optimiser.set_progress(progress)
-            x = next_batch()
-            eps = None
-            if on_cpu:  # numpy's ziggurat sampler is several times faster than torch.randn on a CPU
-                eps = torch.from_numpy(rng.standard_normal(latent_shape, dtype=np.float32))
-            if graphed is not None:
-                loss, recon, kl = graphed(x, kl_weight)
-                losses.add(step + 1, loss, recon, kl)
-                if losses.full:
-                    losses.read_back()
-            else:
-                recon, kl = loss_terms(model, x, eps, autocast, memory_format)
-                loss = recon + kl_weight * kl
-                losses.add(step + 1, loss, recon, kl)
-                # read back before the update, so a diverged step never reaches the weights on a CPU
-                optimiser.step(loss, before_update=losses.read_back if losses.full else None)
-            if average is not None:
-                average.update()
-            step += 1
-            if annealing.done:
-                history["kl_annealing_done"] = True
-
-            elapsed = budget.elapsed()
-            done_here = step - start_step
-            budget.mark(done_here, elapsed)
-            fraction = budget.fraction(done_here, elapsed)
-            progress = budget.progress(done_here, elapsed)
-            if graphed is not None and graphed.failure and not graph_failure_reported:
-                graph_failure_reported = True
-                yield TrainingWarning(f"Training steps run without CUDA graphs (slower): a step could not be "
-                                      f"recorded ({graphed.failure}).", "cuda_graphs")
-            logged_step, loss_f, recon_f, kl_f = losses.last
-            yield TrainStep(
-                step=step, max_steps=target_step, loss=loss_f, reconstruction=recon_f, kl=kl_f, kl_weight=kl_weight,
-                lr=optimiser.lr, elapsed_s=elapsed, eta_s=budget.eta(done_here, elapsed),
-                fraction=fraction, steps_per_s=budget.steps_per_second(), logged_step=logged_step,
-                noise_a=losses.noise_ab[0], noise_b=losses.noise_ab[1],
-            )
-
-            window = config.collapse_patience_steps or max(20, validations.steps_between(done_here, progress))
-            if annealing.done and collapse.collapsed(step, window):
-                collapse.reset()
-                steps_left = target_step - step if target_step is not None else None
-                restart_fits = annealing.restart_fits(progress, steps_left)
-                may_restart = resume is None and restarts_done < config.collapse_restarts
-                if may_restart and restart_fits:
-                    # The reference restarts on collapse; a new start with slower annealing usually escapes.
-                    restarts_done += 1
-                    annealing.restart(step, progress)
-                    yield TrainingWarning(
-                        f"Posterior collapse at step {step}: the KL term stayed below "
-                        f"{config.collapse_kl_threshold:g} per pixel for {window} steps, so the decoder ignored "
-                        f"the input. Restarting from new random weights with KL annealing over "
-                        f"{annealing.describe()} (restart {restarts_done} of {config.collapse_restarts}).",
-                        "collapse",
-                    )
-                    torch.manual_seed(config.seed + 1000 * restarts_done)
-                    model.network.load_state_dict(_new_network(config).state_dict())
-                    model.noise_model.load_state_dict(initial_noise_model_state)
-                    if average is not None:
-                        average.reset()
-                    optimiser.restart()
-                    history.setdefault("collapse_restarts", []).append(step)
-                    history.pop("kl_annealing_done", None)
-                    # The best model so far stays the best until the new start beats it on the same validation.
-                    best.reset_count()
-                    continue
-                yield _collapse_warning(step, window, config, restarts_done, may_restart and not restart_fits)
-                if config.stop_on_collapse:
-                    reason = "collapse"
+            try:
+                elapsed = budget.elapsed()
+                done_here = step - start_step
+                exhausted = budget.exhausted(done_here, elapsed)
+                if exhausted:
+                    reason = exhausted
                     break
-
-            if validations.due(done_here, progress):
-                losses.read_back()
-                with averaged():  # validated, kept and saved: the averaged weights, swapped in once
-                    val_loss, val_recon, val_kl = validation_set.loss(model, autocast, memory_format)
-                    history["val_steps"].append(step)
-                    history["val_loss"].append(val_loss)
-                    is_best = best.consider(model, val_loss, step)
-                    history["steps"] = step
-                    state = optimiser.state()
-                    saved_events = [checkpoints.save(model, kind, state, step)
-                                    for kind in (("best", "last") if is_best else ("last",))]
-                yield Validation(step, val_loss, best.val_loss, is_best, val_recon, val_kl)
-                for event in saved_events:
-                    if event is not None:
-                        yield event
+                progress = budget.progress(done_here, elapsed)
+                kl_weight = annealing.weight(step, progress)
+                optimiser.set_progress(progress)
+                x = next_batch()
+                attempted = step + 1
+                eps = None
+                if on_cpu:  # numpy's ziggurat sampler is several times faster than torch.randn on a CPU
+                    eps = torch.from_numpy(rng.standard_normal(latent_shape, dtype=np.float32))
+                if graphed is not None:
+                    loss, recon, kl = graphed(x, kl_weight)
+                    losses.add(step + 1, loss, recon, kl)
+                    if losses.full:
+                        losses.read_back()
+                else:
+                    recon, kl = loss_terms(model, x, eps, autocast, memory_format)
+                    loss = recon + kl_weight * kl
+                    losses.add(step + 1, loss, recon, kl)
+                    # read back before the update, so a diverged step never reaches the weights on a CPU
+                    optimiser.step(loss, before_update=losses.read_back if losses.full else None)
+                if average is not None:
+                    average.update()
+                step += 1
                 if annealing.done:
-                    optimiser.after_validation(val_loss)
-                    if (
-                        best.count(is_best) >= config.early_stopping_patience
-                        and min(fraction, progress) >= config.min_fraction_before_stopping
-                    ):
-                        reason = "early_stopping"
+                    history["kl_annealing_done"] = True
+
+                elapsed = budget.elapsed()
+                done_here = step - start_step
+                budget.mark(done_here, elapsed)
+                fraction = budget.fraction(done_here, elapsed)
+                progress = budget.progress(done_here, elapsed)
+                if graphed is not None and graphed.failure and not graph_failure_reported:
+                    graph_failure_reported = True
+                    yield TrainingWarning(f"Training steps run without CUDA graphs (slower): a step could not be "
+                                          f"recorded ({graphed.failure}).", "cuda_graphs")
+                logged_step, loss_f, recon_f, kl_f = losses.last
+                yield TrainStep(
+                    step=step, max_steps=target_step, loss=loss_f, reconstruction=recon_f, kl=kl_f, kl_weight=kl_weight,
+                    lr=optimiser.lr, elapsed_s=elapsed, eta_s=budget.eta(done_here, elapsed),
+                    fraction=fraction, steps_per_s=budget.steps_per_second(), logged_step=logged_step,
+                    noise_a=losses.noise_ab[0], noise_b=losses.noise_ab[1],
+                )
+
+                window = config.collapse_patience_steps or max(20, validations.steps_between(done_here, progress))
+                if annealing.done and collapse.collapsed(step, window):
+                    collapse.reset()
+                    steps_left = target_step - step if target_step is not None else None
+                    restart_fits = annealing.restart_fits(progress, steps_left)
+                    may_restart = resume is None and restarts_done < config.collapse_restarts
+                    if may_restart and restart_fits:
+                        # The reference restarts on collapse; a new start with slower annealing usually escapes.
+                        restarts_done += 1
+                        annealing.restart(step, progress)
+                        yield TrainingWarning(
+                            f"Posterior collapse at step {step}: the KL term stayed below "
+                            f"{config.collapse_kl_threshold:g} per pixel for {window} steps, so the decoder ignored "
+                            f"the input. Restarting from new random weights with KL annealing over "
+                            f"{annealing.describe()} (restart {restarts_done} of {config.collapse_restarts}).",
+                            "collapse",
+                        )
+                        torch.manual_seed(config.seed + 1000 * restarts_done)
+                        model.network.load_state_dict(_new_network(config).state_dict())
+                        model.noise_model.load_state_dict(initial_noise_model_state)
+                        if average is not None:
+                            average.reset()
+                        optimiser.restart()
+                        history.setdefault("collapse_restarts", []).append(step)
+                        history.pop("kl_annealing_done", None)
+                        # The best model so far stays the best until the new start beats it on the same validation.
+                        best.reset_count()
+                        continue
+                    yield _collapse_warning(step, window, config, restarts_done, may_restart and not restart_fits)
+                    if config.stop_on_collapse:
+                        reason = "collapse"
                         break
+
+                if validations.due(done_here, progress):
+                    losses.read_back()
+                    with averaged():  # validated, kept and saved: the averaged weights, swapped in once
+                        val_loss, val_recon, val_kl = validation_set.loss(model, autocast, memory_format)
+                        history["val_steps"].append(step)
+                        history["val_loss"].append(val_loss)
+                        is_best = best.consider(model, val_loss, step)
+                        history["steps"] = step
+                        state = optimiser.state()
+                        saved_events = [checkpoints.save(model, kind, state, step)
+                                        for kind in (("best", "last") if is_best else ("last",))]
+                    yield Validation(step, val_loss, best.val_loss, is_best, val_recon, val_kl)
+                    for event in saved_events:
+                        if event is not None:
+                            yield event
+                    if annealing.done:
+                        if not val_loss <= best.val_loss + DIVERGENCE_MARGIN and may_roll_back():
+                            why = f"validation loss {val_loss:.4g} against the best {best.val_loss:.4g}"
+                            yield roll_back(step, why)
+                            continue
+                        optimiser.after_validation(val_loss)
+                        if (
+                            best.count(is_best) >= config.early_stopping_patience
+                            and min(fraction, progress) >= config.min_fraction_before_stopping
+                        ):
+                            reason = "early_stopping"
+                            break
+            except DivergedLossError as diverged:
+                if not may_roll_back():
+                    raise
+                step = max(step, attempted)  # the step that read back the loss was run, and counts
+                yield roll_back(diverged.step, "a non-finite loss")
         losses.read_back()
         finished = True
     finally:

@@ -85,7 +85,8 @@ class CheckpointSaved:
 class TrainingWarning:
     """Something the user should know; ``kind`` is one of ``"collapse"``, ``"noise_model_range"``,
     ``"validation"``, ``"checkpoint"`` (a file could not be written; training goes on), ``"cuda_graphs"`` (steps
-    run without CUDA graphs) or ``"warning"``."""
+    run without CUDA graphs), ``"divergence"`` (the run went back to its best weights with a lower learning
+    rate) or ``"warning"``."""
 
     message: str
     kind: str = "warning"

@@ -11,11 +11,20 @@ import torch
 from ..errors import DivNoisingError
 
 
+class DivergedLossError(DivNoisingError):
+    """A step's loss was not finite (``step``: that step)."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
 class LossLog:
     """Collects each step's loss terms on the device and records them in the history in groups.
 
     On a GPU, reading a loss back to the host waits for the device; doing it once per ``interval``
-    steps keeps the device busy. A diverged (non-finite) loss raises when it is read back.
+    steps keeps the device busy. A diverged (non-finite) loss raises :class:`DivergedLossError` when it is
+    read back; the steps before it are recorded.
 
     Parameters
     ----------
@@ -62,9 +71,9 @@ class LossLog:
         history = self.history
         for s, (loss_f, recon_f, kl_f) in zip(steps, values, strict=True):
             if not math.isfinite(loss_f):
-                raise DivNoisingError(
+                raise DivergedLossError(
                     f"Training diverged at step {s} (loss {loss_f}); try a smaller learning rate or a "
-                    "better-matched noise model. The best model so far is kept."
+                    "better-matched noise model. The best model so far is kept.", s
                 )
             history["train_steps"].append(s)
             history["train_loss"].append(loss_f)

@@ -87,6 +87,14 @@ class Optimiser:
         )
         self.plateau_lr = config.learning_rate
 
+    def roll_back(self, lr_factor: float) -> None:
+        """After the weights went back to earlier ones: a fresh optimizer (the moments of the diverged steps are
+        dropped) whose plateau rate is ``lr_factor`` times the current one."""
+        plateau_lr = self.plateau_lr * lr_factor
+        self.restart()
+        self.plateau_lr = plateau_lr
+        self._set_lr(plateau_lr)
+
     def budget_decay(self, progress: float) -> float:
         """Factor on the learning rate at ``progress`` (0 to 1) of the budget."""
         fraction, floor = self.config.lr_decay_fraction, self.config.lr_decay_floor
