@@ -147,3 +147,20 @@ def test_a_rollback_drops_the_moments_and_lowers_the_plateau_rate():
     assert not optimiser.optimizer.state and optimiser.lr == pytest.approx(5e-4)
     optimiser.set_progress(0.1)
     assert optimiser.lr == pytest.approx(5e-4)
+
+
+@pytest.mark.parametrize("factor, rolls_back", [(50.0, True), (1.3, False)])
+def test_during_the_kl_ramp_only_a_blow_up_rolls_back(images, monkeypatch, factor, rolls_back):
+    real_loss = engine_module.ValidationSet.loss
+    calls = []
+
+    def loss_that_rises_once(self, *args, **kwargs):
+        calls.append(1)
+        val_loss, recon, kl = real_loss(self, *args, **kwargs)
+        return (abs(val_loss) * factor, recon, kl) if len(calls) == 3 else (val_loss, recon, kl)
+
+    monkeypatch.setattr(engine_module.ValidationSet, "loss", loss_that_rises_once)
+    events = list(train_iter(images, 10.0, small_config(kl_annealing_steps=45)))  # validations 1-4 in the ramp
+    warnings = [e for e in events if isinstance(e, TrainingWarning) and e.kind == "divergence"]
+    assert [("step 30" in w.message) for w in warnings] == ([True] if rolls_back else [])
+    assert events[-1].reason == "max_steps"

@@ -107,3 +107,21 @@ def test_a_restart_is_planned_only_when_its_longer_ramp_fits_in_the_budget():
     assert by_steps.restart_fits(0.9, steps_left=None)  # no step budget: the time budget decides by fraction
     by_fraction = KLAnnealing(1.0, 0.1, steps=None)
     assert by_fraction.restart_fits(0.75, steps_left=None) and not by_fraction.restart_fits(0.85, steps_left=None)
+
+
+def test_pauses_between_steps_do_not_push_the_planned_progress_ahead():
+    """A GPU run: steps are queued fast and wait at every read-back, and each validation pauses the run. The
+    planned progress must follow the steps' real share of the run, not jump at each pause."""
+    clock = FakeClock()
+    budget = Budget(60.0, None, clock)
+    elapsed, step, trace = 0.0, 0, []
+    while elapsed < 60.0:
+        step += 1
+        elapsed += 0.0001 if step % 10 else 0.019  # nine queued steps, then a read-back waits for all ten
+        if step % 500 == 0:
+            elapsed += 0.3  # a validation and its checkpoints
+        budget.mark(step, elapsed)
+        trace.append((step, budget.progress(step, elapsed)))
+    total = step
+    errors = [abs(progress - s / total) for s, progress in trace if s > 0.1 * total]
+    assert max(errors) < 0.03

@@ -16,7 +16,7 @@
 Training stops when the budget (``max_minutes`` and/or ``max_steps``) is used up, by
 early stopping on the validation loss (never before ``min_fraction_before_stopping`` of
 the budget), or on posterior collapse after all restarts. A run that diverges (a non-finite
-loss, or a validation loss ``DIVERGENCE_MARGIN`` above its best) goes back to its best
+loss, or a validation loss ``DIVERGENCE_MARGIN`` above its best; see ``_diverged``) goes back to its best
 weights with a fresh optimizer at half the learning rate, up to ``divergence_rollbacks``
 times. Closing the generator stops it
 between two steps; the last checkpoint is then written if ``checkpoint_path`` was given.
@@ -85,6 +85,16 @@ def _autocast_for(device: torch.device, enabled: bool) -> contextlib.AbstractCon
 DIVERGENCE_MARGIN = 1.0
 #: Factor on the learning rate after a divergence rollback.
 DIVERGENCE_LR_FACTOR = 0.5
+
+
+def _diverged(val_loss: float, best_val_loss: float, annealed: bool, restarted: bool) -> bool:
+    """Whether a validation loss says the run diverged: more than ``DIVERGENCE_MARGIN`` above the best once the
+    KL weight is at its full value. During the KL ramp, whose validations may rise while the weight is held at
+    0, only when it also more than doubles; never during the ramp after a collapse restart (new weights)."""
+    if restarted and not annealed:
+        return False
+    margin = DIVERGENCE_MARGIN if annealed else max(DIVERGENCE_MARGIN, abs(best_val_loss))
+    return not val_loss <= best_val_loss + margin
 
 
 def _collapse_warning(step: int, window: int, config: TrainingConfig, restarts_done: int,
@@ -352,11 +362,10 @@ def train_iter(
                     for event in saved_events:
                         if event is not None:
                             yield event
+                    if may_roll_back() and _diverged(val_loss, best.val_loss, annealing.done, restarts_done > 0):
+                        yield roll_back(step, f"validation loss {val_loss:.4g} against the best {best.val_loss:.4g}")
+                        continue
                     if annealing.done:
-                        if not val_loss <= best.val_loss + DIVERGENCE_MARGIN and may_roll_back():
-                            why = f"validation loss {val_loss:.4g} against the best {best.val_loss:.4g}"
-                            yield roll_back(step, why)
-                            continue
                         optimiser.after_validation(val_loss)
                         if (
                             best.count(is_best) >= config.early_stopping_patience

@@ -18,6 +18,11 @@ from collections.abc import Callable
 
 #: Steps whose time is left out of the step-rate estimate (cuDNN autotuning, allocator warm-up).
 WARMUP_STEPS = 10
+#: The step rate is measured over this share of the run's time since the warm-up (and over at least
+#: ``MIN_RATE_STEPS`` steps): long enough to average over the pauses at read-backs and validations, which a
+#: short window mistakes for a slower run (the planned progress then runs ahead, and never comes back).
+RATE_WINDOW_FRACTION = 0.25
+MIN_RATE_STEPS = 64
 #: Least number of steps between two validations planned by fraction.
 MIN_STEPS_BETWEEN_VALIDATIONS = 10
 #: Part of the KL ramp over which training holds the weight at 0: at initialisation the decoder
@@ -44,7 +49,8 @@ class Budget:
         self.max_steps = max_steps
         self.clock = clock
         self.start = clock()
-        self._marks: deque[tuple[int, float]] = deque(maxlen=64)
+        self._marks: deque[tuple[int, float]] = deque()
+        self._first_mark: float | None = None
         self._progress = 0.0
 
     def elapsed(self) -> float:
@@ -89,11 +95,19 @@ class Budget:
 
     def mark(self, steps_done: int, elapsed: float) -> None:
         """Record that ``steps_done`` steps were done after ``elapsed`` seconds (for the rate)."""
-        if steps_done > WARMUP_STEPS:
-            self._marks.append((steps_done, elapsed))
+        if steps_done <= WARMUP_STEPS:
+            return
+        if self._first_mark is None:
+            self._first_mark = elapsed
+        marks = self._marks
+        marks.append((steps_done, elapsed))
+        window = RATE_WINDOW_FRACTION * (elapsed - self._first_mark)
+        while len(marks) > MIN_RATE_STEPS and elapsed - marks[1][1] >= window:
+            marks.popleft()
 
     def steps_per_second(self) -> float:
-        """Recent step rate with the warm-up steps left out (0 until it can be measured)."""
+        """Recent step rate (over the last ``RATE_WINDOW_FRACTION`` of the run's time) with the warm-up steps left
+        out (0 until it can be measured)."""
         if len(self._marks) < 2:
             return 0.0
         (s0, t0), (s1, t1) = self._marks[0], self._marks[-1]
