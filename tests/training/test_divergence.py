@@ -74,16 +74,21 @@ def test_a_validation_loss_far_above_the_best_rolls_back_and_halves_the_learning
     assert done.history["divergence_rollbacks"] == [40]
 
 
-def test_a_non_finite_loss_rolls_back_instead_of_ending_the_run(images, monkeypatch):
+def nan_loss_at_call(monkeypatch, call: int) -> None:
+    """Make the ``call``-th training loss (1-based) not finite."""
     real_terms = engine_module.loss_terms
     calls = []
 
     def terms_with_one_nan(*args, **kwargs):
         calls.append(1)
         recon, kl = real_terms(*args, **kwargs)
-        return (recon * math.nan, kl) if len(calls) == 25 else (recon, kl)
+        return (recon * math.nan, kl) if len(calls) == call else (recon, kl)
 
     monkeypatch.setattr(engine_module, "loss_terms", terms_with_one_nan)
+
+
+def test_a_non_finite_loss_rolls_back_instead_of_ending_the_run(images, monkeypatch):
+    nan_loss_at_call(monkeypatch, 25)
     events, at_warning = run_recording_best(images, small_config())
     warnings = [e for e in events if isinstance(e, TrainingWarning) and e.kind == "divergence"]
     assert len(warnings) == 1 and "step 25" in warnings[0].message and "non-finite" in warnings[0].message
@@ -97,27 +102,13 @@ def test_a_non_finite_loss_rolls_back_instead_of_ending_the_run(images, monkeypa
 
 
 def test_without_rollbacks_a_non_finite_loss_ends_the_run_with_one_line(images, monkeypatch):
-    real_terms = engine_module.loss_terms
-    calls = []
-
-    def terms_with_one_nan(*args, **kwargs):
-        calls.append(1)
-        recon, kl = real_terms(*args, **kwargs)
-        return (recon * math.nan, kl) if len(calls) == 25 else (recon, kl)
-
-    monkeypatch.setattr(engine_module, "loss_terms", terms_with_one_nan)
+    nan_loss_at_call(monkeypatch, 25)
     with pytest.raises(DivNoisingError, match="diverged at step 25"):
         list(train_iter(images, 10.0, small_config(divergence_rollbacks=0)))
 
 
 def test_a_non_finite_loss_before_any_validation_cannot_roll_back(images, monkeypatch):
-    real_terms = engine_module.loss_terms
-
-    def terms_with_nan_at_once(*args, **kwargs):
-        recon, kl = real_terms(*args, **kwargs)
-        return recon * math.nan, kl
-
-    monkeypatch.setattr(engine_module, "loss_terms", terms_with_nan_at_once)
+    nan_loss_at_call(monkeypatch, 1)
     with pytest.raises(DivNoisingError, match="diverged at step 1"):
         list(train_iter(images, 10.0, small_config()))
 
