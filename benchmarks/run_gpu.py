@@ -211,11 +211,13 @@ def run(data_dir: Path, device: torch.device, minutes: float, quick: bool, save:
     defaults = device_defaults(device)  # the network a user trains on this device
     start_filters = defaults["start_filters"]
     results["start_filters"] = start_filters
-    # The yardstick (the paper's network, depth 2) at every size; the device's default network, where it
-    # is another, at the sizes of a GPU.
-    step_runs = [("divnoising", 2, batch, patch) for batch, patch in configs]
+    # The yardstick (the paper's network, depth 2) and the device's default network, where it is another
+    # (its own depth); the yardstick's steps at every size, the default's at the sizes of a GPU.
+    networks = [("divnoising", 2)]
     if defaults["network"] != "divnoising":
-        step_runs += [(defaults["network"], None, batch, patch) for batch, patch in configs[-2:]]
+        networks.append((defaults["network"], None))
+    step_runs = [(network, depth, batch, patch) for i, (network, depth) in enumerate(networks)
+                 for batch, patch in (configs if i == 0 else configs[-2:])]
 
     def train_steps() -> list[dict[str, Any]]:
         yardstick = results.get("matmul_gflops", {}).get("bfloat16" if bf16 else "float32", float("nan"))
@@ -235,8 +237,6 @@ def run(data_dir: Path, device: torch.device, minutes: float, quick: bool, save:
     section(results, "train_steps", train_steps, save)
 
     def sampling() -> list[dict[str, Any]]:
-        networks = [("divnoising", 2)] + ([(defaults["network"], None)] if defaults["network"] != "divnoising"
-                                          else [])
         small, large = (128, 256) if quick else (512, 4096)
         rows = []
         for network, depth in networks:

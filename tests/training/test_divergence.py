@@ -53,16 +53,21 @@ def run_recording_best(images, config):
     return events, at_warning
 
 
-def test_a_validation_loss_far_above_the_best_rolls_back_and_halves_the_learning_rate(images, monkeypatch):
+def change_validation_loss(monkeypatch, change) -> None:
+    """Replace the ``n``-th validation loss (1-based) by ``change(n, loss)``."""
     real_loss = engine_module.ValidationSet.loss
     calls = []
 
-    def loss_that_blows_up_once(self, *args, **kwargs):
+    def changed_loss(self, *args, **kwargs):
         calls.append(1)
         val_loss, recon, kl = real_loss(self, *args, **kwargs)
-        return (val_loss + 5.0, recon, kl) if len(calls) == 4 else (val_loss, recon, kl)
+        return change(len(calls), val_loss), recon, kl
 
-    monkeypatch.setattr(engine_module.ValidationSet, "loss", loss_that_blows_up_once)
+    monkeypatch.setattr(engine_module.ValidationSet, "loss", changed_loss)
+
+
+def test_a_validation_loss_far_above_the_best_rolls_back_and_halves_the_learning_rate(images, monkeypatch):
+    change_validation_loss(monkeypatch, lambda n, loss: loss + 5.0 if n == 4 else loss)
     events, at_warning = run_recording_best(images, small_config())
     warnings = [e for e in events if isinstance(e, TrainingWarning) and e.kind == "divergence"]
     assert len(warnings) == 1 and "step 40" in warnings[0].message and "validation loss" in warnings[0].message
@@ -114,15 +119,7 @@ def test_a_non_finite_loss_before_any_validation_cannot_roll_back(images, monkey
 
 
 def test_the_rollbacks_are_limited(images, monkeypatch):
-    real_loss = engine_module.ValidationSet.loss
-    calls = []
-
-    def loss_that_blows_up_from_the_third_on(self, *args, **kwargs):
-        calls.append(1)
-        val_loss, recon, kl = real_loss(self, *args, **kwargs)
-        return (val_loss + 5.0, recon, kl) if len(calls) >= 3 else (val_loss, recon, kl)
-
-    monkeypatch.setattr(engine_module.ValidationSet, "loss", loss_that_blows_up_from_the_third_on)
+    change_validation_loss(monkeypatch, lambda n, loss: loss + 5.0 if n >= 3 else loss)
     events = list(train_iter(images, 10.0, small_config(divergence_rollbacks=2)))
     warnings = [e for e in events if isinstance(e, TrainingWarning) and e.kind == "divergence"]
     assert [w.message.split("(rollback ")[1] for w in warnings] == ["1 of 2).", "2 of 2)."]
@@ -142,15 +139,7 @@ def test_a_rollback_drops_the_moments_and_lowers_the_plateau_rate():
 
 @pytest.mark.parametrize("factor, rolls_back", [(50.0, True), (1.3, False)])
 def test_during_the_kl_ramp_only_a_blow_up_rolls_back(images, monkeypatch, factor, rolls_back):
-    real_loss = engine_module.ValidationSet.loss
-    calls = []
-
-    def loss_that_rises_once(self, *args, **kwargs):
-        calls.append(1)
-        val_loss, recon, kl = real_loss(self, *args, **kwargs)
-        return (abs(val_loss) * factor, recon, kl) if len(calls) == 3 else (val_loss, recon, kl)
-
-    monkeypatch.setattr(engine_module.ValidationSet, "loss", loss_that_rises_once)
+    change_validation_loss(monkeypatch, lambda n, loss: abs(loss) * factor if n == 3 else loss)
     events = list(train_iter(images, 10.0, small_config(kl_annealing_steps=45)))  # validations 1-4 in the ramp
     warnings = [e for e in events if isinstance(e, TrainingWarning) and e.kind == "divergence"]
     assert [("step 30" in w.message) for w in warnings] == ([True] if rolls_back else [])
