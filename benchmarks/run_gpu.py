@@ -10,7 +10,8 @@ Measures, on ``--device`` (default ``cuda``):
    median step time after warm-up, against the FLOP floor (conv FLOPs of a training forward pass,
    counted as the layers run, x 3 for forward + backward at the bf16 matmul rate);
 3. posterior sampling with each of those networks: samples per second for 100 and 1000 samples of
-   512^2 and for 4096^2 (``prediction.predict_iter``), MAP time, and the peak GPU memory;
+   512^2 and for 20 and 100 samples of 4096^2 (``prediction.predict_iter``, default settings: 8
+   orientations at 2 grid offsets), MAP time, and the peak GPU memory;
 4. ``divnoising fit-noise-model`` on the calibration stack and ``divnoising train --max-minutes M``
    on ``train_noisy.tif`` through the command line, as a user would run them; the share of the
    budget the run used; MMSE (100 samples) and MAP PSNR on ``val_noisy.tif`` against ``val_gt.tif``
@@ -18,7 +19,8 @@ Measures, on ``--device`` (default ``cuda``):
 
 Writes ``results/gpu.json`` and ``results/gpu.md``. Run
 ``python benchmarks/run_gpu.py --data DIR`` (DIR holds the FMD files; about 8 minutes with the
-default 5-minute training), or ``--quick --device cpu`` for a smoke run.
+default 5-minute training), or ``--quick --device cpu`` for a smoke run. ``--parts sampling,fmd`` runs some
+parts only (``train_steps``, ``sampling``, ``fmd``); ``--name`` names the results files.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,8 +195,12 @@ def section(results: dict[str, Any], name: str, fn: Any, save: Any) -> None:
         traceback.print_exc()
 
 
-def run(data_dir: Path, device: torch.device, minutes: float, quick: bool, save: Any = lambda results: None
-        ) -> dict[str, Any]:
+#: The parts of the benchmark, in the order they run (the matrix-product yardstick always runs).
+PARTS = ("train_steps", "sampling", "fmd")
+
+
+def run(data_dir: Path, device: torch.device, minutes: float, quick: bool, save: Any = lambda results: None,
+        parts: Sequence[str] = PARTS) -> dict[str, Any]:
     from napari_divnoising.model import DivNoisingModel
     from napari_divnoising.network import build_network
     from napari_divnoising.noise_models import GaussianNoiseModel
@@ -234,7 +241,8 @@ def run(data_dir: Path, device: torch.device, minutes: float, quick: bool, save:
             rows.append(row)
         return rows
 
-    section(results, "train_steps", train_steps, save)
+    if "train_steps" in parts:
+        section(results, "train_steps", train_steps, save)
 
     def sampling() -> list[dict[str, Any]]:
         small, large = (128, 256) if quick else (512, 4096)
@@ -247,16 +255,19 @@ def run(data_dir: Path, device: torch.device, minutes: float, quick: bool, save:
             rows += [sampling_speed(model, device, small, 10 if quick else 100),
                      sampling_speed(model, device, small, 20 if quick else 1000),
                      sampling_speed(model, device, small, 10 if quick else 100, compute_map=True),
-                     sampling_speed(model, device, large, 4 if quick else 20, repeats=1)]
+                     sampling_speed(model, device, large, 4 if quick else 20, repeats=1),
+                     sampling_speed(model, device, large, 10 if quick else 100, repeats=1)]
         return rows
 
-    section(results, "sampling", sampling, save)
+    if "sampling" in parts:
+        section(results, "sampling", sampling, save)
 
     def fmd() -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             return fmd_training(data_dir, device, minutes, Path(tmp), log)
 
-    section(results, "fmd", fmd, save)
+    if "fmd" in parts:
+        section(results, "fmd", fmd, save)
     return results
 
 
@@ -292,13 +303,7 @@ def markdown(results: dict[str, Any]) -> str:
             [[s.get("network", "divnoising, depth 2"), f"{s['size']}²", s["samples"], s["map"], s["seconds"],
               s["samples_per_s"], s["mpx_samples_per_s"], s["peak_gpu_mib"]] for s in rows]))
         lines.append("")
-        for first in range(0, len(rows) - 3, 4):  # each network's four rows: 100, 1000, MAP, large
-            small, many, big = rows[first], rows[first + 1], rows[first + 3]
-            lines.append(f"{small.get('network', 'divnoising, depth 2')}: samples/s rate per pixel at "
-                         f"{big['size']}² relative to {small['size']}²: "
-                         f"{fmt(big['mpx_samples_per_s'] / small['mpx_samples_per_s'])} against "
-                         f"{small['samples']} samples, {fmt(big['mpx_samples_per_s'] / many['mpx_samples_per_s'])} "
-                         f"against {many['samples']}.")
+        lines += large_image_rates(rows)
         lines.append("")
     if "fmd" in results:
         f = results["fmd"]
@@ -318,6 +323,23 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def large_image_rates(rows: list[dict[str, Any]]) -> list[str]:
+    """Per network and large-image row: its rate per pixel relative to the small image's sample rows."""
+    lines = []
+    small_size = min(r["size"] for r in rows)
+    for big in rows:
+        if big["size"] == small_size or big["map"]:
+            continue
+        network = big.get("network", "divnoising, depth 2")
+        smalls = [r for r in rows if r.get("network", "divnoising, depth 2") == network and r["size"] == small_size
+                  and not r["map"]]
+        ratios = ", ".join(f"{fmt(big['mpx_samples_per_s'] / r['mpx_samples_per_s'])} against {r['samples']} samples"
+                           for r in smalls)
+        lines.append(f"- {network}, {big['samples']} samples of {big['size']}²: rate per pixel relative to "
+                     f"{small_size}²: {ratios}.")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with the FMD files (train_noisy.tif, ...)")
@@ -325,11 +347,18 @@ def main() -> None:
     parser.add_argument("--train-minutes", type=float, default=5.0)
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     parser.add_argument("--out-dir", type=Path, default=None, help="where to write gpu.json/.md (default results/)")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated parts to run (default all: {', '.join(PARTS)})")
+    parser.add_argument("--name", default=None, help="results file name (default gpu, or gpu_quick with --quick)")
     args = parser.parse_args()
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
     device = torch.device(args.device)
     kwargs = {"out_dir": args.out_dir} if args.out_dir else {}
-    name = "gpu" if not args.quick else "gpu_quick"
-    results = run(args.data, device, args.train_minutes, args.quick,
+    name = args.name or ("gpu" if not args.quick else "gpu_quick")
+    results = run(args.data, device, args.train_minutes, args.quick, parts=parts,
                   save=lambda partial: write_results(name, partial, markdown(partial), **kwargs))
     paths = write_results(name, results, markdown(results), **kwargs)
     print(markdown(results))

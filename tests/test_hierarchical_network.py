@@ -46,19 +46,25 @@ def test_features_in_the_grid_pass_through_unchanged_and_noise_changes_the_sampl
     assert (samples[0] - samples[1]).abs().mean() > 0
 
 
-def test_a_sample_is_the_same_with_and_without_its_kl():
-    # Prediction skips the priors of the finer levels (only the KL needs them) and, for samples of one
-    # image, computes the features' share of each posterior once: the samples must not change.
+def test_a_sample_is_the_same_with_and_without_its_kl_and_with_its_features_shared():
+    # Prediction skips the priors of the finer levels (only the KL needs them) and passes the features of one
+    # image once for all its samples (computing their share of each posterior once): the samples must not change.
     net = small_net()
+    n = net.noise_channels
     mu, logvar = net.encode(torch.randn(2, 1, 32, 32))
     eps = torch.randn((3, *mu.shape[1:]))
+    eps[:, n:] = 0
     for image in range(2):
         z = mu[image : image + 1] + torch.exp(0.5 * logvar[image : image + 1]) * eps  # 3 samples of one image
         signal, kl = net.decoder(z, with_kl=True)
-        torch.testing.assert_close(net.decode(z), signal, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(net.decode(z), signal, rtol=0, atol=0)
+        torch.testing.assert_close(net.decode(z[:, :n], mu[image : image + 1, n:]), signal, rtol=1e-5, atol=1e-6)
         assert kl > 0 and (signal[0] - signal[1]).abs().mean() > 0
-    z = mu + torch.exp(0.5 * logvar) * eps[:2]  # samples of two images: no shared features
-    torch.testing.assert_close(net.decode(z), net.decoder(z, with_kl=True)[0], rtol=0, atol=0)
+    # two images with 3 samples each, their features once per image
+    z = (mu[:, None] + torch.exp(0.5 * logvar[:, None]) * eps[None]).flatten(0, 1)
+    torch.testing.assert_close(net.decode(z[:, :n], mu[:, n:]), net.decode(z), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="equal groups"):
+        net.decode(z[:4, :n], mu[:, n:].repeat(3, 1, 1, 1)[:3])
 
 
 def test_kl_matches_torch_distributions():
@@ -177,12 +183,15 @@ def test_prior_samples_come_from_the_learned_priors_not_from_an_image():
 
 
 def test_latent_samples_add_noise_to_the_leading_channels_only():
-    from napari_divnoising.prediction.engine import latent_samples
+    from napari_divnoising.prediction.engine import grid_features, latent_samples
 
     mu, std = torch.randn(1, 5, 3, 4), torch.rand(1, 5, 3, 4)
     eps = torch.randn(2, 3, 3, 4)
     z = latent_samples(mu, std, eps)
-    torch.testing.assert_close(z[:, :3], mu[:, :3] + std[:, :3] * eps)
-    torch.testing.assert_close(z[:, 3:], mu[:, 3:].expand(2, -1, -1, -1))
+    assert z.shape == (2, 3, 3, 4)
+    torch.testing.assert_close(z, mu[:, :3] + std[:, :3] * eps)
     full = torch.randn(2, 5, 3, 4)
     torch.testing.assert_close(latent_samples(mu, std, full), mu + std * full)
+    net = small_net()
+    grid = torch.randn(1, net.z_dim, 3, 4)
+    torch.testing.assert_close(grid_features(net, grid), grid[:, net.noise_channels :])

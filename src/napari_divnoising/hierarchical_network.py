@@ -20,6 +20,10 @@ prediction, tiling, orientations and the noise of each sample work unchanged. Th
 
 The decoder turns each finer level's noise into a posterior sample of that level (or, in prior mode, a
 prior sample), so every random number of a sample is an entry of the grid's noise.
+
+The features are the same for every sample of an image, so prediction passes them apart, once per tile
+(``decode(z, features)``, ``z`` holding the latents and the noise only): copying them into each sample's
+grid would move far more memory than the samples themselves.
 """
 
 from __future__ import annotations
@@ -69,12 +73,18 @@ class _Layout:
         self.context = [channels * f * f for f in self.factors]
         self.total = z_dim + sum(self.noise) + sum(self.context)
 
-    def split(self, grid: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """(top latents, noise of each finer level, features of each finer level), finer levels at their scale."""
-        sizes = [self.z_dim, *self.noise, *self.context]
-        parts = torch.split(grid, sizes, dim=1)
+    def split(self, grid: torch.Tensor, features: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """(top latents, noise of each finer level, features of each finer level), finer levels at their scale.
+
+        ``features``: the grid's feature channels given apart (then ``grid`` holds the latents and noise only).
+        """
         n = self.levels - 1
-        return parts[0], self.at_scales(parts[1 : 1 + n]), self.at_scales(parts[1 + n :])
+        if features is None:
+            parts = torch.split(grid, [self.z_dim, *self.noise, *self.context], dim=1)
+            return parts[0], self.at_scales(parts[1 : 1 + n]), self.at_scales(parts[1 + n :])
+        parts = torch.split(grid, [self.z_dim, *self.noise], dim=1)
+        return parts[0], self.at_scales(parts[1:]), self.at_scales(torch.split(features, self.context, dim=1))
 
     def at_scales(self, parts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """One grid part per finer level (finest first), pixel-shuffled from the grid to that level's scale."""
@@ -142,14 +152,17 @@ class HierarchicalDecoder(nn.Module):
                                   nn.Conv2d(start_filters, start_filters, 3, padding=1), nn.ReLU(inplace=True),
                                   nn.Conv2d(start_filters, 1, 3, padding=1))
 
-    def forward(self, grid: torch.Tensor, with_kl: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        top, noise, context = self.layout.split(grid)
+    def forward(self, grid: torch.Tensor, with_kl: bool = False, features: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Decode latent grids; ``features`` as for :meth:`HierarchicalVAE.decode`."""
+        top, noise, context = self.layout.split(grid, features)
         return self.top_down(top, noise, context, with_kl)
 
     def top_down(self, top: torch.Tensor, noise: list[torch.Tensor], context: list[torch.Tensor],
                  with_kl: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The top-down pass from the coarsest latents and, per finer level (finest first, each at its own scale),
-        its standard normal noise and bottom-up features."""
+        its standard normal noise and bottom-up features (one per sample, or one per group of consecutive
+        samples)."""
         h = self.top_block(self.top_in(top))
         kl = top.new_zeros((), dtype=torch.float32)
         # Coarse to fine: the finer levels are stored finest first.
@@ -162,7 +175,7 @@ class HierarchicalDecoder(nn.Module):
             if self.from_prior:
                 z = p_mu + torch.exp(0.5 * p_logvar) * noise[i]
             else:
-                q_mu, q_logvar = self._posterior(j, h, context[i], shared_context_allowed=not with_kl).chunk(2, 1)
+                q_mu, q_logvar = self._posterior(j, h, context[i]).chunk(2, 1)
                 q_logvar = bounded_logvar(q_logvar)
                 z = q_mu + torch.exp(0.5 * q_logvar) * noise[i]
                 if with_kl:
@@ -171,18 +184,22 @@ class HierarchicalDecoder(nn.Module):
         signal = self.head(h)
         return (signal, kl) if with_kl else signal
 
-    def _posterior(self, j: int, h: torch.Tensor, context: torch.Tensor, shared_context_allowed: bool) -> torch.Tensor:
+    def _posterior(self, j: int, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """The posterior convolution of finer level ``j`` on the top-down state and the bottom-up features.
 
-        Prediction decodes many samples of one tile at once, which share the tile's features: then the
-        features' half of the convolution (it is linear in them) is computed once for the whole batch.
+        Features with fewer entries than ``h`` are shared by groups of consecutive samples (prediction): the
+        features' half of the convolution (it is linear in them) is computed once per group.
         """
         conv = self.posterior[j]
-        if shared_context_allowed and len(context) > 1 and bool((context == context[:1]).all()):
-            c = h.shape[1]
-            shared = F.conv2d(context[:1], conv.weight[:, c:], None, conv.stride, conv.padding)
-            return F.conv2d(h, conv.weight[:, :c], conv.bias, conv.stride, conv.padding) + shared
-        return conv(torch.cat([h, context], 1))
+        if len(context) == len(h):
+            return conv(torch.cat([h, context], 1))
+        if len(h) % len(context):
+            raise ValueError(f"{len(h)} samples cannot share {len(context)} sets of features in equal groups")
+        c = h.shape[1]
+        out = F.conv2d(h, conv.weight[:, :c], conv.bias, conv.stride, conv.padding)
+        shared = F.conv2d(context, conv.weight[:, c:], None, conv.stride, conv.padding)
+        out.view(len(context), -1, *out.shape[1:]).add_(shared.unsqueeze(1).to(out.dtype))
+        return out
 
 
 class HierarchicalVAE(nn.Module):
@@ -272,9 +289,14 @@ class HierarchicalVAE(nn.Module):
         """``(mu, logvar)`` of the latent grid for an input of shape (B, 1, H, W)."""
         return self.encoder(x)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Map latent grids (B, z_dim, H / 2**levels, W / 2**levels) to signals (B, 1, H, W)."""
-        return self.decoder(z)
+    def decode(self, z: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Map latent grids (B, z_dim, H / 2**levels, W / 2**levels) to signals (B, 1, H, W).
+
+        ``features``: the grid's channels after the first :attr:`noise_channels` (the bottom-up features),
+        given apart with one entry per group of B / len(features) consecutive samples that share them; ``z``
+        then holds only the first :attr:`noise_channels` channels.
+        """
+        return self.decoder(z, features=features)
 
     def signal_and_kl(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One posterior sample per input and the KL of every level, summed: ``(signal, kl_sum, top_mu)``.

@@ -16,9 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-if TYPE_CHECKING:  # torch is imported where samples are turned back, so that the command line starts fast
+if TYPE_CHECKING:  # torch is imported where views are made, so that the command line starts fast
     import torch
 
 #: The numbers of orientations :func:`~napari_divnoising.prediction.predict_iter` accepts: the first
@@ -40,8 +38,9 @@ class View:
     orientation: int
     offset: int
 
-    def apply(self, frame: np.ndarray) -> np.ndarray:
-        """``frame`` (Y, X) turned and shifted into this view, as a new contiguous array."""
+    def apply(self, frame: torch.Tensor) -> torch.Tensor:
+        """``frame`` (..., Y, X) turned and shifted into this view, on the frame's device (a new contiguous
+        tensor; the frame itself for the first view)."""
         return shift(orient(frame, self.orientation), self.offset)
 
     def shape(self, shape: tuple[int, int]) -> tuple[int, int]:
@@ -68,21 +67,28 @@ def views_used(n_samples: int, orientations: int, offsets: int) -> tuple[int, in
     return min(int(orientations), n_views), -(-n_views // int(orientations))
 
 
-def shift(frame: np.ndarray, offset: int) -> np.ndarray:
+def shift(frame: torch.Tensor, offset: int) -> torch.Tensor:
     """``frame`` (..., Y, X) padded with ``offset`` mirrored rows at the top and columns at the left (repeated
     edge pixels where the frame is too small to mirror)."""
     if offset == 0:
         return frame
-    mode = "reflect" if min(frame.shape[-2:]) > offset else "edge"
-    return np.pad(frame, [(0, 0)] * (frame.ndim - 2) + [(offset, 0), (offset, 0)], mode=mode)
+    from torch.nn import functional
+
+    mode = "reflect" if min(frame.shape[-2:]) > offset else "replicate"
+    padded = functional.pad(frame.reshape(1, -1, *frame.shape[-2:]), (offset, 0, offset, 0), mode=mode)
+    return padded.reshape(*frame.shape[:-2], *padded.shape[-2:])
 
 
-def orient(frame: np.ndarray, index: int) -> np.ndarray:
-    """``frame`` (..., Y, X) in orientation ``index`` (0-7), as a new contiguous array."""
-    turned = np.rot90(frame, index % 4, axes=(-2, -1))
+def orient(frame: torch.Tensor, index: int) -> torch.Tensor:
+    """``frame`` (..., Y, X) in orientation ``index`` (0-7), as a new contiguous tensor (the frame itself for 0)."""
+    import torch
+
+    if index == 0:
+        return frame
+    turned = torch.rot90(frame, index % 4, dims=(-2, -1))
     if index >= 4:
-        turned = np.flip(turned, -1)
-    return np.ascontiguousarray(turned)
+        turned = torch.flip(turned, dims=(-1,))
+    return turned.contiguous()
 
 
 def restore(samples: torch.Tensor, index: int) -> torch.Tensor:

@@ -25,7 +25,8 @@ def test_step_times_sampling_speed_and_report_on_the_cpu(benchmark_script):
     assert run_gpu.loop_rate(frames, cpu, run_gpu.loop_config(cpu, 2, 16, 12), warm=10) > 0
     model = DivNoisingModel(DivNoisingVAE(depth=2, start_filters=8, z_dim=8), GaussianNoiseModel(a=4.0, b=0.0),
                             40.0, 10.0)
-    sampling = [run_gpu.sampling_speed(model, cpu, 32, 3, repeats=1) for _ in range(3)]
+    sampling = [run_gpu.sampling_speed(model, cpu, 32, 3, repeats=1, compute_map=with_map)
+                for with_map in (False, False, True)]
     sampling.append(run_gpu.sampling_speed(model, cpu, 64, 2, repeats=1))
     assert all(s["samples_per_s"] > 0 for s in sampling)
 
@@ -40,7 +41,8 @@ def test_step_times_sampling_speed_and_report_on_the_cpu(benchmark_script):
     json.dumps(results)
     text = run_gpu.markdown(results)
     assert "| divnoising, depth 2 | 2 x 16² |" in text and "16 first-level filters" in text
-    assert "divnoising, depth 2: samples/s rate per pixel at 64² relative to 32²" in text
+    assert ("- divnoising, depth 2, 2 samples of 64²: rate per pixel relative to 32²: " in text
+            and text.count("against 3 samples") == 2)
     assert "ended by max_minutes" in text
 
 

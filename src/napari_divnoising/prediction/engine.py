@@ -100,12 +100,23 @@ def encode_frame(
 
 def latent_samples(mu: torch.Tensor, std: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """``z = mu + std * eps`` for samples ``eps`` (k, c, h, w) of the first c channels of a latent grid crop
-    ``mu``, ``std`` (1, z_dim, h, w); the channels after them (a hierarchical network's features) are ``mu``."""
+    ``mu``, ``std`` (1, z_dim, h, w); the channels after them (a hierarchical network's features, the same for
+    every sample) are left out: see :func:`grid_features`."""
     n = eps.shape[1]
-    z = torch.addcmul(mu[:, :n], std[:, :n], eps)
-    if n == mu.shape[1]:
-        return z
-    return torch.cat([z, mu[:, n:].expand(len(eps), -1, -1, -1)], 1)
+    return torch.addcmul(mu[:, :n], std[:, :n], eps)
+
+
+def grid_features(net: DivNoisingVAE, mu: torch.Tensor) -> torch.Tensor | None:
+    """The channels of a latent grid crop ``mu`` (1, z_dim, h, w) after the network's noise channels, or None
+    where every channel takes noise."""
+    n = net.noise_channels
+    return None if n == mu.shape[1] else mu[:, n:]
+
+
+def decode_latents(net: DivNoisingVAE, z: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
+    """``net.decode(z)``, given the shared features (:func:`grid_features`, one per group of consecutive
+    samples) where the network has them."""
+    return net.decode(z) if features is None else net.decode(z, features)
 
 
 def decode_samples(
@@ -125,6 +136,7 @@ def decode_samples(
     have one shape) of all ``len(samples)`` samples; only each tile's core is kept.
     """
     m = net.size_multiple
+    n = net.noise_channels
     k = len(samples)
     tiles = plan.tiling.tiles
     groups = [tiles[i : i + plan.tiles_per_call] for i in range(0, len(tiles), plan.tiles_per_call)]
@@ -137,12 +149,12 @@ def decode_samples(
 
         def decode_group() -> torch.Tensor | None:
             (r0, r1, _, _), (c0, c1, _, _) = group[0]
-            if mu.is_cuda and net.noise_channels == net.z_dim:
-                z = torch.empty((len(group) * k, net.z_dim, r1 - r0, c1 - c0), device=mu.device,
+            if mu.is_cuda:
+                z = torch.empty((len(group) * k, n, r1 - r0, c1 - c0), device=mu.device,
                                 memory_format=torch.channels_last)
                 for t, ((r0, r1, _, _), (c0, c1, _, _)) in enumerate(group):  # z = mu + std * eps, written once
                     eps = noise.crop(samples, (r0, r1), (c0, c1))
-                    torch.addcmul(mu[..., r0:r1, c0:c1], std[..., r0:r1, c0:c1], eps, out=z[t * k : (t + 1) * k])
+                    torch.addcmul(mu[:, :n, r0:r1, c0:c1], std[:, :n, r0:r1, c0:c1], eps, out=z[t * k : (t + 1) * k])
             else:
                 # On a CPU, writing channels-last directly is several times slower than converting afterwards.
                 latents = [latent_samples(mu[..., r0:r1, c0:c1], std[..., r0:r1, c0:c1],
@@ -150,7 +162,11 @@ def decode_samples(
                            for (r0, r1, _, _), (c0, c1, _, _) in group]
                 z = (latents[0] if len(latents) == 1 else torch.cat(latents)).contiguous(
                     memory_format=torch.channels_last)
-            decoded = net.decode(z)[:, 0]
+            features = None
+            if n < net.z_dim:  # one copy per tile, shared by its k samples
+                features = torch.cat([mu[:, n:, r0:r1, c0:c1] for (r0, r1, _, _), (c0, c1, _, _) in group]).contiguous(
+                    memory_format=torch.channels_last)
+            decoded = decode_latents(net, z, features)[:, 0]
             if out is None:
                 return model.denormalize(decoded.float())
             for t, ((r0, _r1, cr0, cr1), (c0, _c1, cc0, cc1)) in enumerate(group):

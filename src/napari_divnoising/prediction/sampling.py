@@ -223,11 +223,13 @@ def predict_iter(
             job = job_for(frame_shape)
             start = 0
             try:
+                # The frame goes to the device once; its views are made there (on a GPU, turning a large frame
+                # on the host for every view would cost more than encoding it).
+                normalized = run(lambda: model.normalize(torch.as_tensor(stack[f], device=dev)))
                 for index, (view, count) in enumerate(views):
                     job = job_for(view.shape(frame_shape))
                     view_label = label if len(views) == 1 else f"{label}, view {index + 1}/{len(views)}"
-                    frame = stack[f] if index == 0 else view.apply(stack[f])
-                    mu, std = yield from _encode(job, frame, view_label)
+                    mu, std = yield from _encode(job, run(lambda: view.apply(normalized)), view_label)
                     noise = frame_noise(frame_seed(base_seed, f, n_frames), net.noise_channels, mu.shape[-2:], dev)
                     yield from _sample(job, mu, std, noise, (f, n_frames), (start, start + count, n_samples), view,
                                        moments, frame_kept, all_samples, copies, label)
@@ -279,11 +281,11 @@ class _Job:
     batch: int
 
 
-def _encode(job: _Job, frame: np.ndarray, label: str) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor]]:
-    """Encode one frame; yields Progress per tile and returns ``(mu, std)`` of its latent grid."""
+def _encode(job: _Job, frame: torch.Tensor, label: str) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor]]:
+    """Encode one normalized frame (a tensor on the job's device); yields Progress per tile and returns
+    ``(mu, std)`` of its latent grid."""
     m = job.net.size_multiple
-    x_padded = run(lambda: pad_to_multiple(job.model.normalize(torch.as_tensor(frame, device=job.device)[None, None]),
-                                           m)[0])
+    x_padded = run(lambda: pad_to_multiple(frame[None, None], m)[0])
     latents = None
     for item in encode_frame(job.net, x_padded, job.plan.tiling, job.autocast):
         if isinstance(item, Progress):

@@ -170,7 +170,7 @@ def _predict_region(
 
     from ..network import pad_to_multiple
     from ..prediction import RunningMoments, default_batch_size, latent_noise, tile_margin
-    from ..prediction.engine import latent_samples
+    from ..prediction.engine import decode_latents, grid_features, latent_samples
 
     net = _inference_net(model)
     dev = model.device
@@ -223,8 +223,11 @@ def _predict_region(
 
         def decode(done: int = done, k: int = k) -> np.ndarray:
             eps = latent_noise(seed, range(done, done + k), lr, lc, net.noise_channels, dev)
-            z = latent_samples(mu, std, eps)
-            out = net.decode(z.contiguous(memory_format=torch.channels_last))[:, 0, iy, ix]
+            z = latent_samples(mu, std, eps).contiguous(memory_format=torch.channels_last)
+            features = grid_features(net, mu)
+            if features is not None:
+                features = features.contiguous(memory_format=torch.channels_last)
+            out = decode_latents(net, z, features)[:, 0, iy, ix]
             return model.denormalize(out.float()).cpu().numpy()
 
         samples = run(decode)
