@@ -63,6 +63,14 @@ def test_a_sample_is_the_same_with_and_without_its_kl_and_with_its_features_shar
     # two images with 3 samples each, their features once per image
     z = (mu[:, None] + torch.exp(0.5 * logvar[:, None]) * eps[None]).flatten(0, 1)
     torch.testing.assert_close(net.decode(z[:, :n], mu[:, n:]), net.decode(z), rtol=1e-5, atol=1e-6)
+    # the inference copy's split posterior convolutions, also in channels-last memory
+    inference = net.inference_decoder()
+    assert inference.posterior_halves is not None and net.decoder.posterior_halves is None
+    torch.testing.assert_close(inference(z[:, :n], features=mu[:, n:]), net.decode(z), rtol=1e-5, atol=1e-6)
+    last = inference.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(last(z[:, :n].contiguous(memory_format=torch.channels_last),
+                                    features=mu[:, n:].contiguous(memory_format=torch.channels_last)),
+                               net.decode(z), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="equal groups"):
         net.decode(z[:4, :n], mu[:, n:].repeat(3, 1, 1, 1)[:3])
 

@@ -50,6 +50,13 @@ def gaussian_kl(q_mu: torch.Tensor, q_logvar: torch.Tensor, p_mu: torch.Tensor, 
     return 0.5 * (p_logvar - q_logvar + (q_logvar.exp() + (q_mu - p_mu) ** 2) * torch.exp(-p_logvar) - 1)
 
 
+def _layout_of(x: torch.Tensor) -> torch.memory_format:
+    """The memory format ``x`` is in (channels-last or contiguous)."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class ResidualBlock(nn.Module):
     """``x + conv(relu(conv(relu(x))))`` with 3x3 convolutions."""
 
@@ -140,6 +147,8 @@ class HierarchicalDecoder(nn.Module):
         c, z = layout.channels, layout.z_dim
         self.layout = layout
         self.from_prior = False
+        #: The posterior convolutions split in two (:meth:`split_posteriors`; inference copies only).
+        self.posterior_halves: nn.ModuleList | None = None
         finer = layout.levels - 1
         self.top_in = nn.Conv2d(z, c, 3, padding=1)
         self.top_block = ResidualBlock(c)
@@ -195,11 +204,35 @@ class HierarchicalDecoder(nn.Module):
             return conv(torch.cat([h, context], 1))
         if len(h) % len(context):
             raise ValueError(f"{len(h)} samples cannot share {len(context)} sets of features in equal groups")
-        c = h.shape[1]
-        out = F.conv2d(h, conv.weight[:, :c], conv.bias, conv.stride, conv.padding)
-        shared = F.conv2d(context, conv.weight[:, c:], None, conv.stride, conv.padding)
-        out.view(len(context), -1, *out.shape[1:]).add_(shared.unsqueeze(1).to(out.dtype))
+        if self.posterior_halves is not None:
+            state_conv, features_conv = self.posterior_halves[j]
+            out, shared = state_conv(h), features_conv(context)
+        else:
+            c = h.shape[1]
+            out = F.conv2d(h, conv.weight[:, :c], conv.bias, conv.stride, conv.padding)
+            shared = F.conv2d(context, conv.weight[:, c:], None, conv.stride, conv.padding)
+        # in the samples' memory layout, so that the broadcast addition runs at memory speed
+        shared = shared.to(out.dtype).contiguous(memory_format=_layout_of(out))
+        out.view(len(context), -1, *out.shape[1:]).add_(shared.unsqueeze(1))
         return out
+
+    def split_posteriors(self) -> None:
+        """Give each posterior convolution's two halves (on the top-down state, on the features) their own
+        convolutions, for inference: their weights are then whole tensors in the network's memory layout
+        (slices of the joint weight are neither, which makes GPU convolutions copy their inputs)."""
+        halves = []
+        for conv in self.posterior:
+            c = conv.in_channels // 2
+            state_conv = nn.Conv2d(c, conv.out_channels, 3, padding=1).to(conv.weight)
+            features_conv = nn.Conv2d(conv.in_channels - c, conv.out_channels, 3, padding=1, bias=False).to(conv.weight)
+            with torch.no_grad():
+                state_conv.weight.copy_(conv.weight[:, :c])
+                state_conv.bias.copy_(conv.bias)
+                features_conv.weight.copy_(conv.weight[:, c:])
+            halves.append(nn.ModuleList([state_conv, features_conv]))
+        self.posterior_halves = nn.ModuleList(halves)
+        for p in self.posterior_halves.parameters():
+            p.requires_grad_(False)
 
 
 class HierarchicalVAE(nn.Module):
@@ -271,8 +304,10 @@ class HierarchicalVAE(nn.Module):
         return encoder, decoder
 
     def inference_decoder(self) -> nn.Module:
-        """A frozen copy of the decoder for inference (nothing to fold in this network)."""
+        """A frozen copy of the decoder for inference, its posterior convolutions split in two
+        (:meth:`HierarchicalDecoder.split_posteriors`)."""
         decoder = copy.deepcopy(self.decoder)
+        decoder.split_posteriors()
         for p in decoder.parameters():
             p.requires_grad_(False)
         return decoder.eval()

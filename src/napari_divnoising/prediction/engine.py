@@ -137,6 +137,9 @@ def decode_samples(
     """
     m = net.size_multiple
     n = net.noise_channels
+    # On a GPU the latents are built in the autocast's precision, which the decoder's first layers cast them
+    # to anyway: half the memory traffic of the largest tensors of a call.
+    dtype = getattr(autocast, "fast_dtype", torch.float32) if autocast is not None and mu.is_cuda else torch.float32
     k = len(samples)
     tiles = plan.tiling.tiles
     groups = [tiles[i : i + plan.tiles_per_call] for i in range(0, len(tiles), plan.tiles_per_call)]
@@ -150,7 +153,7 @@ def decode_samples(
         def decode_group() -> torch.Tensor | None:
             (r0, r1, _, _), (c0, c1, _, _) = group[0]
             if mu.is_cuda:
-                z = torch.empty((len(group) * k, n, r1 - r0, c1 - c0), device=mu.device,
+                z = torch.empty((len(group) * k, n, r1 - r0, c1 - c0), device=mu.device, dtype=dtype,
                                 memory_format=torch.channels_last)
                 for t, ((r0, r1, _, _), (c0, c1, _, _)) in enumerate(group):  # z = mu + std * eps, written once
                     eps = noise.crop(samples, (r0, r1), (c0, c1))
@@ -164,8 +167,8 @@ def decode_samples(
                     memory_format=torch.channels_last)
             features = None
             if n < net.z_dim:  # one copy per tile, shared by its k samples
-                features = torch.cat([mu[:, n:, r0:r1, c0:c1] for (r0, r1, _, _), (c0, c1, _, _) in group]).contiguous(
-                    memory_format=torch.channels_last)
+                features = torch.cat([mu[:, n:, r0:r1, c0:c1] for (r0, r1, _, _), (c0, c1, _, _) in group]).to(
+                    dtype, memory_format=torch.channels_last)
             decoded = decode_latents(net, z, features)[:, 0]
             if out is None:
                 return model.denormalize(decoded.float())
