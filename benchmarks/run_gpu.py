@@ -20,7 +20,8 @@ Measures, on ``--device`` (default ``cuda``):
 Writes ``results/gpu.json`` and ``results/gpu.md``. Run
 ``python benchmarks/run_gpu.py --data DIR`` (DIR holds the FMD files; about 8 minutes with the
 default 5-minute training), or ``--quick --device cpu`` for a smoke run. ``--parts sampling,fmd`` runs some
-parts only (``train_steps``, ``sampling``, ``fmd``); ``--name`` names the results files.
+parts only (``train_steps``, ``sampling``, ``fmd``); ``--name`` names the results files; ``--start-filters F``
+trains the FMD model with F first-level filters.
 """
 
 from __future__ import annotations
@@ -140,8 +141,10 @@ def cli(*args: str, log: list[str], placeholders: dict[str, str] | None = None) 
     return output
 
 
-def fmd_training(data_dir: Path, device: torch.device, minutes: float, work: Path, log: list[str]) -> dict[str, Any]:
-    """Fit the noise model and train through the CLI, then score MMSE and MAP on the validation frames."""
+def fmd_training(data_dir: Path, device: torch.device, minutes: float, work: Path, log: list[str],
+                 train_options: Sequence[str] = ()) -> dict[str, Any]:
+    """Fit the noise model and train through the CLI (``train_options``: more ``divnoising train`` options), then
+    score MMSE and MAP on the validation frames."""
     from napari_divnoising.model_io import load_model
     from napari_divnoising.prediction import predict
 
@@ -152,8 +155,8 @@ def fmd_training(data_dir: Path, device: torch.device, minutes: float, work: Pat
         placeholders=names)
     t = time.perf_counter()
     output = cli("train", "--data", str(data_dir / "train_noisy.tif"), "--noise-model", str(nm),
-                 "--max-minutes", str(minutes), "--device", str(device), "--out", str(model_path), log=log,
-                 placeholders=names)
+                 "--max-minutes", str(minutes), "--device", str(device), "--out", str(model_path), *train_options,
+                 log=log, placeholders=names)
     wall = time.perf_counter() - t
     model = load_model(model_path)
     last_run = model.history["runs"][-1]
@@ -173,7 +176,7 @@ def fmd_training(data_dir: Path, device: torch.device, minutes: float, work: Pat
         "budget_used": last_run.get("budget_used"), "train_elapsed_s": last_run.get("elapsed_s"),
         "best_step": model.history.get("best_step"), "batch": model.config.get("batch_size"),
         "patch": model.config.get("patch_size"), "network": model.config.get("network"), "summary": summary,
-        "predict_s_per_frame": predict_s,
+        "predict_s_per_frame": predict_s, "train_options": list(train_options),
         **{f"{k}_psnr_mean": float(np.mean(v)) for k, v in scores.items()},
         **{f"{k}_psnr_std": float(np.std(v)) for k, v in scores.items()},
     }
@@ -200,7 +203,7 @@ PARTS = ("train_steps", "sampling", "fmd")
 
 
 def run(data_dir: Path, device: torch.device, minutes: float, quick: bool, save: Any = lambda results: None,
-        parts: Sequence[str] = PARTS) -> dict[str, Any]:
+        parts: Sequence[str] = PARTS, train_options: Sequence[str] = ()) -> dict[str, Any]:
     from napari_divnoising.model import DivNoisingModel
     from napari_divnoising.network import build_network
     from napari_divnoising.noise_models import GaussianNoiseModel
@@ -264,7 +267,7 @@ def run(data_dir: Path, device: torch.device, minutes: float, quick: bool, save:
 
     def fmd() -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
-            return fmd_training(data_dir, device, minutes, Path(tmp), log)
+            return fmd_training(data_dir, device, minutes, Path(tmp), log, train_options)
 
     if "fmd" in parts:
         section(results, "fmd", fmd, save)
@@ -308,7 +311,8 @@ def markdown(results: dict[str, Any]) -> str:
     if "fmd" in results:
         f = results["fmd"]
         lines += ["## FMD training through the command line", "",
-                  f"`divnoising train --max-minutes {f['minutes']:g} --device {results['machine']['device']}` "
+                  f"`divnoising train --max-minutes {f['minutes']:g} --device {results['machine']['device']}"
+                  f"{''.join(' ' + o for o in f.get('train_options', []))}` "
                   f"(calibration GMM, {f.get('network') or 'divnoising'} network): {f['steps']} steps of batch "
                   f"{f['batch']} x {f['patch']}², ended by "
                   f"{f['reason']} after {fmt(f['train_elapsed_s'])} s ({fmt(100 * (f['budget_used'] or 0))}% of the "
@@ -350,6 +354,8 @@ def main() -> None:
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"comma-separated parts to run (default all: {', '.join(PARTS)})")
     parser.add_argument("--name", default=None, help="results file name (default gpu, or gpu_quick with --quick)")
+    parser.add_argument("--start-filters", type=int, default=None,
+                        help="the FMD training's first-level filters (default: the device's)")
     args = parser.parse_args()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
@@ -358,7 +364,8 @@ def main() -> None:
     device = torch.device(args.device)
     kwargs = {"out_dir": args.out_dir} if args.out_dir else {}
     name = args.name or ("gpu" if not args.quick else "gpu_quick")
-    results = run(args.data, device, args.train_minutes, args.quick, parts=parts,
+    train_options = ["--start-filters", str(args.start_filters)] if args.start_filters else []
+    results = run(args.data, device, args.train_minutes, args.quick, parts=parts, train_options=train_options,
                   save=lambda partial: write_results(name, partial, markdown(partial), **kwargs))
     paths = write_results(name, results, markdown(results), **kwargs)
     print(markdown(results))

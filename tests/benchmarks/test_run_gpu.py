@@ -32,8 +32,8 @@ def test_step_times_sampling_speed_and_report_on_the_cpu(benchmark_script):
 
     fmd = {"minutes": 0.1, "wall_s": 9.0, "steps": 5, "reason": "max_minutes", "budget_used": 1.0,
            "train_elapsed_s": 6.0, "best_step": 5, "batch": 8, "patch": 64, "summary": "Done: 5 steps",
-           "predict_s_per_frame": 1.0, **{f"{k}_psnr_{s}": 30.0 for k in ("noisy", "mmse", "map")
-                                          for s in ("mean", "std")}}
+           "predict_s_per_frame": 1.0, "train_options": ["--start-filters", "64"],
+           **{f"{k}_psnr_{s}": 30.0 for k in ("noisy", "mmse", "map") for s in ("mean", "std")}}
     results = {"machine": {"device": "cpu"}, "log": ["$ divnoising train ..."], "start_filters": 16,
                "matmul_gflops": {"float32": 10.0, "bfloat16": 1.0},
                "train_steps": [dict(step, gflop_per_step=1.0, floor_s=0.1, ratio_to_floor=2.0, loop_steps_per_s=5.0)],
@@ -43,7 +43,7 @@ def test_step_times_sampling_speed_and_report_on_the_cpu(benchmark_script):
     assert "| divnoising, depth 2 | 2 x 16² |" in text and "16 first-level filters" in text
     assert ("- divnoising, depth 2, 2 samples of 64²: rate per pixel relative to 32²: " in text
             and text.count("against 3 samples") == 2)
-    assert "ended by max_minutes" in text
+    assert "ended by max_minutes" in text and "--device cpu --start-filters 64`" in text
 
 
 def test_a_failing_part_is_reported_and_the_others_still_run(benchmark_script):

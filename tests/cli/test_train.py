@@ -148,3 +148,22 @@ def test_the_other_network_trains_and_continues_with_its_own_settings(tmp_path, 
                  str(tmp_path / "u.pt")]) == 1
     err = capsys.readouterr().err
     assert "network must be one of divnoising, hierarchical (got 'Unet')" in err and "Traceback" not in err
+
+
+def test_the_filters_are_an_option_and_a_continued_model_keeps_its_own(tmp_path, noisy_tif, capsys):
+    out = tmp_path / "f.pt"
+    assert main(["train", "--data", str(noisy_tif), "--sigma", "3", "--start-filters", "8", "--out", str(out),
+                 *FAST]) == 0
+    assert "8 filters" in capsys.readouterr().out
+    assert load_model(out).network.settings()["start_filters"] == 8
+    assert main(["train", "--data", str(noisy_tif), "--resume", str(out), "--out", str(out), "--max-steps", "14"]) == 0
+    assert load_model(out).network.settings()["start_filters"] == 8
+    capsys.readouterr()
+    assert main(["train", "--data", str(noisy_tif), "--resume", str(out), "--out", str(out), "--start-filters", "16",
+                 "--max-steps", "16"]) == 1
+    err = capsys.readouterr().err
+    assert "16" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["train", "--data", str(noisy_tif), "--sigma", "3", "--start-filters", "2", "--out",
+                 str(tmp_path / "g.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -13,8 +13,8 @@ from ._common import check_output_path, checkpoint_bytes
 from ._options import add_config_options
 
 #: The TrainingConfig fields offered as options (help and defaults from the field metadata).
-TRAIN_OPTIONS = ("max_minutes", "max_steps", "patch_size", "batch_size", "network", "depth", "z_dim", "beta",
-                 "learning_rate", "kl_annealing_steps", "device", "seed")
+TRAIN_OPTIONS = ("max_minutes", "max_steps", "patch_size", "batch_size", "network", "depth", "start_filters", "z_dim",
+                 "beta", "learning_rate", "kl_annealing_steps", "device", "seed")
 
 DESCRIPTION = """\
 Train a DivNoising model on noisy images only, and save it as one file.
@@ -90,6 +90,7 @@ def _config(args: argparse.Namespace, resume) -> TrainingConfig:  # noqa: F821
         batch_size=pick(args.batch_size, "batch_size"),
         network=args.network,  # empty: chosen for the network, or the continued model's own
         depth=args.depth,
+        start_filters=args.start_filters,
         z_dim=args.z_dim,
         beta=pick(args.beta, "beta"),
         learning_rate=args.lr if args.lr is not None else defaults.learning_rate,
