@@ -26,8 +26,11 @@ import torch
 
 from ..errors import DivNoisingError
 
-#: Side of the latent blocks that :class:`BlockNoise` is drawn in (latent pixels).
-NOISE_BLOCK = 64
+#: Side of the latent blocks that :class:`BlockNoise` is drawn in (latent pixels). A crop draws every block it
+#: touches whole, so a block much larger than a view's latent grid beyond a multiple of it (a view shifted by
+#: half a cell has one latent pixel more per side) draws several times the noise it uses; smaller blocks pay a
+#: generator seeding each (``benchmarks/results/networks_prediction_change.md``).
+NOISE_BLOCK = 32
 
 #: Block coordinate marking a whole-grid draw (:class:`GridNoise`) in :func:`block_seed`.
 _GRID = 2**32 - 2
