@@ -81,3 +81,27 @@ def test_errors_are_one_line_and_resume_is_announced(
     err = _one_line_error(capsys, main([*other, "--out", out]))
     assert "another model" in err and "--force" in err
     assert main([*other, "--out", out, "--force"]) == 0
+
+
+def test_a_hierarchical_model_gives_the_same_numbers_in_a_store(tmp_path, stack_tif, capsys):
+    """The store's regions pass a hierarchical network's features to its decoder as prediction does."""
+    import torch
+
+    from napari_divnoising.hierarchical_network import HierarchicalVAE
+    from napari_divnoising.model import DivNoisingModel
+    from napari_divnoising.model_io import save_model
+    from napari_divnoising.noise_models import GaussianNoiseModel
+
+    torch.manual_seed(0)
+    model = DivNoisingModel(HierarchicalVAE(levels=2, start_filters=4, z_dim=4), GaussianNoiseModel(a=0.0, b=4.0),
+                            20.0, 15.0)
+    model_file = save_model(model, tmp_path / "hierarchical.pt")
+    common = ["predict", "--model", str(model_file), "--samples", "4", "--seed", "3", "--input", str(stack_tif)]
+    assert main([*common, "--out-dir", str(tmp_path / "tif"), "--orientations", "1", "--offsets", "1"]) == 0
+    assert main([*common, "--out", str(tmp_path / "h.ome.zarr")]) == 0
+    capsys.readouterr()
+    res = read_results(tmp_path / "h.ome.zarr")
+    mmse = tifffile.imread(tmp_path / "tif" / "stack_mmse.tif")
+    assert mmse.std() > 0
+    np.testing.assert_array_equal(res["mmse"][0][...], mmse)
+    np.testing.assert_array_equal(res["variance"][...], tifffile.imread(tmp_path / "tif" / "stack_variance.tif"))

@@ -140,6 +140,7 @@ def decode_samples(
     # On a GPU the latents are built in the autocast's precision, which the decoder's first layers cast them
     # to anyway: half the memory traffic of the largest tensors of a call.
     dtype = getattr(autocast, "fast_dtype", torch.float32) if autocast is not None and mu.is_cuda else torch.float32
+    shared_features = grid_features(net, mu)
     k = len(samples)
     tiles = plan.tiling.tiles
     groups = [tiles[i : i + plan.tiles_per_call] for i in range(0, len(tiles), plan.tiles_per_call)]
@@ -166,8 +167,9 @@ def decode_samples(
                 z = (latents[0] if len(latents) == 1 else torch.cat(latents)).contiguous(
                     memory_format=torch.channels_last)
             features = None
-            if n < net.z_dim:  # one copy per tile, shared by its k samples
-                features = torch.cat([mu[:, n:, r0:r1, c0:c1] for (r0, r1, _, _), (c0, c1, _, _) in group]).to(
+            if shared_features is not None:  # one copy per tile, shared by its k samples
+                features = torch.cat([shared_features[..., r0:r1, c0:c1]
+                                      for (r0, r1, _, _), (c0, c1, _, _) in group]).to(
                     dtype, memory_format=torch.channels_last)
             decoded = decode_latents(net, z, features)[:, 0]
             if out is None:

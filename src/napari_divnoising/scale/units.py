@@ -211,6 +211,9 @@ def _predict_region(
     mu, std = mu[crop], std[crop]
     lr, lc = (dy0, dy1), (dx0, dx1)
     iy, ix = slice(rows[0] - dy0 * m, rows[1] - dy0 * m), slice(cols[0] - dx0 * m, cols[1] - dx0 * m)
+    features = grid_features(net, mu)  # the region's shared features, the same for every batch
+    if features is not None:
+        features = features.contiguous(memory_format=torch.channels_last)
     n, keep = job.n_samples, job.keep_samples
     batch = min(n, job.batch_size or default_batch_size(mu.shape[-2] * mu.shape[-1] * m * m))
     shape = (rows[1] - rows[0], cols[1] - cols[0])
@@ -224,9 +227,6 @@ def _predict_region(
         def decode(done: int = done, k: int = k) -> np.ndarray:
             eps = latent_noise(seed, range(done, done + k), lr, lc, net.noise_channels, dev)
             z = latent_samples(mu, std, eps).contiguous(memory_format=torch.channels_last)
-            features = grid_features(net, mu)
-            if features is not None:
-                features = features.contiguous(memory_format=torch.channels_last)
             out = decode_latents(net, z, features)[:, 0, iy, ix]
             return model.denormalize(out.float()).cpu().numpy()
 
