@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+import pytest
+
 import napari_divnoising._widgets._core as core
+from napari_divnoising.errors import DivNoisingError
 from napari_divnoising.training import TrainStep
 
 
@@ -108,3 +111,10 @@ def test_training_runs_in_napari_when_the_child_process_cannot_start(monkeypatch
     events = list(core.training_source(images, None, config))
     assert isinstance(events[0], TrainingWarning) and "inside napari instead" in events[0].message
     assert isinstance(events[-1], TrainingDone) and events[-1].steps == 3
+
+
+def test_a_setting_out_of_range_is_named_by_the_panel_label():
+    with pytest.raises(DivNoisingError, match=r"^Patch size must be a multiple of 8 .*\(got 30\)"):
+        core.make_training_config(patch_size=30, max_steps=3)
+    with pytest.raises(DivNoisingError, match=r"^Learning rate must be between"):
+        core.make_training_config(learning_rate=3.0, max_steps=3)

@@ -167,3 +167,19 @@ def test_the_filters_are_an_option_and_a_continued_model_keeps_its_own(tmp_path,
                  str(tmp_path / "g.pt")]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--lr", "-1"], "--lr must be between"),
+    (["--start-filters", "2"], "--start-filters must be between 4 and 256 (got 2)"),
+    (["--patch-size", "30"], "--patch-size must be a multiple of 8"),
+    (["--kl-annealing-steps", "-3"], "--kl-annealing-steps must be between"),
+    (["--network", "hierarchical", "--depth", "1"], "--depth must be 2 or more for a hierarchical network"),
+])
+def test_a_setting_out_of_range_is_one_line_naming_its_flag(tmp_path, noisy_tif, capsys, options, message):
+    out = tmp_path / "m.pt"
+    assert main(["train", "--data", str(noisy_tif), "--sigma", "3", "--out", str(out), *options]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"divnoising train: error: {err.split('error: ', 1)[1]}" and len(err.splitlines()) == 1
+    assert message in err and "_" not in err.split("error: ", 1)[1].split()[0]
+    assert not out.exists()

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from .._writer import _unit_name
+from ..errors import SettingError
 from ..export import write_tiff
 from ..model import DivNoisingModel
 from ..outputs import provenance_properties
-from ..training import COLEARN, TrainingConfig, TrainingWarning, TrainStep, Validation, train_iter
+from ..training import COLEARN, TrainingConfig, TrainingWarning, TrainStep, Validation, field_metadata, train_iter
 from ..workflows import bootstrap_iter, split_budget
 from ._outputs import Geometry
 
@@ -33,10 +34,14 @@ def make_training_config(**settings: Any) -> TrainingConfig:
     Raises
     ------
     DivNoisingError
-        For a value out of its range (one clear line for the user).
+        For a value out of its range (one clear line for the user, naming the setting by its label).
     """
     config = TrainingConfig(**settings)
-    config.validate()
+    try:
+        config.validate()
+    except SettingError as exc:
+        label = field_metadata(exc.setting).get("label")
+        raise exc.called(label) if label else exc from None
     return config
 
 

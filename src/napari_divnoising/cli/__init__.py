@@ -6,7 +6,8 @@ import argparse
 import sys
 from importlib import import_module
 
-from ..errors import DivNoisingError
+from ..errors import DivNoisingError, SettingError
+from ._options import flag_named
 
 # (command name, module under napari_divnoising.cli); each module defines
 # ``add_parser(subparsers)`` registering its command with ``func=run``.
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except DivNoisingError as exc:
+        if isinstance(exc, SettingError):
+            exc = flag_named(exc, args)
         print(f"divnoising {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

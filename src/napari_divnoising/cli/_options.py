@@ -15,6 +15,11 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..errors import SettingError
+
+#: Namespace attribute with the flag of each setting a command offers ({"learning_rate": "--lr", ...}).
+SETTING_FLAGS = "setting_flags"
+
 
 def _base_type(config_cls: type, name: str) -> type:
     hint = typing.get_type_hints(config_cls)[name]
@@ -66,10 +71,13 @@ def add_config_options(
         destination follows the flag (``args.lr``).
     keep_defaults
         Fields whose option defaults to the field's default instead of ``None``.
+
+    The parsed arguments remember each field's flag, so that errors can name it (:func:`flag_named`).
     """
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     flags = dict(flags or {})
     keep = set(keep_defaults)
+    shown = dict(parser.get_default(SETTING_FLAGS) or {})
     for name in names:
         field = fields[name]  # an unknown name fails here, loudly
         base = _base_type(config_cls, name)
@@ -82,6 +90,14 @@ def add_config_options(
             if "choices" in field.metadata:
                 kwargs["metavar"] = "|".join(field.metadata["choices"])
         parser.add_argument(flag, **kwargs)
+        shown[name] = flag
+    parser.set_defaults(**{SETTING_FLAGS: shown})
+
+
+def flag_named(error: SettingError, args: argparse.Namespace) -> SettingError:
+    """``error`` naming its setting by the command's flag (``--lr``, not ``learning_rate``) where it has one."""
+    flag = getattr(args, SETTING_FLAGS, {}).get(error.setting)
+    return error.called(flag) if flag else error
 
 
 def settings_table(config_cls: type, names: Iterable[str]) -> str:

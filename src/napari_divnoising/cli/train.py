@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
     resume = load_model(args.resume) if args.resume else None
     config = _config(args, resume)
+    config.validate()  # before the settings are used to size the output
     resolve_device(config.device)  # a device this machine lacks is one line, before any file is read
     out = Path(args.out)
     # Continuing in place may replace the model it continues without --force; the place is checked all the same.

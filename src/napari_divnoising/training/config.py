@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..device import DEVICE_CHOICES
-from ..errors import DivNoisingError
+from ..errors import DivNoisingError, SettingError
 
 if TYPE_CHECKING:
     import torch
@@ -184,7 +184,7 @@ class TrainingConfig:
         kind = (self.network or network or "").strip().lower()
         if kind not in NETWORK_DEFAULTS:
             asked = self.network or network
-            raise DivNoisingError(f"network must be one of {', '.join(NETWORK_TYPES)} (got {asked!r}).")
+            raise SettingError("network", f"must be one of {', '.join(NETWORK_TYPES)} (got {asked!r}).")
         defaults = NETWORK_DEFAULTS[kind]
         return {"network": kind, "depth": self.depth if self.depth is not None else defaults["depth"],
                 "z_dim": self.z_dim if self.z_dim is not None else defaults["z_dim"]}
@@ -211,14 +211,14 @@ class TrainingConfig:
         """Raise :class:`DivNoisingError` with one clear line for the first setting out of range."""
         check_ranges(self)
         if self.network == "hierarchical" and self.depth is not None and self.depth < 2:
-            raise DivNoisingError("A hierarchical network (the default on a CPU) needs depth 2 or more (its latent "
-                                  "levels); choose depth 3, or network divnoising for depth 1.")
+            raise SettingError("depth", "must be 2 or more for a hierarchical network (its latent levels; the "
+                               "default network with a noise model): choose 3, or the divnoising network for depth 1.")
         if self.patch_size is not None:
             multiple = max(2 ** network["depth"] for network in self.possible_network_settings())
             if self.patch_size < 2 * multiple or self.patch_size % multiple:
-                raise DivNoisingError(
-                    f"patch size {self.patch_size} must be a multiple of {multiple} (2**depth) and at least "
-                    f"{2 * multiple}; 64 or 128 are good choices."
+                raise SettingError(
+                    "patch_size", f"must be a multiple of {multiple} (2**depth) and at least {2 * multiple} "
+                    f"(got {self.patch_size}); 64 or 128 are good choices."
                 )
         if self.max_minutes is None and self.max_steps is None:
             raise DivNoisingError("Give a training budget: a number of minutes, of steps, or both.")
@@ -249,19 +249,18 @@ def check_ranges(config: Any) -> None:
             continue
         if "choices" in meta and isinstance(value, str):
             if value.split(":")[0].lower() not in meta["choices"]:
-                raise DivNoisingError(f"{f.name} must be one of {', '.join(meta['choices'])} (got {value!r}).")
+                raise SettingError(f.name, f"must be one of {', '.join(meta['choices'])} (got {value!r}).")
             continue
         if "min" not in meta and "max" not in meta:
             continue
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise DivNoisingError(f"{f.name} must be a number (got {value!r}).")
+            raise SettingError(f.name, f"must be a number (got {value!r}).")
         whole = isinstance(meta.get("min"), int) and isinstance(meta.get("max"), int)
         if whole and not isinstance(value, numbers.Integral):
-            raise DivNoisingError(f"{f.name} must be a whole number (got {value!r}).")
+            raise SettingError(f.name, f"must be a whole number (got {value!r}).")
         if not math.isfinite(value) or value < meta.get("min", -math.inf) or value > meta.get("max", math.inf):
-            raise DivNoisingError(
-                f"{f.name} must be between {meta.get('min', '-inf'):g} and {meta.get('max', 'inf'):g} "
-                f"(got {value!r})."
+            raise SettingError(
+                f.name, f"must be between {meta.get('min', '-inf'):g} and {meta.get('max', 'inf'):g} (got {value!r})."
             )
 
 
