@@ -35,6 +35,17 @@ def test_latent_grid_holds_top_latents_noise_and_features():
     assert net.size_multiple == 8 and net.depth == 3
 
 
+@pytest.mark.parametrize("net", [small_net(), DivNoisingVAE(depth=2, start_filters=4, z_dim=5).eval()],
+                         ids=["hierarchical", "divnoising"])
+def test_the_posterior_for_sampling_is_the_encoders_grid_with_the_noise_channels_std(net):
+    x = torch.randn(2, 1, 32, 48)
+    mu, logvar = net.encode(x)
+    mu_sampling, std = net.posterior(x)
+    torch.testing.assert_close(mu_sampling, mu)
+    assert std.shape == (2, net.noise_channels, *mu.shape[-2:])
+    torch.testing.assert_close(std, torch.exp(0.5 * logvar[:, : net.noise_channels]))
+
+
 def test_features_in_the_grid_pass_through_unchanged_and_noise_changes_the_sample():
     net = small_net()
     mu, logvar = net.encode(torch.randn(1, 1, 32, 32))
@@ -143,9 +154,9 @@ def test_build_network_and_settings_round_trip():
 
 
 def test_config_refuses_a_single_level_hierarchy():
-    with pytest.raises(DivNoisingError, match="depth 2 or more"):
+    with pytest.raises(DivNoisingError, match="depth must be 2 or more for a hierarchical network"):
         TrainingConfig(network="hierarchical", depth=1).validate()
-    with pytest.raises(DivNoisingError, match="network divnoising for depth 1"):  # the CPU's choice, depth 1
+    with pytest.raises(DivNoisingError, match="or the divnoising network for depth 1"):  # the CPU's choice, depth 1
         next(iter(train_iter(np.zeros((2, 64, 64), np.float32), 10.0, TrainingConfig(depth=1, max_steps=1,
                                                                                         device="cpu"))))
     TrainingConfig(depth=1).validate()  # with the network left to the device, a GPU could train it

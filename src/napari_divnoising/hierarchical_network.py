@@ -127,12 +127,24 @@ class HierarchicalEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar, features = self.bottom_up(x)
+        n, _, gh, gw = mu.shape
+        noise_logvar = logvar.new_zeros((n, sum(self.layout.noise), gh, gw))
+        context_logvar = logvar.new_full((n, sum(self.layout.context), gh, gw), float("-inf"))
+        return self._grid_means(mu, features), torch.cat([logvar, noise_logvar, context_logvar], 1)
+
+    def sampling_grid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The latent grid's means and the standard deviations of its first ``noise_channels`` channels."""
+        mu, logvar, features = self.bottom_up(x)
+        n, _, gh, gw = mu.shape
+        noise_std = logvar.new_ones((n, sum(self.layout.noise), gh, gw))
+        return self._grid_means(mu, features), torch.cat([torch.exp(0.5 * logvar), noise_std], 1)
+
+    def _grid_means(self, mu: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        """The latent grid's means: the top latents, zeros for the finer levels' noise, then the features."""
         lay = self.layout
         context = [F.pixel_unshuffle(f, k) if k > 1 else f for f, k in zip(features, lay.factors, strict=True)]
         n, _, gh, gw = mu.shape
-        noise_mu = mu.new_zeros((n, sum(lay.noise), gh, gw))
-        context_logvar = mu.new_full((n, sum(lay.context), gh, gw), float("-inf"))
-        return torch.cat([mu, noise_mu, *context], 1), torch.cat([logvar, noise_mu, context_logvar], 1)
+        return torch.cat([mu, mu.new_zeros((n, sum(lay.noise), gh, gw)), *context], 1)
 
 
 class HierarchicalDecoder(nn.Module):
@@ -323,6 +335,11 @@ class HierarchicalVAE(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, logvar)`` of the latent grid for an input of shape (B, 1, H, W)."""
         return self.encoder(x)
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, std)`` for posterior samples: the latent grid of :meth:`encode` and the standard deviations of
+        its first :attr:`noise_channels` channels only (the features after them take no noise)."""
+        return self.encoder.sampling_grid(x)
 
     def decode(self, z: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """Map latent grids (B, z_dim, H / 2**levels, W / 2**levels) to signals (B, 1, H, W).

@@ -109,6 +109,12 @@ class DivNoisingVAE(nn.Module):
         h = self.encoder(x)
         return self.mu_head(h), self.logvar_head(h)
 
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, std)`` of q(z|x): the means of every latent channel and the standard deviations of the first
+        :attr:`noise_channels` (here all), the channels that posterior samples draw noise for."""
+        mu, logvar = self.encode(x)
+        return mu, torch.exp(0.5 * logvar)
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Map latents (B, z_dim, h, w) to signals (B, 1, h*2**depth, w*2**depth)."""
         return self.decoder(z)

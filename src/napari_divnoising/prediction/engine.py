@@ -74,23 +74,24 @@ def run(fn: Callable[[], Any], autocast: Any = None) -> Any:
 def encode_frame(
     net: DivNoisingVAE, x_padded: torch.Tensor, tiling: Tiling, autocast: Any
 ) -> Iterator[Progress | tuple[torch.Tensor, torch.Tensor]]:
-    """Yield Progress per tile (when tiled), then ``(mu, std)`` of the whole latent grid (1, z, lh, lw)."""
+    """Yield Progress per tile (when tiled), then ``(mu, std)`` of the whole latent grid: ``mu`` (1, z_dim, lh, lw),
+    ``std`` of the noise channels only (1, noise_channels, lh, lw)."""
     m = net.size_multiple
     lh, lw = x_padded.shape[-2] // m, x_padded.shape[-1] // m
     tiles = tiling.tiles
     # On a GPU the latent grid is kept channels-last, like the latent noise and the decoder's input, so that
     # z = mu + std * eps is one coalesced pass (mixed layouts make it the slowest kernel of a large frame).
     layout = torch.channels_last if x_padded.is_cuda else torch.contiguous_format
-    mu_grid, std_grid = run(lambda: [torch.empty((1, net.z_dim, lh, lw), device=x_padded.device, memory_format=layout)
-                                     for _ in range(2)])
+    mu_grid, std_grid = run(lambda: [torch.empty((1, c, lh, lw), device=x_padded.device, memory_format=layout)
+                                     for c in (net.z_dim, net.noise_channels)])
     for i, ((r0, r1, cr0, cr1), (c0, c1, cc0, cc1)) in enumerate(tiles):
 
         def encode_tile() -> None:
             crop = x_padded[..., r0 * m : r1 * m, c0 * m : c1 * m]
-            mu, logvar = net.encode(crop)
+            mu, std = net.posterior(crop)
             inner = (..., slice(cr0 - r0, cr1 - r0), slice(cc0 - c0, cc1 - c0))
             mu_grid[..., cr0:cr1, cc0:cc1] = mu[inner].float()
-            std_grid[..., cr0:cr1, cc0:cc1] = torch.exp(0.5 * logvar[inner].float())
+            std_grid[..., cr0:cr1, cc0:cc1] = std[inner].float()
 
         run(encode_tile, autocast)
         if len(tiles) > 1:
@@ -100,8 +101,8 @@ def encode_frame(
 
 def latent_samples(mu: torch.Tensor, std: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """``z = mu + std * eps`` for samples ``eps`` (k, c, h, w) of the first c channels of a latent grid crop
-    ``mu``, ``std`` (1, z_dim, h, w); the channels after them (a hierarchical network's features, the same for
-    every sample) are left out: see :func:`grid_features`."""
+    ``mu`` (1, z_dim, h, w), ``std`` (1, c or more, h, w); the channels after them (a hierarchical network's
+    features, the same for every sample) are left out: see :func:`grid_features`."""
     n = eps.shape[1]
     return torch.addcmul(mu[:, :n], std[:, :n], eps)
 

@@ -203,8 +203,8 @@ def _predict_region(
 
     def encode() -> tuple[Any, Any]:
         x = pad_to_multiple(model.normalize(torch.as_tensor(window, device=dev)[None, None]), m)[0]
-        mu, logvar = net.encode(x.contiguous(memory_format=torch.channels_last))
-        return mu.float(), torch.exp(0.5 * logvar.float())
+        mu, std = net.posterior(x.contiguous(memory_format=torch.channels_last))
+        return mu.float(), std.float()
 
     mu, std = run(encode)
     crop = (..., slice(dy0 - wy0 // m, dy1 - wy0 // m), slice(dx0 - wx0 // m, dx1 - wx0 // m))
