@@ -82,9 +82,13 @@ def test_refuses_to_overwrite_and_bad_combinations(tmp_path, noisy_tif, capsys):
     assert main(["train", "--data", str(noisy_tif), "--out", str(tmp_path / "n.pt"), *FAST]) == 1
     assert "choose a noise model" in capsys.readouterr().err
     assert main(["train", "--data", str(noisy_tif), "--sigma", "3", "--co-learn", "--out", str(tmp_path / "n.pt")]) == 1
+    assert "give only one of" in capsys.readouterr().err
     assert main(["train", "--data", str(noisy_tif), "--sigma", "3", "--device", "tpu",
                  "--out", str(tmp_path / "n.pt"), *FAST]) == 1
-    assert "Unknown device 'tpu'" in capsys.readouterr().err
+    assert "--device must be one of auto, cpu, cuda, mps (got 'tpu')" in capsys.readouterr().err
+    assert main(["train", "--data", str(noisy_tif), "--sigma", "3", "--device", "cuda:7",
+                 "--out", str(tmp_path / "n.pt"), *FAST]) == 1
+    assert "'cuda:7'" in capsys.readouterr().err
     assert main(["train", "--data", str(noisy_tif), "--resume", str(out), "--out", str(tmp_path / "n.pt")]) == 1
     assert "not a readable" in capsys.readouterr().err
     rgb = tmp_path / "rgb.tif"
