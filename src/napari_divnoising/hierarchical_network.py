@@ -133,11 +133,11 @@ class HierarchicalEncoder(nn.Module):
         return self._grid_means(mu, features), torch.cat([logvar, noise_logvar, context_logvar], 1)
 
     def sampling_grid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The latent grid's means and the standard deviations of its first ``noise_channels`` channels."""
+        """The latent grid's means and the standard deviations (float32) of its first ``noise_channels`` channels."""
         mu, logvar, features = self.bottom_up(x)
         n, _, gh, gw = mu.shape
-        noise_std = logvar.new_ones((n, sum(self.layout.noise), gh, gw))
-        return self._grid_means(mu, features), torch.cat([torch.exp(0.5 * logvar), noise_std], 1)
+        noise_std = logvar.new_ones((n, sum(self.layout.noise), gh, gw), dtype=torch.float32)
+        return self._grid_means(mu, features), torch.cat([torch.exp(0.5 * logvar.float()), noise_std], 1)
 
     def _grid_means(self, mu: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
         """The latent grid's means: the top latents, zeros for the finer levels' noise, then the features."""

@@ -111,9 +111,9 @@ class DivNoisingVAE(nn.Module):
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, std)`` of q(z|x): the means of every latent channel and the standard deviations of the first
-        :attr:`noise_channels` (here all), the channels that posterior samples draw noise for."""
+        :attr:`noise_channels` (here all; float32), the channels that posterior samples draw noise for."""
         mu, logvar = self.encode(x)
-        return mu, torch.exp(0.5 * logvar)
+        return mu, torch.exp(0.5 * logvar.float())
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Map latents (B, z_dim, h, w) to signals (B, 1, h*2**depth, w*2**depth)."""
