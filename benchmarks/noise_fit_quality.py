@@ -34,6 +34,8 @@ FMD_DIR = fmd_dir()
 BIN_EDGES = (0, 3.5, 4, 4.5, 5, 6, 8, 10, 13, 20, 30, 50, 70, 100, 150, 256)
 EVAL_PAIRS = 2_000_000
 NOISY_ALONE = "noisy images alone"
+LINE = "Gaussian line"
+CLIPPED_LINE = "Gaussian line, clipped"
 DEFAULT_FITS = ("defaults:", "floor 1:min_variance=1.0", "floor 1/12:min_variance=0.083333")
 
 
@@ -62,7 +64,13 @@ def score(model: Any, signal: np.ndarray, observation: np.ndarray, integer: bool
     index = rng.choice(flat_s.size, min(EVAL_PAIRS, flat_s.size), replace=False)
     s, x = flat_s[index].astype(np.float64), flat_x[index]
     if integer:
-        x = x + rng.uniform(-0.5, 0.5, x.size)
+        spread = x + rng.uniform(-0.5, 0.5, x.size)
+        clipped = np.zeros(x.size, bool)  # a model that knows clipping gives a clipped value its probability
+        if getattr(model, "floor", None) is not None:
+            clipped |= x <= model.floor
+        if getattr(model, "ceiling", None) is not None:
+            clipped |= x >= model.ceiling
+        x = np.where(clipped, x, spread)
     with torch.no_grad():
         nll = -model.log_likelihood(torch.from_numpy(x), torch.from_numpy(s)).numpy()
         fitted_var = model.variance(torch.from_numpy(s)).numpy()
@@ -95,6 +103,34 @@ def roughness(model: Any, signal: np.ndarray) -> float:
     return float(second.abs().max())
 
 
+def fit_line(signal: np.ndarray, observation: np.ndarray, integer: bool, clipping: bool, iterations: int = 400,
+             seed: int = 0) -> Any:
+    """The co-learned noise model's form (variance a·signal + b), fitted by maximum likelihood to the pairs:
+    a plain Gaussian density, or with ``clipping`` one that knows where the stack is clipped."""
+    import torch
+
+    from napari_divnoising.noise_model_fitting import clipping_limits, estimate_noise_line
+    from napari_divnoising.noise_models import GaussianNoiseModel
+
+    rng = np.random.default_rng(seed)
+    flat_s = np.broadcast_to(signal, observation.shape).reshape(-1)
+    index = rng.choice(flat_s.size, min(EVAL_PAIRS, flat_s.size), replace=False)
+    s = torch.from_numpy(flat_s[index].astype(np.float32))
+    x = torch.from_numpy(observation.reshape(-1)[index].astype(np.float32))
+    line = estimate_noise_line(list(observation))
+    limits = clipping_limits(list(observation)) if clipping else None
+    model = GaussianNoiseModel(
+        a=line.a, b=line.b, sigma_min=float(np.sqrt(max(line.least_variance, 1e-6))), offset=float(s.mean()),
+        scale=float(s.std()), quantum=limits.quantum if limits else 0.0, floor=limits.floor if limits else None,
+        ceiling=limits.ceiling if limits else None)
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(iterations):
+        optimiser.zero_grad()
+        (-model.log_likelihood(x, s).mean()).backward()
+        optimiser.step()
+    return model.requires_grad_(False).double()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=FMD_DIR, help="folder with calibration_fov01.tif")
@@ -103,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noisy-alone", action="store_true",
                         help="also fit from noisy images alone (fit_gmm_from_noisy on train_noisy.tif without its "
                         "frame 0, which is the calibration's field of view; --quick: the stack's fitting frames)")
+    parser.add_argument("--lines", action="store_true",
+                        help="also fit the co-learned noise model's form (variance a * signal + b) by maximum "
+                        "likelihood: a plain Gaussian density, and one that knows where the stack is clipped")
     parser.add_argument("--name", default="noise_fit", help="results file name (without suffix)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
@@ -123,20 +162,27 @@ def main(argv: list[str] | None = None) -> int:
     requested = list(map(parse_fit, args.fit or DEFAULT_FITS))
     if args.noisy_alone:
         requested.append((NOISY_ALONE, {}))
+    if args.lines:
+        requested += [(LINE, {}), (CLIPPED_LINE, {})]
     for label, kwargs in requested:
         torch.manual_seed(0)
         t0 = time.perf_counter()
-        if label == NOISY_ALONE:
+        if label in (LINE, CLIPPED_LINE):
+            model = fit_line(signal, fitting, integer, clipping=label == CLIPPED_LINE,
+                             iterations=50 if args.quick else 400)
+        elif label == NOISY_ALONE:
             noisy = list(fitting) if args.quick else list(np.asarray(read_tiff(args.data / "train_noisy.tif"))[1:])
             model = fit_gmm_from_noisy(noisy, **{**extra, **kwargs})
         else:
             model = fit_gmm_from_calibration(fitting, **{**extra, **kwargs})
         seconds = time.perf_counter() - t0
         scored = score(model, signal, held_out, integer)
-        fits.append({"label": label, "settings": kwargs, "fit_seconds": seconds,
-                     "min_variance": float(model.min_variance), **scored})
+        floor = float(model.min_variance) if hasattr(model, "min_variance") else float(model.sigma_min) ** 2
+        fits.append({"label": label, "settings": kwargs, "fit_seconds": seconds, "min_variance": floor, **scored})
+        if hasattr(model, "a"):
+            fits[-1].update(a=model.a, b=model.b, clipped_below=model.floor, clipped_above=model.ceiling)
         print(f"{label}: held-out NLL {scored['nll']:.4f} nats/pixel, roughness {scored['roughness']:.1f}, "
-              f"floor {float(model.min_variance):.3g}, {seconds:.1f} s", flush=True)
+              f"floor {floor:.3g}, {seconds:.1f} s", flush=True)
 
     results = {"benchmark": "noise_fit", "quick": args.quick, "machine": machine_info("cpu"),
                "integer_data": integer, "frames": int(stack.shape[0]), "fits": fits}

@@ -17,13 +17,15 @@ def _model(noise="gmm", depth=2):
     net = DivNoisingVAE(depth=depth, start_filters=8, z_dim=4)
     if noise == "gmm":
         nm = GMMNoiseModel.initial(0.0, 255.0, generator=torch.Generator().manual_seed(1))
-    else:
+    elif noise == "gaussian":
         nm = GaussianNoiseModel(a=1.5, b=4.0, sigma_min=0.5, offset=30.0, scale=20.0)
+    else:  # a co-learned model of whole numbers clipped at an offset
+        nm = GaussianNoiseModel(a=1.5, b=4.0, sigma_min=0.5, offset=30.0, scale=20.0, quantum=1.0, floor=3.0)
     return DivNoisingModel(net, nm, 31.5, 12.25, config={"patch_size": 32, "beta": 1.0},
                            history={"steps": 7, "val_loss": [1.0, float("inf")]}, name="test")
 
 
-@pytest.mark.parametrize("noise", ["gmm", "gaussian"])
+@pytest.mark.parametrize("noise", ["gmm", "gaussian", "clipped"])
 def test_round_trip_keeps_everything(tmp_path, noise):
     model = _model(noise)
     opt = torch.optim.Adam(model.network.parameters())
@@ -38,6 +40,7 @@ def test_round_trip_keeps_everything(tmp_path, noise):
         assert k == k2 and torch.equal(v, v2)
     x = torch.linspace(0, 200, 11)
     torch.testing.assert_close(loaded.noise_model.log_likelihood(x + 3, x), model.noise_model.log_likelihood(x + 3, x))
+    torch.testing.assert_close(loaded.image_from_decoded(x), model.image_from_decoded(x))
     assert loaded.noise_model.to_config() == model.noise_model.to_config()
     opt2 = torch.optim.Adam(loaded.network.parameters())
     opt2.load_state_dict(loaded.training_state["optimizer"])

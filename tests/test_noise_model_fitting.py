@@ -13,6 +13,7 @@ from napari_divnoising.noise_model_fitting import (
     bootstrap_gmm,
     calibration_pairs,
     calibration_statistics,
+    clipping_limits,
     empirical_noise_statistics,
     fit_gmm_from_calibration,
     fit_gmm_from_pairs,
@@ -293,3 +294,18 @@ def test_gmm_from_noisy_images_refuses_images_without_noise_to_measure():
 
     with pytest.raises(DivNoisingError, match="Cannot estimate the noise"):
         fit_gmm_from_noisy([np.full((64, 64), 7.0)])
+
+
+def test_clipping_limits_find_the_step_and_where_the_camera_clipped():
+    rng = np.random.default_rng(0)
+    dark = rng.normal(4.0, 2.0, (2, 128, 128))
+    clipped = np.clip(np.round(dark), 3, 255).astype(np.uint8)
+    clipped[0, 0, :3] = 2  # a few stray values below the offset do not hide it
+    limits = clipping_limits(list(clipped))
+    assert (limits.quantum, limits.floor, limits.ceiling) == (1.0, 3.0, None)
+    saturated = np.clip(np.round(rng.normal(250.0, 5.0, (128, 128))), 0, 255)
+    assert clipping_limits([saturated]).ceiling == 255.0 and clipping_limits([saturated]).floor is None
+    unclipped = np.round(rng.normal(100.0, 5.0, (128, 128)))  # a few pixels at the extremes are not a pile-up
+    assert (clipping_limits([unclipped]).floor, clipping_limits([unclipped]).ceiling) == (None, None)
+    continuous = rng.normal(100.0, 5.0, (64, 64))
+    assert clipping_limits([continuous]).quantum == 0.0 and clipping_limits([continuous]).floor is None

@@ -165,3 +165,71 @@ def test_every_registered_noise_model_follows_the_protocol():
         assert cls.kind == kind
         model = cls.from_config(examples[kind].to_config())
         assert isinstance(model, NoiseModelProtocol)
+
+
+def _clipped_camera(signal: float, sigma: float, floor: float, ceiling: float, n: int, seed: int = 0) -> np.ndarray:
+    """Whole-number observations of ``signal`` with Gaussian noise, clipped as a camera clips them."""
+    rng = np.random.default_rng(seed)
+    return np.clip(np.round(signal + sigma * rng.standard_normal(n)), floor, ceiling)
+
+
+@pytest.mark.parametrize("signal", [0.0, 3.0, 6.0, 40.0, 252.0])
+def test_clipped_gaussian_gives_the_recorded_values_their_probabilities_and_mean(signal):
+    """With a floor and a ceiling the clipped values get the probability of everything beyond the limit, and the
+    model's mean is the mean of the recorded values (Monte Carlo), not the signal."""
+    model = GaussianNoiseModel(a=0.0, b=4.0, sigma_min=0.5, quantum=1.0, floor=3.0, ceiling=255.0, trainable=False)
+    recorded = _clipped_camera(signal, 2.0, 3.0, 255.0, 400_000)
+    values, counts = np.unique(recorded, return_counts=True)
+    with torch.no_grad():
+        log_p = model.log_likelihood(torch.tensor(values, dtype=torch.float32),
+                                     torch.full((len(values),), signal)).numpy()
+        mean = float(model.mean(torch.tensor([signal]))[0])
+    frequent = counts > 2000
+    np.testing.assert_allclose(log_p[frequent], np.log(counts[frequent] / recorded.size), atol=0.08)
+    assert np.exp(log_p).sum() == pytest.approx(1.0, abs=0.01)
+    assert mean == pytest.approx(recorded.mean(), abs=0.05)
+    if signal <= 3.0:
+        assert mean > signal + 0.4  # clipping lifts the dark pixels' mean above the signal
+
+
+def test_clipped_gaussian_learns_the_noise_that_a_plain_gaussian_misreads():
+    """Fitted to clipped dark data, the clipped model recovers the true variance line; a plain density does not."""
+    rng = np.random.default_rng(1)
+    s = rng.uniform(0.0, 12.0, 40_000)  # dark, as fluorescence backgrounds are: a third of the values clipped
+    x = np.clip(np.round(s + rng.normal(0.0, np.sqrt(1.0 * s + 1.0))), 3.0, 255.0)
+    st, xt = torch.as_tensor(s, dtype=torch.float32), torch.as_tensor(x, dtype=torch.float32)
+    fitted = {}
+    for label, limits in (("clipped", {"quantum": 1.0, "floor": 3.0}), ("density", {})):
+        model = GaussianNoiseModel(a=0.5, b=10.0, sigma_min=0.5, offset=6.0, scale=4.0, **limits)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+        for _ in range(600):
+            optimizer.zero_grad()
+            (-model.log_likelihood(xt, st).mean()).backward()
+            optimizer.step()
+        fitted[label] = model.a
+    assert fitted["clipped"] == pytest.approx(1.0, rel=0.1)
+    assert fitted["density"] < 0.7
+
+
+def test_clipped_gaussian_stays_finite_far_from_the_signal():
+    model = GaussianNoiseModel(a=0.0, b=1.0, sigma_min=1.0, quantum=1.0, floor=3.0, ceiling=255.0)
+    signal = torch.tensor([500.0, -500.0, 3.0, 255.0], requires_grad=True)
+    observation = torch.tensor([3.0, 255.0, 255.0, 3.0])
+    log_p = model.log_likelihood(observation, signal)
+    log_p.sum().backward()
+    assert torch.isfinite(log_p).all() and (log_p < -100).sum() >= 2
+    assert torch.isfinite(signal.grad).all() and torch.isfinite(model.alpha.grad) and torch.isfinite(model.beta.grad)
+
+
+def test_clipped_gaussian_config_round_trip_and_older_configs():
+    model = GaussianNoiseModel(a=1.5, b=7.0, sigma_min=0.5, offset=100.0, scale=50.0, quantum=1.0, floor=3.0)
+    rebuilt = noise_model_from_config(model.to_config(), model.state_dict())
+    assert (rebuilt.quantum, rebuilt.floor, rebuilt.ceiling) == (1.0, 3.0, None) and not rebuilt.mean_is_signal
+    s = torch.linspace(0, 50, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.mean(s), model.mean(s))
+    older = {k: v for k, v in model.to_config().items() if k not in ("quantum", "floor", "ceiling")}
+    plain = noise_model_from_config(older, model.state_dict())
+    assert plain.mean_is_signal and torch.equal(plain.mean(s), s)
+    with pytest.raises(ValueError, match="ceiling"):
+        GaussianNoiseModel(floor=10.0, ceiling=5.0)

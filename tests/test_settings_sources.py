@@ -30,7 +30,7 @@ def test_train_command_options_take_help_and_defaults_from_the_config():
     train = parser._subparsers._group_actions[0].choices["train"]
     actions = {a.dest: a for a in train._actions}
     fields = {f.name: f for f in dataclasses.fields(TrainingConfig)}
-    for name in (*TRAIN_OPTIONS, "sigma_min"):
+    for name in (*TRAIN_OPTIONS, "sigma_min", "noise_clipping"):
         action = actions["lr" if name == "learning_rate" else name]
         assert action.help == option_help(fields[name])
         assert action.default in (None, fields[name].default)

@@ -66,3 +66,15 @@ class DivNoisingModel:
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.data_std + self.data_mean
+
+    def image_from_decoded(self, x: torch.Tensor) -> torch.Tensor:
+        """The denoised image of a decoded (normalised) signal: the mean the camera records at that signal.
+
+        That is the signal itself, except for a noise model that knows the camera's clipping
+        (:attr:`~napari_divnoising.noise_models.GaussianNoiseModel.mean_is_signal` false), whose mean is
+        what an average of many noisy frames would show.
+        """
+        signal = self.denormalize(x)
+        if getattr(self.noise_model, "mean_is_signal", True):
+            return signal
+        return self.noise_model.mean(signal)

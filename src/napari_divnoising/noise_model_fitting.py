@@ -133,6 +133,52 @@ def is_integer_valued(data: np.ndarray, max_values: int = 100_000) -> bool:
     return bool(np.all(np.mod(flat[::step], 1) == 0))
 
 
+@dataclass(frozen=True)
+class ClippingLimits:
+    """How a camera recorded the images: the step between values (0: continuous) and where it clipped them."""
+
+    quantum: float = 0.0
+    floor: float | None = None
+    ceiling: float | None = None
+
+
+def clipping_limits(images: list[np.ndarray], max_pixels: int = 4_000_000, seed: int = 0) -> ClippingLimits:
+    """The step between recorded values and where the camera clipped them, for a noise model that knows clipping.
+
+    Whole-number images get a step of 1. A limit counts as clipping when the images pile up there:
+    the darkest value (ignoring the darkest 0.01 % of the pixels, stray values below an offset) holds
+    at least 0.1 % of the pixels and more than the value above it; the brightest
+    likewise against the value below it. Images
+    that are not whole numbers get no step and no limits.
+    """
+    if not images or not all(is_integer_valued(im) for im in images):
+        return ClippingLimits()
+    total = sum(int(np.asarray(im).size) for im in images)
+    rng = np.random.default_rng(seed)
+    parts = []
+    for im in images:
+        flat = np.asarray(im).reshape(-1)
+        keep = min(flat.size, math.ceil(max_pixels * flat.size / total))
+        parts.append(flat if keep == flat.size else flat[rng.choice(flat.size, keep, replace=False)])
+    values = np.rint(np.concatenate(parts).astype(np.float64))
+    low, high = np.quantile(values, [1e-4, 1.0 - 1e-4])
+    low, high = float(low), max(float(high), float(values.max()))
+    if not high > low:
+        return ClippingLimits(quantum=1.0)
+
+    def count(value: float) -> int:
+        return int(np.count_nonzero(values == value))
+
+    least = max(20, 1e-3 * values.size)
+
+    def piles_up(value: float, neighbour: float) -> bool:
+        return count(value) >= least and count(value) > count(neighbour)
+
+    floor = low if piles_up(low, low + 1) else None
+    ceiling = high if piles_up(high, high - 1) else None
+    return ClippingLimits(quantum=1.0, floor=floor, ceiling=ceiling)
+
+
 def paired_images(noisy: np.ndarray, clean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Check noisy / clean images of the same shape and return ``(clean, noisy)`` as float32 stacks."""
     noisy_arr, clean_arr = np.asarray(noisy), np.asarray(clean)

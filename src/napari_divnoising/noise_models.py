@@ -189,6 +189,14 @@ class GaussianNoiseModel(nn.Module):
     a and b are kept as O(1) numbers relative to the data scale so that Adam
     moves them at a useful speed whatever the intensity range:
     ``var = scale**2 * (alpha * (s - offset) / scale + beta)``.
+
+    Cameras clip: with a ``floor`` (``ceiling``) an observation at or below the floor (at or above the
+    ceiling) stands for every value below ``floor + quantum / 2`` (above ``ceiling - quantum / 2``), where
+    ``quantum`` is the step between recorded values (1 for whole numbers, 0 for continuous data), and its
+    likelihood is the probability that the camera clipped the value there. Other observations keep the
+    Gaussian density (with a step of 1 it is close to the probability of the whole number). The model's
+    :meth:`mean` is then the mean of the recorded value, which clipping pulls away from the signal near
+    the limits.
     """
 
     kind = "gaussian"
@@ -196,9 +204,14 @@ class GaussianNoiseModel(nn.Module):
     def __init__(
         self, a: float = 0.0, b: float = 1.0, sigma_min: float = 1.0,
         offset: float = 0.0, scale: float = 1.0, trainable: bool = True,
+        quantum: float = 0.0, floor: float | None = None, ceiling: float | None = None,
     ):
         super().__init__()
         scale = float(scale) if scale > 0 else 1.0
+        if not quantum >= 0:
+            raise ValueError(f"quantum must be 0 or more (got {quantum})")
+        if floor is not None and ceiling is not None and not float(ceiling) > float(floor):
+            raise ValueError(f"ceiling ({ceiling}) must exceed floor ({floor})")
         self.register_buffer("offset", torch.tensor(float(offset), dtype=torch.float32))
         self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
         self.register_buffer("sigma_min", torch.tensor(float(sigma_min), dtype=torch.float32))
@@ -206,6 +219,9 @@ class GaussianNoiseModel(nn.Module):
         beta = (float(b) + float(a) * float(offset)) / scale**2
         self.alpha = nn.Parameter(torch.tensor(alpha, dtype=torch.float32), requires_grad=trainable)
         self.beta = nn.Parameter(torch.tensor(beta, dtype=torch.float32), requires_grad=trainable)
+        self.quantum = float(quantum)
+        self.floor = None if floor is None else float(floor)
+        self.ceiling = None if ceiling is None else float(ceiling)
 
     @property
     def a(self) -> float:
@@ -217,23 +233,56 @@ class GaussianNoiseModel(nn.Module):
         """Intercept of the variance in raw units (variance at signal 0)."""
         return float(self.beta.detach() * self.scale**2 - self.alpha.detach() * self.scale * self.offset)
 
+    @property
+    def mean_is_signal(self) -> bool:
+        """Whether :meth:`mean` is the signal itself and the likelihood a plain density (no clipping)."""
+        return self.floor is None and self.ceiling is None
+
     def variance(self, signal: torch.Tensor) -> torch.Tensor:
-        var = self.scale**2 * (self.alpha * (signal - self.offset) / self.scale + self.beta)
-        return torch.clamp(var, min=(self.sigma_min**2).to(var.dtype))
+        dev = signal.device  # prediction may decode on a GPU with the noise model left on the host
+        scale, alpha, beta = self.scale.to(dev), self.alpha.to(dev), self.beta.to(dev)
+        var = scale**2 * (alpha * (signal - self.offset.to(dev)) / scale + beta)
+        return torch.clamp(var, min=(self.sigma_min.to(dev) ** 2).to(var.dtype))
 
     def log_likelihood(self, observation: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
         var = self.variance(signal)
-        return -0.5 * ((observation - signal) ** 2 / var + torch.log(var) + LOG_2PI)
+        result = -0.5 * ((observation - signal) ** 2 / var + torch.log(var) + LOG_2PI)
+        if self.mean_is_signal:
+            return result
+        sigma, half = torch.sqrt(var), 0.5 * self.quantum
+        if self.floor is not None:
+            below = torch.special.log_ndtr((self.floor + half - signal) / sigma)
+            result = torch.where(observation <= self.floor, below, result)
+        if self.ceiling is not None:
+            above = torch.special.log_ndtr((signal - self.ceiling + half) / sigma)
+            result = torch.where(observation >= self.ceiling, above, result)
+        return result
 
     def mean(self, signal: torch.Tensor) -> torch.Tensor:
-        return signal
+        """Mean of the recorded value: the signal, or with clipping the mean of the clipped Gaussian."""
+        if self.mean_is_signal:
+            return signal
+        sigma = torch.sqrt(self.variance(signal))
+        half = 0.5 * self.quantum
+        low_mass, low_density, result = torch.zeros_like(signal), torch.zeros_like(signal), torch.zeros_like(signal)
+        if self.floor is not None:
+            alpha = (self.floor + half - signal) / sigma
+            low_mass, low_density = torch.special.ndtr(alpha), torch.exp(-0.5 * alpha**2 - 0.5 * LOG_2PI)
+            result = result + self.floor * low_mass
+        high_mass, high_density = torch.ones_like(signal), torch.zeros_like(signal)
+        if self.ceiling is not None:
+            beta = (self.ceiling - half - signal) / sigma
+            high_mass, high_density = torch.special.ndtr(beta), torch.exp(-0.5 * beta**2 - 0.5 * LOG_2PI)
+            result = result + self.ceiling * (1.0 - high_mass)
+        return result + signal * (high_mass - low_mass) + sigma * (low_density - high_density)
 
     @classmethod
     def from_config(cls, config: dict) -> GaussianNoiseModel:
         """The model :meth:`to_config` describes (load the state dict next for the trained values)."""
         return cls(
             a=config["a"], b=config["b"], sigma_min=config["sigma_min"], offset=config["offset"],
-            scale=config["scale"], trainable=config.get("trainable", True),
+            scale=config["scale"], trainable=config.get("trainable", True), quantum=config.get("quantum", 0.0),
+            floor=config.get("floor"), ceiling=config.get("ceiling"),
         )
 
     def to_config(self) -> dict:
@@ -245,6 +294,9 @@ class GaussianNoiseModel(nn.Module):
             "offset": float(self.offset),
             "scale": float(self.scale),
             "trainable": bool(self.alpha.requires_grad),
+            "quantum": self.quantum,
+            "floor": self.floor,
+            "ceiling": self.ceiling,
         }
 
 

@@ -19,3 +19,13 @@ def test_quick_report_compares_the_defaults_with_lower_floors(benchmark_script, 
     table = (tmp_path / "noise_fit.md").read_text()
     assert "| signal | pixels | empirical variance | defaults: variance | floor 1: variance |" in table
     assert f"**{defaults['nll']:.4f}**" in table
+
+
+def test_quick_report_fits_the_co_learned_line_plain_and_clipped(benchmark_script, tmp_path):
+    report = benchmark_script("noise_fit_quality")
+    assert report.main(["--quick", "--lines", "--fit", "defaults:", "--out-dir", str(tmp_path), "--name", "lines"]) == 0
+    fits = json.loads((tmp_path / "lines.json").read_text())["fits"]
+    assert [f["label"] for f in fits] == ["defaults", "Gaussian line", "Gaussian line, clipped"]
+    plain, clipped = fits[1], fits[2]
+    assert plain["a"] > 0 and plain["clipped_below"] is None and plain["nll"] > 0
+    assert clipped["nll"] <= plain["nll"] + 1e-6  # the quick stack is not clipped: the same model

@@ -36,6 +36,25 @@ def test_colearn_writes_best_and_last_and_summary(tmp_path, noisy_tif, capsys):
     assert load_model(tmp_path / "m.last.pt").history["steps"] == 12
 
 
+def test_colearn_of_clipped_whole_numbers_says_where_they_are_clipped(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:64, :64]
+    clean = 4 + 60 * np.exp(-((yy - 30) ** 2 + (xx - 20) ** 2) / 50.0)
+    stack = np.clip(np.round(clean + rng.normal(0, 1, (5, 64, 64)) * np.sqrt(clean + 1)), 3, 255).astype(np.uint8)
+    data = tmp_path / "dark.tif"
+    tifffile.imwrite(data, stack)
+    out = tmp_path / "m.pt"
+    assert main(["train", "--data", str(data), "--co-learn", "--out", str(out), *FAST]) == 0
+    assert "values clipped below 3)" in capsys.readouterr().out
+    assert load_model(out).noise_model.floor == 3.0
+    plain = tmp_path / "plain.pt"
+    assert main(["train", "--data", str(data), "--co-learn", "--no-noise-clipping", "--out", str(plain), *FAST]) == 0
+    assert "values clipped" not in capsys.readouterr().out and load_model(plain).noise_model.mean_is_signal
+    assert main(["train", "--data", str(data), "--sigma", "2", "--no-noise-clipping", "--out",
+                 str(tmp_path / "n.pt"), *FAST]) == 1
+    assert "--[no-]noise-clipping only applies with --co-learn or --bootstrap." in capsys.readouterr().err
+
+
 def test_gmm_file_and_resume_in_place(tmp_path, noisy_tif, capsys):
     w = np.zeros((9, 2), np.float32)
     w[3:6, 0] = np.log(100.0)

@@ -246,10 +246,20 @@ def test_a_noise_model_estimated_from_the_training_images_is_a_fixed_gmm(monkeyp
         next(iter(train_iter(frames, ESTIMATED, tiny_config(max_steps=2), resume=done.model)))
 
 
-def test_the_cpu_trains_the_hierarchical_network_unless_the_noise_model_is_co_learned():
+def test_the_cpu_trains_the_hierarchical_network_unless_a_plain_gaussian_is_co_learned():
     frames = np.zeros((2, 80, 80), np.float32) + np.arange(80)
-    for noise, network in ((10.0, "hierarchical"), (COLEARN, "divnoising"), (None, "divnoising")):
-        started = next(iter(train_iter(frames, noise, TrainingConfig(max_steps=1, device="cpu"))))
+    clipped = np.clip(np.round(np.random.default_rng(0).normal(4.0, 3.0, (2, 80, 80))), 3, 255).astype(np.float32)
+    for images, noise, network, clipping in (
+        (frames, 10.0, "hierarchical", True),
+        (frames, COLEARN, "divnoising", True),  # nothing clipped: a plain Gaussian density is co-learned
+        (frames, None, "divnoising", True),
+        (iter(list(clipped)), COLEARN, "hierarchical", True),  # clipped at 3: the noise model knows it
+        (clipped, COLEARN, "divnoising", False),
+    ):
+        config = TrainingConfig(max_steps=1, device="cpu", noise_clipping=clipping)
+        started = next(iter(train_iter(images, noise, config)))
         assert started.config["network"] == network and started.model.network.settings()["network"] == network
+        if noise is COLEARN:
+            assert started.model.noise_model.mean_is_signal == (network == "divnoising")
     asked = next(iter(train_iter(frames, COLEARN, TrainingConfig(max_steps=1, device="cpu", network="hierarchical"))))
     assert asked.config["network"] == "hierarchical"  # what the user asks for is what trains

@@ -60,7 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     noise.add_argument("--bootstrap", action="store_true",
                        help="co-learn for half the budget, fit a GMM to that model's denoising of the data, then "
                        "train with the GMM for the other half")
-    add_config_options(noise, TrainingConfig, ["sigma_min"])
+    add_config_options(noise, TrainingConfig, ["sigma_min", "noise_clipping"])
     noise.add_argument("--sigma", type=float, metavar="S", help="fixed Gaussian noise of standard deviation S")
     p.add_argument("--out", required=True, metavar="MODEL.pt", help="model file to write")
     add_config_options(p, TrainingConfig, TRAIN_OPTIONS, flags={"learning_rate": "--lr"},
@@ -98,6 +98,7 @@ def _config(args: argparse.Namespace, resume) -> TrainingConfig:  # noqa: F821
         max_steps=args.max_steps,
         kl_annealing_steps=args.kl_annealing_steps,
         sigma_min=args.sigma_min,
+        noise_clipping=pick(args.noise_clipping, "noise_clipping"),
         device=args.device,
         seed=args.seed,
     )
@@ -127,8 +128,9 @@ def run(args: argparse.Namespace) -> int:
     if sum(chosen) == 0 and not args.resume:
         raise DivNoisingError("choose a noise model: --noise-model NM.npz, --estimate-noise, --co-learn, --sigma S or "
                               "--bootstrap.")
-    if args.sigma_min is not None and not (args.co_learn or args.bootstrap):
-        raise DivNoisingError("--sigma-min only applies with --co-learn or --bootstrap.")
+    for flag, value in (("--sigma-min", args.sigma_min), ("--[no-]noise-clipping", args.noise_clipping)):
+        if value is not None and not (args.co_learn or args.bootstrap):
+            raise DivNoisingError(f"{flag} only applies with --co-learn or --bootstrap.")
     if args.bootstrap and args.resume:
         raise DivNoisingError("--bootstrap trains new models; continue a bootstrapped model with --resume alone.")
     if args.estimate_noise and args.resume:
@@ -270,7 +272,10 @@ def _print_summary(done, out: Path, last: Path) -> None:
 
     nm = done.model.noise_model
     if isinstance(nm, GaussianNoiseModel) and nm.alpha.requires_grad:
+        clipped = [f"{name} {value:g}" for name, value in (("below", nm.floor), ("above", nm.ceiling))
+                   if value is not None]
         print(f"Learned noise model: variance = {nm.a:.4g} * signal + {nm.b:.4g} "
-              f"(floor sigma {float(nm.sigma_min):.3g}).")
+              f"(floor sigma {float(nm.sigma_min):.3g}"
+              + (f"; values clipped {' and '.join(clipped)}" if clipped else "") + ").")
     print(f"Model (best): {out}")
     print(f"Last state (for --resume): {last}")

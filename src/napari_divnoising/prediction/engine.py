@@ -174,10 +174,10 @@ def decode_samples(
                     dtype, memory_format=torch.channels_last)
             decoded = decode_latents(net, z, features)[:, 0]
             if out is None:
-                return model.denormalize(decoded.float())
+                return model.image_from_decoded(decoded.float())
             for t, ((r0, _r1, cr0, cr1), (c0, _c1, cc0, cc1)) in enumerate(group):
                 core = decoded[t * k : (t + 1) * k, (cr0 - r0) * m : (cr1 - r0) * m, (cc0 - c0) * m : (cc1 - c0) * m]
-                out[:, cr0 * m : cr1 * m, cc0 * m : cc1 * m] = model.denormalize(core.float())
+                out[:, cr0 * m : cr1 * m, cc0 * m : cc1 * m] = model.image_from_decoded(core.float())
             return None
 
         whole = run(decode_group, autocast)

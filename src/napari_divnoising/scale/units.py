@@ -228,7 +228,7 @@ def _predict_region(
             eps = latent_noise(seed, range(done, done + k), lr, lc, net.noise_channels, dev)
             z = latent_samples(mu, std, eps).contiguous(memory_format=torch.channels_last)
             out = decode_latents(net, z, features)[:, 0, iy, ix]
-            return model.denormalize(out.float()).cpu().numpy()
+            return model.image_from_decoded(out.float()).cpu().numpy()
 
         samples = run(decode)
         moments.update(samples)

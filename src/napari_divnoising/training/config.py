@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 
 #: Patch size, batch size, first-level filters and network type per device type. On a CPU, which is
 #: compute-bound, more and cheaper steps learn more in a time budget, and the hierarchical network learns
-#: more than the DivNoising network in the same time (benchmarks/results/ablation.md; co-learning the noise
-#: model keeps the DivNoising network, see ``train_iter``); a GPU is not
+#: more than the DivNoising network in the same time (benchmarks/results/ablation.md; co-learning a noise
+#: model without clipping keeps the DivNoising network, see ``train_iter``); a GPU is not
 #: compute-bound at these sizes (on an H200, batch 32 x 128^2 costs about what 8 x 64^2 does), and on an H100
 #: the hierarchical network learned more in the same time there too (benchmarks/results/gpu_networks.md).
 #: Small GPUs, not measured, keep the DivNoising network.
@@ -83,8 +83,9 @@ class TrainingConfig:
         label="Batch size", minimum=1, maximum=1024)
     network: str | None = _field(
         None, help="Network type: divnoising (one latent grid, as in the DivNoising paper) or hierarchical (latents "
-        "at several scales); empty: hierarchical with a given noise model, else divnoising (when co-learning the "
-        "noise model, on Apple GPUs and on CUDA GPUs with less than 6 GiB).",
+        "at several scales); empty: hierarchical, except divnoising when co-learning a noise model without "
+        "clipping (images the camera did not clip, or noise-model clipping off), on Apple GPUs and on CUDA GPUs "
+        "with less than 6 GiB.",
         label="Network", choices=NETWORK_TYPES, advanced=True)
     depth: int | None = _field(
         None, help="Down-sampling levels of the network (for a hierarchical network: its latent levels); empty: "
@@ -158,6 +159,10 @@ class TrainingConfig:
     noise_warm_start: bool = _field(True, help="Co-learned noise model: start from the noise variance-vs-signal line "
                                     "estimated from the images (off: from a flat variance).",
                                     label="Noise-model warm start", advanced=True)
+    noise_clipping: bool = _field(
+        True, help="Co-learned noise model: where the images pile up at a limit (a dark offset the camera clips at, "
+        "saturation), a pixel at the limit stands for every value beyond it, and the denoised image is the mean the "
+        "camera records (off: a plain Gaussian density).", label="Noise-model clipping", advanced=True)
     device: str = _field("auto", help="Where to train: auto (a GPU when there is one), cpu, cuda, cuda:N or mps.",
                          label="Device", choices=DEVICE_CHOICES)
     mixed_precision: bool = _field(True, help="bfloat16 autocast for the network on CUDA GPUs that support it.",

@@ -62,7 +62,14 @@ from .feed import ValidationSet, batch_source
 from .graphed import CudaGraphs, GraphedStep, uses_cuda_graphs
 from .loss import loss_terms
 from .loss_log import DivergedLossError, LossLog
-from .noise_setup import COLEARN, check_resume, gmm_range_warning, is_colearn, resolve_noise_model
+from .noise_setup import (
+    COLEARN,
+    check_resume,
+    colearns_clipping,
+    gmm_range_warning,
+    is_colearn,
+    resolve_noise_model,
+)
 from .optimiser import Optimiser
 from .schedule import KL_HOLD, Budget, CollapseMonitor, KLAnnealing, ValidationSchedule
 
@@ -181,9 +188,13 @@ def train_iter(
         config = dataclasses.replace(config, **{k: v for k, v in kept.items() if getattr(config, k) is None})
     device = resolve_device(config.device)
     if resume is None and config.network is None and is_colearn(noise_model):
-        # Co-learning the noise model, the hierarchical network's finest latents take up part of the noise and
-        # the learned noise is too weak (benchmarks/results/ablation.md); the DivNoising network learns it right.
-        config = dataclasses.replace(config, network="divnoising")
+        if isinstance(images, Iterator):  # looked at twice: for the network and for the training data
+            images = list(images)
+        if not colearns_clipping(load_frames(images, 1), config):
+            # Co-learning a plain Gaussian density, the hierarchical network's finest latents take up part of the
+            # noise and the learned noise is too weak (benchmarks/results/ablation.md); the DivNoising network
+            # learns it better. A noise model that knows the camera's clipping learns it with either network.
+            config = dataclasses.replace(config, network="divnoising")
     config = config.resolved(device)
     config.validate()
     model, data = _prepare_model(images, noise_model, config, resume, device)

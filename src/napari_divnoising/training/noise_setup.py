@@ -11,7 +11,13 @@ from torch import nn
 
 from ..errors import DivNoisingError
 from ..model import DivNoisingModel
-from ..noise_model_fitting import NoiseLine, estimate_noise_line, fit_gmm_from_noisy
+from ..noise_model_fitting import (
+    ClippingLimits,
+    NoiseLine,
+    clipping_limits,
+    estimate_noise_line,
+    fit_gmm_from_noisy,
+)
 from ..noise_models import GaussianNoiseModel, GMMNoiseModel
 from ..validation import COLEARN_NAMES, ESTIMATED_NAME
 from .config import TrainingConfig
@@ -40,20 +46,34 @@ def _neighbour_noise_variance(regions: list[np.ndarray]) -> float:
 
 
 def colearned_noise_model(
-    mean: float, std: float, regions: list[np.ndarray], sigma_min: float | None, line: NoiseLine | None = None
+    mean: float, std: float, regions: list[np.ndarray], sigma_min: float | None, line: NoiseLine | None = None,
+    limits: ClippingLimits | None = None,
 ) -> GaussianNoiseModel:
     """A trainable Gaussian noise model started from the data's noise line, or else a flat variance.
 
     ``line`` (see :func:`~napari_divnoising.noise_model_fitting.estimate_noise_line`) gives the start
     and, unless ``sigma_min`` is set, the variance floor; without it the start is a flat variance
-    near the noise level of the images ``regions``.
+    near the noise level of the images ``regions``. ``limits``
+    (:func:`~napari_divnoising.noise_model_fitting.clipping_limits`) make it a model of recorded,
+    whole-number and clipped values.
     """
+    limits = limits or ClippingLimits()
+    recorded = {"quantum": limits.quantum, "floor": limits.floor, "ceiling": limits.ceiling}
     if line is not None:
         floor = sigma_min if sigma_min is not None else max(0.01 * std, float(np.sqrt(max(line.least_variance, 0.0))))
-        return GaussianNoiseModel(a=line.a, b=line.b, sigma_min=floor, offset=mean, scale=std, trainable=True)
+        return GaussianNoiseModel(a=line.a, b=line.b, sigma_min=floor, offset=mean, scale=std, trainable=True,
+                                  **recorded)
     b = float(np.clip(0.5 * _neighbour_noise_variance(regions), 1e-4 * std**2, 0.5 * std**2))
     floor = sigma_min if sigma_min is not None else 0.01 * std
-    return GaussianNoiseModel(a=0.0, b=b, sigma_min=floor, offset=mean, scale=std, trainable=True)
+    return GaussianNoiseModel(a=0.0, b=b, sigma_min=floor, offset=mean, scale=std, trainable=True, **recorded)
+
+
+def colearns_clipping(images: list[np.ndarray], config: TrainingConfig) -> bool:
+    """Whether a noise model co-learned on ``images`` with ``config`` knows where the camera clipped them."""
+    if not config.noise_clipping:
+        return False
+    limits = clipping_limits(images, seed=config.seed)
+    return limits.floor is not None or limits.ceiling is not None
 
 
 def resolve_noise_model(
@@ -62,7 +82,8 @@ def resolve_noise_model(
     """The noise model a new run trains with (see :func:`~napari_divnoising.training.train_iter`)."""
     if is_colearn(spec):
         line = estimate_noise_line(regions, seed=config.seed) if config.noise_warm_start else None
-        return colearned_noise_model(data_mean, data_std, regions, config.sigma_min, line)
+        limits = clipping_limits(regions, seed=config.seed) if config.noise_clipping else None
+        return colearned_noise_model(data_mean, data_std, regions, config.sigma_min, line, limits)
     if is_estimated(spec):
         model = fit_gmm_from_noisy(regions, seed=config.seed)
         model.requires_grad_(False)
