@@ -54,8 +54,8 @@ def colearned_noise_model(
     ``line`` (see :func:`~napari_divnoising.noise_model_fitting.estimate_noise_line`) gives the start
     and, unless ``sigma_min`` is set, the variance floor; without it the start is a flat variance
     near the noise level of the images ``regions``. ``limits``
-    (:func:`~napari_divnoising.noise_model_fitting.clipping_limits`) make it a model of recorded,
-    whole-number and clipped values.
+    (:func:`~napari_divnoising.noise_model_fitting.clipping_limits`) tell it where the camera clipped
+    the values (docs/method.md 4b).
     """
     limits = limits or ClippingLimits()
     recorded = {"quantum": limits.quantum, "floor": limits.floor, "ceiling": limits.ceiling}
