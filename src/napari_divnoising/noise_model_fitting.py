@@ -133,6 +133,17 @@ def is_integer_valued(data: np.ndarray, max_values: int = 100_000) -> bool:
     return bool(np.all(np.mod(flat[::step], 1) == 0))
 
 
+def _proportional_subsample(flats: list[np.ndarray], max_pixels: int, rng: np.random.Generator) -> np.ndarray:
+    """At most about ``max_pixels`` values of the 1-D arrays ``flats``, each array's share in proportion to its
+    size (a random subset of each array beyond its share), concatenated in order."""
+    total = sum(f.size for f in flats)
+    parts = []
+    for flat in flats:
+        keep = min(flat.size, math.ceil(max_pixels * flat.size / total))
+        parts.append(flat if keep == flat.size else flat[rng.choice(flat.size, keep, replace=False)])
+    return np.concatenate(parts)
+
+
 @dataclass(frozen=True)
 class ClippingLimits:
     """How a camera recorded the images: the step between values (0: continuous) and where it clipped them."""
@@ -153,14 +164,8 @@ def clipping_limits(images: list[np.ndarray], max_pixels: int = 4_000_000, seed:
     """
     if not images or not all(is_integer_valued(im) for im in images):
         return ClippingLimits()
-    total = sum(int(np.asarray(im).size) for im in images)
-    rng = np.random.default_rng(seed)
-    parts = []
-    for im in images:
-        flat = np.asarray(im).reshape(-1)
-        keep = min(flat.size, math.ceil(max_pixels * flat.size / total))
-        parts.append(flat if keep == flat.size else flat[rng.choice(flat.size, keep, replace=False)])
-    values = np.rint(np.concatenate(parts).astype(np.float64))
+    flats = [np.asarray(im).reshape(-1) for im in images]
+    values = np.rint(_proportional_subsample(flats, max_pixels, np.random.default_rng(seed)).astype(np.float64))
     low, high = np.quantile(values, [1e-4, 1.0 - 1e-4])
     low, high = float(low), max(float(high), float(values.max()))
     if not high > low:
@@ -748,14 +753,8 @@ def simulated_calibration(
     gives Gaussian noise of the line's variance.
     """
     rng = np.random.default_rng(seed)
-    total = sum(int(np.asarray(im).size) for im in images)
-    parts = []
-    for im in images:  # each image's share of at most max_pixels, so that large stacks stay small here
-        local_mean = _box_mean(np.pad(np.asarray(im, np.float64), 2, mode="reflect"), 2).ravel()
-        keep = min(local_mean.size, math.ceil(max_pixels * local_mean.size / total))
-        parts.append(local_mean if keep == local_mean.size else local_mean[rng.choice(local_mean.size, keep,
-                                                                                        replace=False)])
-    signal = np.concatenate(parts)
+    local_means = [_box_mean(np.pad(np.asarray(im, np.float64), 2, mode="reflect"), 2).ravel() for im in images]
+    signal = _proportional_subsample(local_means, max_pixels, rng)
     integer = all(is_integer_valued(im) for im in images)
     low, high = min(float(np.min(im)) for im in images), max(float(np.max(im)) for im in images)
     read_variance = line.dark_variance if np.isfinite(line.dark_variance) else line.least_variance
