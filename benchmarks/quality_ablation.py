@@ -91,11 +91,17 @@ def score(model: Any, noisy: np.ndarray, gt: np.ndarray, n_samples: int, data_ra
 def build_noise_model(data: dict, noise: str) -> Any:
     """The noise model ``noise`` names: a GMM fitted to the calibration stack, one estimated from the training
     images, or the co-learned Gaussian."""
-    from napari_divnoising.noise_model_fitting import fit_gmm_from_calibration, fit_gmm_from_noisy
+    from napari_divnoising.noise_model_fitting import (
+        fit_gmm_from_calibration,
+        fit_gmm_from_noisy,
+        fit_noise_line_from_calibration,
+    )
     from napari_divnoising.training import COLEARN
 
     if noise == "calibration":
         return fit_gmm_from_calibration(data["calibration"])
+    if noise == "calibration_line":
+        return fit_noise_line_from_calibration(data["calibration"])
     if noise == "estimated":
         return fit_gmm_from_noisy(list(data["train"]))
     return COLEARN
@@ -202,9 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="defaults")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="a TrainingConfig setting (repeatable)")
-    parser.add_argument("--noise", choices=("calibration", "colearn", "estimated"), default="calibration",
-                        help="noise model: GMM fitted to the calibration stack, co-learned Gaussian, or GMM "
-                        "estimated from the training images alone (fit_gmm_from_noisy)")
+    parser.add_argument("--noise", choices=("calibration", "calibration_line", "colearn", "estimated"),
+                        default="calibration",
+                        help="noise model: GMM fitted to the calibration stack, Gaussian line (clipped where the "
+                        "camera clips) fitted to it, co-learned Gaussian, or GMM estimated from the training images "
+                        "alone (fit_gmm_from_noisy)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--minutes", type=float, default=None)

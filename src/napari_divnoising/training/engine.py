@@ -44,6 +44,7 @@ from ..events import run_to_end
 from ..hierarchical_network import HierarchicalVAE
 from ..model import DivNoisingModel
 from ..network import DivNoisingVAE, build_network
+from ..noise_model_fitting import ClippingLimits
 from ..noise_models import GaussianNoiseModel
 from ..validation import check_train_args
 from .averaging import WeightAverage
@@ -65,7 +66,7 @@ from .loss_log import DivergedLossError, LossLog
 from .noise_setup import (
     COLEARN,
     check_resume,
-    colearns_clipping,
+    colearned_clipping,
     gmm_range_warning,
     is_colearn,
     resolve_noise_model,
@@ -120,8 +121,10 @@ def _collapse_warning(step: int, window: int, config: TrainingConfig, restarts_d
 
 
 def _prepare_model(images: Any, noise_model: Any, config: TrainingConfig, resume: DivNoisingModel | None,
-                   device: torch.device) -> tuple[DivNoisingModel, TrainingData]:
-    """The data split and the model to train: a copy of ``resume`` or a new network and noise model."""
+                   device: torch.device, limits: ClippingLimits | None = None,
+                   ) -> tuple[DivNoisingModel, TrainingData]:
+    """The data split and the model to train: a copy of ``resume`` or a new network and noise model (a co-learned
+    one keeps the clipping ``limits``)."""
     if resume is not None:
         check_resume(resume, config, noise_model)
     frames = load_frames(images, config.patch_size)
@@ -132,7 +135,7 @@ def _prepare_model(images: Any, noise_model: Any, config: TrainingConfig, resume
     else:
         torch.manual_seed(config.seed)
         network = _new_network(config)
-        nm = resolve_noise_model(noise_model, data.mean, data.std, data.train_regions, config)
+        nm = resolve_noise_model(noise_model, data.mean, data.std, data.train_regions, config, limits)
         model = DivNoisingModel(network, nm, data.mean, data.std, name=config.name)
     model.config = {**model.config, **config.to_dict()}
     model.training_state = None
@@ -187,17 +190,19 @@ def train_iter(
         kept = resume.network.settings()
         config = dataclasses.replace(config, **{k: v for k, v in kept.items() if getattr(config, k) is None})
     device = resolve_device(config.device)
-    if resume is None and config.network is None and is_colearn(noise_model):
-        if isinstance(images, Iterator):  # looked at twice: for the network and for the training data
+    limits = None
+    if resume is None and is_colearn(noise_model):
+        if isinstance(images, Iterator):  # looked at twice: for the clipping and for the training data
             images = list(images)
-        if not colearns_clipping(load_frames(images, 1), config):
+        limits = colearned_clipping(load_frames(images, 1), config)
+        if config.network is None and not (limits is not None and limits.clips):
             # Co-learning a plain Gaussian density, the hierarchical network's finest latents take up part of the
             # noise and the learned noise is too weak (benchmarks/results/ablation.md); the DivNoising network
             # learns it better. A noise model that knows the camera's clipping learns it with either network.
             config = dataclasses.replace(config, network="divnoising")
     config = config.resolved(device)
     config.validate()
-    model, data = _prepare_model(images, noise_model, config, resume, device)
+    model, data = _prepare_model(images, noise_model, config, resume, device, limits)
     history = model.history
     start_step = int(history.get("steps", 0))
     on_cpu = device.type == "cpu"

@@ -68,21 +68,24 @@ def colearned_noise_model(
     return GaussianNoiseModel(a=0.0, b=b, sigma_min=floor, offset=mean, scale=std, trainable=True, **recorded)
 
 
-def colearns_clipping(images: list[np.ndarray], config: TrainingConfig) -> bool:
-    """Whether a noise model co-learned on ``images`` with ``config`` knows where the camera clipped them."""
-    if not config.noise_clipping:
-        return False
-    limits = clipping_limits(images, seed=config.seed)
-    return limits.floor is not None or limits.ceiling is not None
+def colearned_clipping(images: list[np.ndarray], config: TrainingConfig) -> ClippingLimits | None:
+    """Where a noise model co-learned on ``images`` with ``config`` knows the camera clipped them (``None``: off)."""
+    return clipping_limits(images, seed=config.seed) if config.noise_clipping else None
 
 
 def resolve_noise_model(
-    spec: Any, data_mean: float, data_std: float, regions: list[np.ndarray], config: TrainingConfig
+    spec: Any, data_mean: float, data_std: float, regions: list[np.ndarray], config: TrainingConfig,
+    limits: ClippingLimits | None = None,
 ) -> nn.Module:
-    """The noise model a new run trains with (see :func:`~napari_divnoising.training.train_iter`)."""
+    """The noise model a new run trains with (see :func:`~napari_divnoising.training.train_iter`).
+
+    ``limits`` are the clipping limits a co-learned model keeps (:func:`colearned_clipping`); found on
+    ``regions`` when not given.
+    """
     if is_colearn(spec):
         line = estimate_noise_line(regions, seed=config.seed) if config.noise_warm_start else None
-        limits = clipping_limits(regions, seed=config.seed) if config.noise_clipping else None
+        if limits is None:
+            limits = colearned_clipping(regions, config)
         return colearned_noise_model(data_mean, data_std, regions, config.sigma_min, line, limits)
     if is_estimated(spec):
         model = fit_gmm_from_noisy(regions, seed=config.seed)
