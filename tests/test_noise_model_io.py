@@ -170,3 +170,46 @@ def test_random_bytes_and_empty_files_get_plain_messages(tmp_path):
         load_gmm_npz(tmp_path / "empty.npz")
     with pytest.raises(DivNoisingError, match="file path"):
         load_gmm_npz(None)
+
+
+def test_gaussian_line_round_trip_keeps_its_clipping(tmp_path):
+    from napari_divnoising.noise_model_io import load_noise_model, save_noise_model
+
+    model = GaussianNoiseModel(a=3.8, b=-6.9, sigma_min=1.5, offset=10.0, scale=16.0, trainable=False, quantum=1.0,
+                               floor=3.0)
+    path = save_noise_model(model, tmp_path / "line.npz", description="line fitted to cal.tif")
+    loaded = load_noise_model(path)
+    assert isinstance(loaded, GaussianNoiseModel)
+    assert (loaded.quantum, loaded.floor, loaded.ceiling) == (1.0, 3.0, None)
+    assert not any(p.requires_grad for p in loaded.parameters())
+    x = torch.tensor([3.0, 3.0, 7.0, 40.0])
+    s = torch.tensor([2.0, 5.0, 6.0, 41.0])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.log_likelihood(x, s), model.log_likelihood(x, s))
+        torch.testing.assert_close(loaded.mean(s), model.mean(s))
+    assert read_description(path) == "line fitted to cal.tif"
+    assert isinstance(load_noise_model(save_gmm_npz(_random_model(), tmp_path / "gmm.npz")), GMMNoiseModel)
+    with pytest.raises(DivNoisingError, match="Gaussian noise line, not a GMM"):
+        load_gmm_npz(path)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: a.pop("sigma_min"), "missing sigma_min"),
+        (lambda a: a.update(a=np.array(np.nan)), "NaN or infinite"),
+        (lambda a: a.update(sigma_min=np.array(0.0)), "sigma_min must be positive"),
+        (lambda a: a.update(ceiling=np.array(2.0)), "must exceed floor"),
+        (lambda a: a.update(kind=np.array("poisson")), "unknown noise model kind"),
+        (lambda a: a.update(b=np.array("x")), "b must be a single number"),
+    ],
+)
+def test_broken_gaussian_line_files_give_one_clear_error(tmp_path, change, message):
+    from napari_divnoising.noise_model_io import load_noise_model
+
+    arrays = {"kind": np.array("gaussian"), "a": np.array(3.0), "b": np.array(-5.0), "sigma_min": np.array(1.0),
+              "quantum": np.array(1.0), "floor": np.array(3.0), "ceiling": np.array(np.nan)}
+    change(arrays)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DivNoisingError, match=message):
+        load_noise_model(tmp_path / "bad.npz")
