@@ -31,7 +31,6 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +69,7 @@ class NoiseFitResult(Done):
     pairs not used for fitting (``nan`` when none were held out).
     """
 
-    model: GMMNoiseModel | GaussianNoiseModel
+    model: GMMNoiseModel
     train_nll: float
     heldout_nll: float
     iterations: int
@@ -79,7 +78,7 @@ class NoiseFitResult(Done):
     converged: bool
 
     @property
-    def result(self) -> GMMNoiseModel | GaussianNoiseModel:
+    def result(self) -> GMMNoiseModel:
         return self.model
 
 
@@ -834,89 +833,57 @@ def fit_gmm_from_noisy(images: list[np.ndarray], n_gaussians: int = 3, n_coeffs:
     return run_to_end(fit_gmm_from_noisy_iter(images, n_gaussians, n_coeffs, seed, **kwargs))
 
 
+def fit_noise_line_from_calibration(
+    stack: np.ndarray, *, clipping: bool = True, max_pixels: int = 20_000, iterations: int = 1000, seed: int = 0,
+) -> GaussianNoiseModel:
+    """Fit a Gaussian noise model with variance ``a * signal + b`` to a calibration stack by maximum likelihood.
 
-def fit_noise_line_iter(
-    stack: np.ndarray, *, clipping: bool = True, max_pixels: int = 20_000, iterations: int = 300,
-    heldout_every: int = 5, seed: int = 0, name: str = "calibration stack",
-) -> Iterator[NoiseFitProgress | NoiseFitResult]:
-    """Fit a Gaussian noise model with variance ``a * signal + b`` to a calibration stack, yielding progress events.
-
-    Maximum likelihood, as for the GMM (:func:`fit_gmm_iter`), but each pixel's signal is a free
-    parameter fitted with the line rather than the frames' mean: where the camera clips, the mean of
-    the recorded values is not the signal. With ``clipping`` the model knows where the stack's values
-    pile up at a limit (:func:`clipping_limits`) and gives a value there the probability of every value
-    beyond it (docs/method.md 4a).
+    Unlike the GMM fit, each pixel's signal is a free parameter fitted with the line rather than the
+    frames' mean: where the camera clips, the mean of the recorded values is not the signal. With
+    ``clipping`` the model knows where the stack's values pile up at a limit
+    (:func:`clipping_limits`, docs/method.md 4b).
 
     Parameters
     ----------
     stack
         Calibration stack (frames, Y, X) of a static sample, in raw units.
     clipping
-        Whether the model knows the camera's clipping limits.
+        Whether the model learns and keeps the camera's clipping limits.
     max_pixels
         At most this many pixel positions (a random subset), each with all its frames.
     iterations
-        Adam iterations over the whole subset (a progress event each), the learning rate decaying to 0
-        along a cosine.
-    heldout_every
-        Every this many frames one is left out of the fit and scored at the end (stacks of at least
-        twice as many frames); 0 scores none.
+        Adam iterations over the whole subset.
     seed
         Seed of the subset.
-    name
-        What the stack is called in error messages.
 
-    Yields
-    ------
-    NoiseFitProgress, then NoiseFitResult
-        The result's model is a fixed (not trainable) :class:`~napari_divnoising.noise_models.GaussianNoiseModel`.
+    Returns
+    -------
+    GaussianNoiseModel
+        A fixed (not trainable) model.
     """
-    started = time.perf_counter()
-    frames = as_image_stack(stack, name=name, min_frames=2)
+    frames = as_image_stack(stack, name="calibration stack", min_frames=2)
     flat = frames.reshape(frames.shape[0], -1)
     rng = np.random.default_rng(seed)
     if flat.shape[1] > max_pixels:
-        flat = flat[:, np.sort(rng.choice(flat.shape[1], max_pixels, replace=False))]
-    heldout_rows = np.zeros(flat.shape[0], bool)
-    if heldout_every > 0 and flat.shape[0] >= 2 * heldout_every:
-        heldout_rows[heldout_every - 1 :: heldout_every] = True
-    observation = torch.from_numpy(np.ascontiguousarray(flat[~heldout_rows].T, dtype=np.float32))
-    heldout = torch.from_numpy(np.ascontiguousarray(flat[heldout_rows].T, dtype=np.float32))
-    integer_data = is_integer_valued(frames)
-    limits = clipping_limits([frames], seed=seed) if clipping else ClippingLimits(quantum=1.0 if integer_data else 0.0)
+        flat = flat[:, rng.choice(flat.shape[1], max_pixels, replace=False)]
+    observation = torch.from_numpy(np.ascontiguousarray(flat.T, dtype=np.float32))
+    limits = clipping_limits([frames], seed=seed) if clipping else ClippingLimits(
+        quantum=1.0 if is_integer_valued(frames) else 0.0)
     stats = calibration_statistics(frames)
     slope, intercept = _linear_variance_fit(stats)
     mean_signal = observation.mean(1)
     centre, spread = float(mean_signal.mean()), max(float(mean_signal.std()), 1e-6)
-    model = GaussianNoiseModel(
-        a=max(slope, 0.0), b=intercept, sigma_min=math.sqrt(default_min_variance(stats, integer_data)),
-        offset=centre, scale=spread, trainable=True, quantum=limits.quantum, floor=limits.floor,
-        ceiling=limits.ceiling,
-    )
+    sigma_min = math.sqrt(default_min_variance(stats, limits.quantum > 0))
+    model = GaussianNoiseModel(a=max(slope, 0.0), b=intercept, sigma_min=sigma_min, offset=centre, scale=spread,
+                               trainable=True, quantum=limits.quantum, floor=limits.floor, ceiling=limits.ceiling)
     signal = torch.nn.Parameter(mean_signal.clone())
     # the signals move in raw units, the line's parameters in units of the data's spread
     optimiser = torch.optim.Adam([{"params": [signal], "lr": 0.05 * spread},
                                   {"params": [model.alpha, model.beta], "lr": 0.05}])
-    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(iterations, 1))
-    nll = float("nan")
-    for iteration in range(1, iterations + 1):
+    for _ in range(iterations):
         optimiser.zero_grad()
         loss = -model.log_likelihood(observation, signal[:, None]).mean()
         loss.backward()
         optimiser.step()
-        decay.step()
-        nll = float(loss.detach())
-        yield NoiseFitProgress(iteration=iteration, total=iterations, nll=nll, stage="explore")
     model.requires_grad_(False)
-    with torch.no_grad():
-        train_nll = float(-model.log_likelihood(observation, signal[:, None]).mean())
-        heldout_nll = float(-model.log_likelihood(heldout, signal[:, None]).mean()) if heldout.numel() else math.nan
-    if not (math.isfinite(model.a) and math.isfinite(model.b) and math.isfinite(train_nll)):
-        raise DivNoisingError(f"The noise line could not be fitted to {name} (the fit did not converge).")
-    yield NoiseFitResult(model=model, train_nll=train_nll, heldout_nll=heldout_nll, iterations=iterations,
-                         n_pairs=int(observation.numel()), seconds=time.perf_counter() - started, converged=True)
-
-
-def fit_noise_line_from_calibration(stack: np.ndarray, **kwargs: Any) -> GaussianNoiseModel:
-    """Fit a Gaussian noise line to a calibration stack; keywords as for :func:`fit_noise_line_iter`."""
-    return run_to_end(fit_noise_line_iter(stack, **kwargs))
+    return model

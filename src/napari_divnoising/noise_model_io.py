@@ -1,4 +1,4 @@
-"""Noise models as ``.npz`` files: GMMs in the layout of the reference code, Gaussian lines in our own.
+"""GMM noise models as ``.npz`` files, in the layout of the reference code.
 
 The reference DivNoising / PPN2V code and CAREamics'
 ``GaussianMixtureNoiseModel`` read four arrays: ``trained_weight``
@@ -7,12 +7,6 @@ float32 and ``min_sigma`` (a 0-d array; the reference writes the Python
 number it was given, CAREamics calls ``.item()`` on it). We write exactly
 those plus ``description`` (a 0-d unicode array saying how the model was
 fitted), which other readers ignore.
-
-A Gaussian noise line (:class:`~napari_divnoising.noise_models.GaussianNoiseModel`, fitted by
-:func:`~napari_divnoising.noise_model_fitting.fit_noise_line_iter`) is stored as ``kind``
-("gaussian"), ``a``, ``b``, ``sigma_min``, ``quantum``, ``floor`` and ``ceiling`` (NaN: none) and
-``description``; only our tools read it. :func:`load_noise_model` reads either kind, with
-``allow_pickle=False``: a file's content is numbers and text, never code.
 """
 
 from __future__ import annotations
@@ -26,10 +20,9 @@ import torch
 
 from .atomic import as_path, atomic_write_bytes, ensure_folder
 from .errors import DivNoisingError
-from .noise_models import GaussianNoiseModel, GMMNoiseModel
+from .noise_models import GMMNoiseModel
 
 REFERENCE_KEYS = ("trained_weight", "min_signal", "max_signal", "min_sigma")
-GAUSSIAN_KEYS = ("a", "b", "sigma_min", "quantum", "floor", "ceiling")
 
 
 def save_gmm_npz(model: GMMNoiseModel, path: str | Path, description: str = "") -> Path:
@@ -107,12 +100,7 @@ def read_description(path: str | Path) -> str:
 def load_gmm_npz(path: str | Path) -> GMMNoiseModel:
     """Read a GMM noise model written by us, the reference DivNoising / PPN2V code or CAREamics."""
     path = as_path(path, "noise model file")
-    return _gmm_from_arrays(path, _read_arrays(path))
-
-
-def _gmm_from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> GMMNoiseModel:
-    if "kind" in arrays:
-        raise DivNoisingError(f"{path} holds a Gaussian noise line, not a GMM; read it with load_noise_model.")
+    arrays = _read_arrays(path)
     missing = [key for key in REFERENCE_KEYS if key not in arrays]
     if missing:
         raise DivNoisingError(
@@ -141,71 +129,3 @@ def _gmm_from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> GMMNoiseModel
     return GMMNoiseModel(
         torch.as_tensor(weight.astype(np.float32)), values["min_signal"], values["max_signal"], values["min_sigma"]
     )
-
-
-def save_noise_model(model: GMMNoiseModel | GaussianNoiseModel, path: str | Path, description: str = "") -> Path:
-    """Write a GMM (reference layout, :func:`save_gmm_npz`) or a Gaussian noise line to ``path`` (``.npz``).
-
-    Written as :func:`save_gmm_npz` writes: atomically, any failure one clear line.
-    """
-    if isinstance(model, GMMNoiseModel):
-        return save_gmm_npz(model, path, description)
-    if not isinstance(model, GaussianNoiseModel):
-        raise DivNoisingError(f"Only GMM and Gaussian noise models can be saved as .npz; got {type(model).__name__}.")
-    path = as_path(path, "noise model path")
-    if path.suffix.lower() != ".npz":
-        raise DivNoisingError(f"Noise model files end in .npz; got {path.name}.")
-    if path.is_dir():
-        raise DivNoisingError(f"{path} is a folder; give a file name for the noise model.")
-
-    def limit(value: float | None) -> np.ndarray:
-        return np.array(np.nan if value is None else float(value), dtype=np.float64)
-
-    arrays = {
-        "kind": np.array("gaussian"),
-        "a": np.array(model.a, dtype=np.float64),
-        "b": np.array(model.b, dtype=np.float64),
-        "sigma_min": np.array(float(model.sigma_min), dtype=np.float64),
-        "quantum": np.array(model.quantum, dtype=np.float64),
-        "floor": limit(model.floor),
-        "ceiling": limit(model.ceiling),
-        "description": np.array(str(description)),
-    }
-    ensure_folder(path.parent)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return atomic_write_bytes(path, buffer.getbuffer())
-
-
-def _gaussian_from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> GaussianNoiseModel:
-    missing = [key for key in GAUSSIAN_KEYS if key not in arrays]
-    if missing:
-        raise DivNoisingError(f"{path} is not a Gaussian noise model file: missing {', '.join(missing)}.")
-    values = {}
-    for key in GAUSSIAN_KEYS:
-        arr = arrays[key]
-        if arr.dtype.kind not in "fiu" or arr.size != 1:
-            raise DivNoisingError(f"{path}: {key} must be a single number; got {arr.dtype} of shape {arr.shape}.")
-        values[key] = float(arr.reshape(-1)[0])
-    if not all(np.isfinite(values[key]) for key in ("a", "b", "sigma_min", "quantum")):
-        raise DivNoisingError(f"{path} contains NaN or infinite values; it is not a usable noise model.")
-    if not values["sigma_min"] > 0 or values["quantum"] < 0:
-        raise DivNoisingError(f"{path}: sigma_min must be positive and quantum 0 or more.")
-    floor, ceiling = (None if np.isnan(values[k]) else values[k] for k in ("floor", "ceiling"))
-    try:
-        return GaussianNoiseModel(a=values["a"], b=values["b"], sigma_min=values["sigma_min"], trainable=False,
-                                  quantum=values["quantum"], floor=floor, ceiling=ceiling)
-    except ValueError as exc:
-        raise DivNoisingError(f"{path}: {exc}.") from None
-
-
-def load_noise_model(path: str | Path) -> GMMNoiseModel | GaussianNoiseModel:
-    """Read a noise model ``.npz``: a GMM (ours, the reference code's or CAREamics') or our Gaussian noise line."""
-    path = as_path(path, "noise model file")
-    arrays = _read_arrays(path)
-    kind = arrays.get("kind")
-    if kind is None:
-        return _gmm_from_arrays(path, arrays)
-    if kind.dtype.kind != "U" or kind.size != 1 or str(kind.reshape(-1)[0]) != "gaussian":
-        raise DivNoisingError(f"{path}: unknown noise model kind {kind!r}; expected 'gaussian' or a GMM file.")
-    return _gaussian_from_arrays(path, arrays)

@@ -300,15 +300,6 @@ class GaussianNoiseModel(nn.Module):
         }
 
 
-def noise_model_name(model: nn.Module) -> str:
-    """A short name of ``model`` for messages and panels: "GMM", "Gaussian noise line" or "clipped ..."."""
-    if isinstance(model, GMMNoiseModel):
-        return "GMM"
-    if isinstance(model, GaussianNoiseModel):
-        return "Gaussian noise line" if model.mean_is_signal else "clipped Gaussian noise line"
-    return type(model).__name__
-
-
 #: The noise model classes by their ``kind``; a new noise model registers itself here.
 NOISE_MODEL_TYPES: dict[str, type[nn.Module]] = {"gmm": GMMNoiseModel, "gaussian": GaussianNoiseModel}
 

@@ -8,14 +8,11 @@ import torch
 
 from napari_divnoising._widgets._session import NOISE_COLEARN, NOISE_ESTIMATED, NOISE_FITTED, get_session
 from napari_divnoising._widgets.noise_model_widget import (
-    KIND_GMM,
-    KIND_LINE,
-    SOURCE_CALIBRATION_LAYER,
     SOURCE_NOISY,
     SOURCE_PAIRS,
     NoiseModelWidget,
 )
-from napari_divnoising.noise_models import GaussianNoiseModel, GMMNoiseModel
+from napari_divnoising.noise_models import GMMNoiseModel
 
 
 @pytest.fixture
@@ -206,33 +203,3 @@ def test_no_default_calibration_layer_when_only_2d_images(widget):
     viewer.add_image(np.zeros((16, 16), np.float32), name="noisy")
     assert w.calibration_layer.current_layer() is None
     assert w.noisy_layer.currentText() == "noisy"
-
-
-def test_gaussian_line_from_a_clipped_calibration_layer(widget, qtbot, wait_for, tmp_path, monkeypatch):
-    viewer, w = widget
-    rng = np.random.default_rng(3)
-    signal = 2.5 + 30.0 * rng.random((40, 40))
-    stack = np.clip(np.round(rng.normal(signal, np.sqrt(3.0 * signal - 5.0), (16, 40, 40))), 3, 255).astype(np.uint8)
-    viewer.add_image(stack, name="calib")
-    w.source.setCurrentText(SOURCE_PAIRS)
-    assert not w.kind.isEnabled() and w.kind.currentText() == KIND_GMM  # a line needs a calibration stack
-    w.source.setCurrentText(SOURCE_CALIBRATION_LAYER)
-    w.kind.setCurrentText(KIND_LINE)
-    assert not w.n_gaussians.isEnabled()  # the GMM's settings do not apply
-    w.fit_button.click()
-    wait_for(w.runner)
-    model = get_session(viewer).noise_model
-    assert isinstance(model, GaussianNoiseModel) and model.floor == 3.0
-    assert model.a == pytest.approx(3.0, rel=0.2)
-    assert "clipped Gaussian noise line fitted to" in w.status.text()
-    from qtpy.QtWidgets import QFileDialog
-
-    target = tmp_path / "line.npz"
-    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), ""))
-    assert w.save_button.isEnabled()
-    w.save_button.click()
-    get_session(viewer).set_noise_model(None)
-    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(target), ""))
-    w.load_button.click()
-    loaded = get_session(viewer).noise_model
-    assert isinstance(loaded, GaussianNoiseModel) and loaded.floor == 3.0 and loaded.a == pytest.approx(model.a)

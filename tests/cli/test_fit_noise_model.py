@@ -155,34 +155,3 @@ def test_installed_script_help():
     for option in ("--calibration", "--noisy", "--clean", "--out", "--n-gaussians", "--n-coeffs", "--min-variance",
                    "--clip-percentiles", "--plot", "--force", "--seed"):
         assert option in result.stdout
-
-
-def test_line_fit_of_a_clipped_calibration_stack_trains_a_model(tmp_path, capsys):
-    from napari_divnoising.noise_model_io import load_noise_model
-    from napari_divnoising.noise_models import GaussianNoiseModel
-
-    rng = np.random.default_rng(2)
-    signal = 2.5 + 30.0 * rng.random((40, 40))
-    stack = np.clip(np.round(rng.normal(signal, np.sqrt(3.0 * signal - 5.0), (16, 40, 40))), 3, 255).astype(np.uint8)
-    tifffile.imwrite(tmp_path / "cal.tif", stack)
-    out = tmp_path / "line.npz"
-    code = main(["fit-noise-model", "--calibration", str(tmp_path / "cal.tif"), "--kind", "line", "--out", str(out),
-                 "--plot", str(tmp_path / "line.png")])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    assert "clipped Gaussian noise line" in captured.out and "at or below 3 read as clipped" in captured.out
-    model = load_noise_model(out)
-    assert isinstance(model, GaussianNoiseModel) and model.floor == 3.0
-    assert model.a == pytest.approx(3.0, rel=0.2)
-    assert (tmp_path / "line.png").read_bytes()[:4] == b"\x89PNG"
-    code = main(["train", "--data", str(tmp_path / "cal.tif"), "--noise-model", str(out), "--max-steps", "2",
-                 "--patch-size", "32", "--batch-size", "2", "--out", str(tmp_path / "m.pt")])
-    assert code == 0, capsys.readouterr().err
-    assert (tmp_path / "m.pt").exists()
-
-
-def test_line_needs_a_calibration_stack(tmp_path, calibration_tif, capsys):
-    code = main(["fit-noise-model", "--noisy", str(calibration_tif), "--kind", "line",
-                 "--out", str(tmp_path / "o.npz")])
-    err = capsys.readouterr().err.strip()
-    assert code == 1 and "--kind line needs --calibration" in err and len(err.splitlines()) == 1

@@ -1,4 +1,4 @@
-"""The `Noise model` dock widget: fit a noise model, look at it, save / load it, choose what Train uses."""
+"""The `Noise model` dock widget: fit a GMM noise model, look at it, save / load it, choose what Train uses."""
 
 from __future__ import annotations
 
@@ -30,11 +30,9 @@ from ..noise_model_fitting import (
     NoiseFitResult,
     empirical_noise_statistics,
     fit_gmm_iter,
-    fit_noise_line_iter,
     fitting_pairs,
     noisy_image_pairs,
 )
-from ..noise_models import noise_model_name
 from ._core import FIT_PROGRESS_INTERVAL_S, latest_every
 from ._layers import LayerPicker, layer_data_copy, warn_if_unusable
 from ._layout import fit_to_width, scrollable_layout
@@ -49,8 +47,6 @@ SOURCE_CALIBRATION_LAYER = "Calibration stack (layer)"
 SOURCE_CALIBRATION_FILE = "Calibration stack (TIFF file)"
 SOURCE_PAIRS = "Noisy + clean image layers"
 SOURCE_NOISY = "Noisy images alone (no calibration)"
-KIND_GMM = "GMM (Gaussian mixture)"
-KIND_LINE = "Gaussian line, clipped where the camera clips"
 
 
 @dataclass(frozen=True)
@@ -62,7 +58,7 @@ class _FitInputs:
 
 
 class NoiseModelWidget(QWidget):
-    """Fit a noise model from a calibration stack, noisy/clean pairs or noisy images; plot, save and load it."""
+    """Fit a GMM noise model from a calibration stack or noisy/clean pairs; plot, save and load it."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -84,16 +80,6 @@ class NoiseModelWidget(QWidget):
             "noise); no calibration data needed, a little less exact than a calibration stack."
         )
         form.addRow("Fit from", self.source)
-        self.kind = QComboBox()
-        self.kind.addItems([KIND_GMM, KIND_LINE])
-        self.kind.setToolTip(
-            "GMM: a mixture of Gaussians whose parameters follow the signal (DivNoising / PPN2V; the .npz also\n"
-            "loads in their code and in CAREamics).\n"
-            "Gaussian line: variance = a * signal + b, each pixel's signal fitted to its frames; a value where\n"
-            "the camera clipped (the darkest or brightest value, where the stack piles up) counts as every value\n"
-            "beyond it. Fits clipped calibration stacks better; calibration stacks only."
-        )
-        form.addRow("Model", self.kind)
         layout.addLayout(form)
 
         self.source_pages = QWidget()
@@ -135,6 +121,7 @@ class NoiseModelWidget(QWidget):
         pages_layout.addWidget(page)
         self.source.currentIndexChanged.connect(self._show_source_page)
         layout.addWidget(self.source_pages)
+        self._show_source_page(0)
 
         self.advanced = QCollapsible("Advanced settings")
         adv = QWidget()
@@ -157,8 +144,6 @@ class NoiseModelWidget(QWidget):
         f.addRow("Variance floor", self.min_variance)
         self.advanced.addWidget(adv)
         layout.addWidget(self.advanced)
-        self.kind.currentIndexChanged.connect(lambda _: self._update_kind_choice())
-        self._show_source_page(0)
 
         buttons = QHBoxLayout()
         self.fit_button = QPushButton("Fit noise model")
@@ -217,22 +202,6 @@ class NoiseModelWidget(QWidget):
         layout = self.source_pages.layout()
         for i in range(layout.count()):
             layout.itemAt(i).widget().setVisible(i == index)
-        self._update_kind_choice()
-
-    def _fits_line(self) -> bool:
-        """Whether the chosen source and model fit a Gaussian line (a calibration stack only)."""
-        return self.kind.currentText() == KIND_LINE and self.source.currentText() in (
-            SOURCE_CALIBRATION_LAYER, SOURCE_CALIBRATION_FILE)
-
-    def _update_kind_choice(self) -> None:
-        """A Gaussian line needs a calibration stack; other sources fit a GMM (and the GMM settings apply)."""
-        calibration = self.source.currentText() in (SOURCE_CALIBRATION_LAYER, SOURCE_CALIBRATION_FILE)
-        self.kind.setEnabled(calibration)
-        if not calibration:
-            self.kind.setCurrentText(KIND_GMM)
-        gmm = self.kind.currentText() == KIND_GMM
-        for setting in (self.n_gaussians, self.n_coeffs, self.min_variance):
-            setting.setEnabled(gmm)
 
     def _plausible_calibration(self, layer: Any) -> bool:
         """A default calibration layer: a 3-D stack that is not ticked for training."""
@@ -301,7 +270,6 @@ class NoiseModelWidget(QWidget):
         }
 
         noisy_alone = self.source.currentText() == SOURCE_NOISY
-        line = self._fits_line()
 
         def fit_events() -> Any:
             if noisy_alone:
@@ -312,10 +280,7 @@ class NoiseModelWidget(QWidget):
                 pairs = fitting_pairs(noisy=arrays[0], clean=arrays[1], name=description)
             yield _FitInputs(empirical_noise_statistics(pairs.signal, pairs.observation),
                              pairs.description if noisy_alone else description)
-            if line:
-                yield from fit_noise_line_iter(arrays[0], name=description)
-            else:
-                yield from fit_gmm_iter(pairs.signal, pairs.observation, integer_data=pairs.integer_data, **settings)
+            yield from fit_gmm_iter(pairs.signal, pairs.observation, integer_data=pairs.integer_data, **settings)
 
         self._set_running(True)
         # A determinate bar: a busy (animated) one repaints the window all the time the data are prepared.
@@ -334,14 +299,13 @@ class NoiseModelWidget(QWidget):
             if self.progress.maximum() != event.total:
                 self.progress.setRange(0, event.total)
             self.progress.setValue(event.iteration)
-            stage = "Adam" if self._fits_line() else (
-                "exploring (Adam)" if event.stage == "explore" else "polishing (L-BFGS)")
+            stage = "exploring (Adam)" if event.stage == "explore" else "polishing (L-BFGS)"
             self.status.setText(f"Fitting: {stage}, iteration {event.iteration}, NLL {event.nll:.4f} nats/pixel")
         elif isinstance(event, NoiseFitResult):
             self.progress.setRange(0, 1)
             self.progress.setValue(1)
             held = f", held-out NLL {event.heldout_nll:.4f}" if np.isfinite(event.heldout_nll) else ""
-            description = f"{noise_model_name(event.result)} fitted to {self._pending_description}"
+            description = f"GMM fitted to {self._pending_description}"
             self.session.set_noise_model(event.result, description)
             self.status.setText(
                 f"{description}: {event.iterations} iterations in {event.seconds:.1f} s{held} nats/pixel."
@@ -363,16 +327,14 @@ class NoiseModelWidget(QWidget):
         self.stop_button.setEnabled(running)
         self.load_button.setEnabled(not running)
         self.source.setEnabled(not running)
-        self.kind.setEnabled(not running and self.source.currentText() in (
-            SOURCE_CALIBRATION_LAYER, SOURCE_CALIBRATION_FILE))
         self.save_button.setEnabled(not running and self._saveable())
 
     # ------------------------------------------------------------------ model, plot, files
 
     def _saveable(self) -> bool:
-        from ..noise_models import GaussianNoiseModel, GMMNoiseModel
+        from ..noise_models import GMMNoiseModel
 
-        return isinstance(self.session.noise_model, (GMMNoiseModel, GaussianNoiseModel))
+        return isinstance(self.session.noise_model, GMMNoiseModel)
 
     def _on_noise_model_changed(self, model: Any) -> None:
         self.save_button.setEnabled(self._saveable() and not self.runner.running)
@@ -403,7 +365,7 @@ class NoiseModelWidget(QWidget):
             return
         with _style():
             self.plot.ax.clear()
-            plot_noise_model(self.plot.ax, model, statistics=self.statistics, label=noise_model_name(model))
+            plot_noise_model(self.plot.ax, model, statistics=self.statistics, label="GMM")
             self.plot.ax.set_title("")
             # Short axis labels: the long ones of the saved plot do not fit a dock-sized figure.
             self.plot.ax.set_xlabel("signal (grey values)")
@@ -426,20 +388,19 @@ class NoiseModelWidget(QWidget):
             self.load_noise_model(path)
 
     def save_noise_model(self, path: str | Path) -> Path | None:
-        """Save the session's noise model as ``.npz`` (a GMM in the reference layout; the file dialog asked before
-        overwriting).
+        """Save the session's GMM noise model as a reference-layout ``.npz`` (the file dialog asked before overwriting).
 
         The place is checked first; any failure is one notification and the noise model stays in the session.
         """
         from ..atomic import check_output_file
-        from ..noise_model_io import save_noise_model
+        from ..noise_model_io import save_gmm_npz
 
         path = Path(path)
         if path.suffix.lower() != ".npz":
             path = path.with_suffix(".npz")
         try:
             check_output_file(path, force=True, planned_bytes=NOISE_MODEL_BYTES, what="noise model")
-            written = save_noise_model(self.session.noise_model, path, self.session.noise_model_description)
+            written = save_gmm_npz(self.session.noise_model, path, self.session.noise_model_description)
         except (DivNoisingError, OSError) as exc:
             report_exception(exc, "Saving the noise model")
             return None
@@ -447,16 +408,16 @@ class NoiseModelWidget(QWidget):
         return written
 
     def load_noise_model(self, path: str | Path) -> bool:
-        """Load a ``.npz`` noise model (a GMM or a Gaussian line) into the session (and the plot)."""
-        from ..noise_model_io import load_noise_model
+        """Load a ``.npz`` GMM noise model into the session (and the plot)."""
+        from ..noise_model_io import load_gmm_npz
 
         try:
-            model = load_noise_model(path)
+            model = load_gmm_npz(path)
         except (DivNoisingError, OSError) as exc:
             report_exception(exc, "Loading the noise model")
             return False
         self.statistics = None
-        description = f"{noise_model_name(model)} loaded from {Path(path).name}"
+        description = f"GMM loaded from {Path(path).name}"
         self.session.set_noise_model(model, description)
         self.session.set_noise_choice(NOISE_FITTED)
         self.status.setText(description)

@@ -24,7 +24,6 @@ from superqt import QCollapsible
 
 from ..errors import DivNoisingError
 from ..events import Progress
-from ..noise_models import noise_model_name
 from ..training import (
     ESTIMATED,
     CheckpointSaved,
@@ -103,7 +102,7 @@ class TrainWidget(QWidget):
             lambda _: self.session.set_noise_choice(self.noise_choice.currentData())
         )
         self.noise_load = QPushButton("File...")
-        self.noise_load.setToolTip("Load a noise model (.npz, a GMM or a Gaussian line) from disk.")
+        self.noise_load.setToolTip("Load a GMM noise model (.npz) from disk.")
         self.noise_load.clicked.connect(self._load_noise_clicked)
         noise_row.addWidget(self.noise_choice, 1)
         noise_row.addWidget(self.noise_load)
@@ -272,17 +271,17 @@ class TrainWidget(QWidget):
         self.noise_label.setText(text)
 
     def _load_noise_clicked(self) -> None:
-        from ..noise_model_io import load_noise_model
+        from ..noise_model_io import load_gmm_npz
 
         path, _ = QFileDialog.getOpenFileName(self, "Load noise model", "", "Noise model (*.npz)")
         if not path:
             return
         try:
-            model = load_noise_model(path)
+            model = load_gmm_npz(path)
         except (DivNoisingError, OSError) as exc:
             report_exception(exc, "Loading the noise model")
             return
-        self.session.set_noise_model(model, f"{noise_model_name(model)} loaded from {Path(path).name}")
+        self.session.set_noise_model(model, f"GMM loaded from {Path(path).name}")
         self.session.set_noise_choice(NOISE_FITTED)
         self._update_noise_label()
 

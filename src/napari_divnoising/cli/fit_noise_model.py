@@ -1,4 +1,4 @@
-"""``divnoising fit-noise-model``: fit a noise model to a calibration stack, noisy/clean pairs or noisy images."""
+"""``divnoising fit-noise-model``: fit a GMM noise model to a calibration stack, noisy/clean pairs or noisy images."""
 
 from __future__ import annotations
 
@@ -12,10 +12,7 @@ from ..errors import DivNoisingError
 from ._common import check_output_path
 
 DESCRIPTION = """\
-Fit a noise model p(x | s) and save it as .npz: a Gaussian mixture (GMM, as in
-DivNoising / PPN2V), or from a calibration stack a Gaussian whose variance is a
-line in the signal and which knows where the camera clipped the values
-(--kind line; fits such stacks better, read only by this package).
+Fit a Gaussian-mixture noise model p(x | s) (DivNoising / PPN2V) and save it as .npz.
 
 Give a calibration stack (many noisy frames of a static sample; the signal
 is the per-pixel mean over frames), or noisy and clean images of the same
@@ -26,7 +23,6 @@ noise and simulated; no calibration data needed, a little less exact). The
 
 examples:
   divnoising fit-noise-model --calibration calib.tif --out nm.npz --plot nm.png
-  divnoising fit-noise-model --calibration calib.tif --kind line --out nm.npz
   divnoising fit-noise-model --noisy noisy.tif --clean clean.tif --out nm.npz
   divnoising fit-noise-model --noisy noisy.tif --out nm.npz
 """
@@ -35,7 +31,7 @@ examples:
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``fit-noise-model`` command."""
     parser = subparsers.add_parser(
-        "fit-noise-model", help="fit a noise model from calibration frames, noisy/clean pairs or noisy images",
+        "fit-noise-model", help="fit a GMM noise model from calibration frames or noisy/clean pairs",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_argument_group("data (give --calibration, or --noisy with or without --clean)")
@@ -43,11 +39,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     source.add_argument("--noisy", metavar="N.tif", help="noisy TIFF image or stack")
     source.add_argument("--clean", metavar="C.tif", help="clean TIFF of the same shape as --noisy")
     parser.add_argument("--out", required=True, metavar="NM.npz", help="noise model file to write (.npz)")
-    parser.add_argument(
-        "--kind", choices=("gmm", "line"), default="gmm",
-        help="gmm: Gaussian mixture (default); line: Gaussian with variance a * signal + b that knows where the "
-        "camera clipped the values (--calibration only)",
-    )
     parser.add_argument("--n-gaussians", type=int, default=3, help="mixture components (default 3)")
     parser.add_argument("--n-coeffs", type=int, default=2,
                         help="polynomial coefficients, 2 = linear in signal (default 2)")
@@ -76,13 +67,11 @@ def run(args: argparse.Namespace) -> int:
         NoiseFitProgress,
         NoiseFitResult,
         fit_gmm_iter,
-        fit_noise_line_iter,
         fitting_pairs,
         noisy_image_pairs,
         variance_line,
     )
-    from ..noise_model_io import save_noise_model
-    from ..noise_models import GMMNoiseModel, noise_model_name
+    from ..noise_model_io import save_gmm_npz
 
     if args.calibration and (args.noisy or args.clean):
         raise DivNoisingError("give either --calibration or --noisy with --clean, not both.")
@@ -90,8 +79,6 @@ def run(args: argparse.Namespace) -> int:
         raise DivNoisingError("--clean needs --noisy N.tif (the noisy images of the same shape).")
     if not args.calibration and not args.noisy:
         raise DivNoisingError("give --calibration CAL.tif, --noisy N.tif with --clean C.tif, or --noisy N.tif alone.")
-    if args.kind == "line" and not args.calibration:
-        raise DivNoisingError("--kind line needs --calibration CAL.tif (each pixel's signal is fitted to its frames).")
     for given, what, option in ((args.out, "noise model", "--out"), (args.plot, "plot", "--plot")):
         if given and Path(given).is_dir():
             raise DivNoisingError(folder_message(Path(given), what, option))
@@ -103,9 +90,8 @@ def run(args: argparse.Namespace) -> int:
     plot_path = check_output_path(args.plot, args.force, planned_bytes=512 * 1024, what="plot", option="--plot") \
         if args.plot else None
 
-    calibration = read_tiff(args.calibration) if args.calibration else None
-    if calibration is not None:
-        pairs = fitting_pairs(calibration=calibration, name=Path(args.calibration).name)
+    if args.calibration:
+        pairs = fitting_pairs(calibration=read_tiff(args.calibration), name=Path(args.calibration).name)
     elif args.clean:
         pairs = fitting_pairs(noisy=read_tiff(args.noisy), clean=read_tiff(args.clean),
                               name=f"{Path(args.noisy).name} / {Path(args.clean).name}")
@@ -115,14 +101,11 @@ def run(args: argparse.Namespace) -> int:
     signal, observation, integer_data = pairs.signal, pairs.observation, pairs.integer_data
     description = f"fitted to {pairs.description}"
 
-    if args.kind == "line":
-        events = fit_noise_line_iter(calibration, seed=args.seed, name=Path(args.calibration).name)
-    else:
-        events = fit_gmm_iter(
-            signal, observation, n_gaussians=args.n_gaussians, n_coeffs=args.n_coeffs, min_variance=args.min_variance,
-            clip_percentiles=args.clip_percentiles, seed=args.seed,
-            integer_data=integer_data,
-        )
+    events = fit_gmm_iter(
+        signal, observation, n_gaussians=args.n_gaussians, n_coeffs=args.n_coeffs, min_variance=args.min_variance,
+        clip_percentiles=args.clip_percentiles, seed=args.seed,
+        integer_data=integer_data,
+    )
     # The first event comes after the inputs are checked, so errors print before any progress bar.
     first = next(events)
     result = None
@@ -138,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     assert result is not None
     # The noise model and its plot land together, or neither replaces an old file.
     with StagedFiles() as staged:
-        staged.stage(out, lambda tmp: save_noise_model(result.model, tmp, description=description))
+        staged.stage(out, lambda tmp: save_gmm_npz(result.model, tmp, description=description))
         if plot_path is not None:
             from ..plotting import save_noise_model_plot
 
@@ -146,20 +129,12 @@ def run(args: argparse.Namespace) -> int:
                 result.model, tmp, signal, observation, title=description
             ))
         staged.commit()
-    model = result.model
+    slope, intercept = variance_line(result.model)
     held = "n/a" if math.isnan(result.heldout_nll) else f"{result.heldout_nll:.4f}"
-    if isinstance(model, GMMNoiseModel):
-        slope, intercept = variance_line(model)
-        what = (f"variance ~ {slope:.4g} * signal {intercept:+.4g} over signal "
-                f"{float(model.min_signal):.4g}..{float(model.max_signal):.4g}")
-    else:
-        limits = [f"at or below {model.floor:g}" if model.floor is not None else "",
-                  f"at or above {model.ceiling:g}" if model.ceiling is not None else ""]
-        clipped = " and ".join(limit for limit in limits if limit)
-        what = (f"{noise_model_name(model)}, variance = {model.a:.4g} * signal {model.b:+.4g}"
-                + (f", values {clipped} read as clipped" if clipped else ""))
     print(
-        f"saved {out}: {what}, held-out NLL {held} nats/pixel, {result.iterations} iterations in "
-        f"{result.seconds:.1f} s" + (f"; plot {plot_path}" if plot_path else "")
+        f"saved {out}: variance ~ {slope:.4g} * signal {intercept:+.4g} over signal "
+        f"{float(result.model.min_signal):.4g}..{float(result.model.max_signal):.4g}, "
+        f"held-out NLL {held} nats/pixel, {result.iterations} iterations in {result.seconds:.1f} s"
+        + (f"; plot {plot_path}" if plot_path else "")
     )
     return 0

@@ -51,8 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--data", action="append", required=True, metavar="IMG.tif",
                    help="noisy training image or stack (repeat for several files)")
     noise = p.add_argument_group("noise model (one of these; not needed with --resume)")
-    noise.add_argument("--noise-model", metavar="NM.npz",
-                       help="noise model (a GMM or a Gaussian line) from `divnoising fit-noise-model`")
+    noise.add_argument("--noise-model", metavar="NM.npz", help="GMM noise model from `divnoising fit-noise-model`")
     noise.add_argument("--estimate-noise", action="store_true",
                        help="estimate a GMM noise model from the training images alone (their noise read as "
                        "Poisson-Gaussian), before training")
@@ -150,9 +149,9 @@ def run(args: argparse.Namespace) -> int:
         raise DivNoisingError(f"--out needs a file name with a suffix such as .pt; got {args.out}.")
 
     if args.noise_model:
-        from ..noise_model_io import load_noise_model
+        from ..noise_model_io import load_gmm_npz
 
-        noise_model = load_noise_model(args.noise_model)
+        noise_model = load_gmm_npz(args.noise_model)
     elif args.sigma is not None:
         noise_model = args.sigma
     elif args.co_learn:
