@@ -88,20 +88,58 @@ def score(model: Any, noisy: np.ndarray, gt: np.ndarray, n_samples: int, data_ra
             "diversity": float(np.mean(spread)), "mmse_frames": mmse, "mmse_matched": float(np.mean(mmse_matched))}
 
 
+def noise_line_from_calibration(stack: np.ndarray, max_pixels: int = 20_000, iterations: int = 1000,
+                                seed: int = 0) -> Any:
+    """A fixed Gaussian noise line ``a * signal + b``, clipped where the stack is (``clipping_limits``), fitted to a
+    calibration stack by maximum likelihood with each pixel's signal a free parameter (the frames' mean is not the
+    signal where the camera clips). Tried against the calibration GMM (ablation.md); not in the package."""
+    import torch
+
+    from napari_divnoising.noise_model_fitting import (
+        _linear_variance_fit,
+        calibration_statistics,
+        clipping_limits,
+        default_min_variance,
+    )
+    from napari_divnoising.noise_models import GaussianNoiseModel
+
+    frames = np.asarray(stack, np.float32)
+    flat = frames.reshape(frames.shape[0], -1)
+    rng = np.random.default_rng(seed)
+    if flat.shape[1] > max_pixels:
+        flat = flat[:, rng.choice(flat.shape[1], max_pixels, replace=False)]
+    observation = torch.from_numpy(np.ascontiguousarray(flat.T))
+    limits = clipping_limits([frames], seed=seed)
+    stats = calibration_statistics(frames)
+    slope, intercept = _linear_variance_fit(stats)
+    mean_signal = observation.mean(1)
+    centre, spread = float(mean_signal.mean()), max(float(mean_signal.std()), 1e-6)
+    model = GaussianNoiseModel(a=max(slope, 0.0), b=intercept,
+                               sigma_min=float(np.sqrt(default_min_variance(stats, limits.quantum > 0))),
+                               offset=centre, scale=spread, trainable=True, quantum=limits.quantum,
+                               floor=limits.floor, ceiling=limits.ceiling)
+    signal = torch.nn.Parameter(mean_signal.clone())
+    optimiser = torch.optim.Adam([{"params": [signal], "lr": 0.05 * spread},
+                                  {"params": [model.alpha, model.beta], "lr": 0.05}])
+    for _ in range(iterations):
+        optimiser.zero_grad()
+        loss = -model.log_likelihood(observation, signal[:, None]).mean()
+        loss.backward()
+        optimiser.step()
+    model.requires_grad_(False)
+    return model
+
+
 def build_noise_model(data: dict, noise: str) -> Any:
     """The noise model ``noise`` names: a GMM fitted to the calibration stack, one estimated from the training
     images, or the co-learned Gaussian."""
-    from napari_divnoising.noise_model_fitting import (
-        fit_gmm_from_calibration,
-        fit_gmm_from_noisy,
-        fit_noise_line_from_calibration,
-    )
+    from napari_divnoising.noise_model_fitting import fit_gmm_from_calibration, fit_gmm_from_noisy
     from napari_divnoising.training import COLEARN
 
     if noise == "calibration":
         return fit_gmm_from_calibration(data["calibration"])
     if noise == "calibration_line":
-        return fit_noise_line_from_calibration(data["calibration"])
+        return noise_line_from_calibration(data["calibration"])
     if noise == "estimated":
         return fit_gmm_from_noisy(list(data["train"]))
     return COLEARN

@@ -18,7 +18,6 @@ from napari_divnoising.noise_model_fitting import (
     fit_gmm_from_calibration,
     fit_gmm_from_pairs,
     fit_gmm_iter,
-    fit_noise_line_from_calibration,
     variance_line,
 )
 from napari_divnoising.noise_models import GMMNoiseModel
@@ -311,15 +310,3 @@ def test_clipping_limits_find_the_step_and_where_the_camera_clipped():
     continuous = rng.normal(100.0, 5.0, (64, 64))
     assert clipping_limits([continuous]).quantum == 0.0 and clipping_limits([continuous]).floor is None
 
-
-def test_noise_line_from_a_clipped_calibration_stack_recovers_the_camera_line():
-    # variance 3 * s - 5 with a floor at 3; the frames' means are biased near it
-    rng = np.random.default_rng(1)
-    signal = rng.uniform(2.5, 40.0, (48, 48))
-    stack = np.clip(np.round(rng.normal(signal, np.sqrt(3.0 * signal - 5.0), (30, 48, 48))), 3, 255)
-    model = fit_noise_line_from_calibration(stack.astype(np.uint8), iterations=400)
-    assert (model.quantum, model.floor, model.ceiling) == (1.0, 3.0, None)
-    assert model.a == pytest.approx(3.0, rel=0.1) and model.b == pytest.approx(-5.0, abs=1.5)
-    assert not any(p.requires_grad for p in model.parameters())
-    plain = fit_noise_line_from_calibration(stack, clipping=False, iterations=400)
-    assert plain.floor is None and plain.b < -8.0  # a density reads the clipped pixels as too little noise

@@ -38,7 +38,7 @@ import torch
 from .errors import DivNoisingError
 from .events import Done, run_to_end
 from .io import as_image_stack
-from .noise_models import GaussianNoiseModel, GMMNoiseModel, gmm_log_likelihood
+from .noise_models import GMMNoiseModel, gmm_log_likelihood
 
 DEFAULT_MAX_PAIRS = 200_000
 DEFAULT_HELDOUT_PAIRS = 200_000
@@ -832,58 +832,3 @@ def fit_gmm_from_noisy(images: list[np.ndarray], n_gaussians: int = 3, n_coeffs:
     """
     return run_to_end(fit_gmm_from_noisy_iter(images, n_gaussians, n_coeffs, seed, **kwargs))
 
-
-def fit_noise_line_from_calibration(
-    stack: np.ndarray, *, clipping: bool = True, max_pixels: int = 20_000, iterations: int = 1000, seed: int = 0,
-) -> GaussianNoiseModel:
-    """Fit a Gaussian noise model with variance ``a * signal + b`` to a calibration stack by maximum likelihood.
-
-    Unlike the GMM fit, each pixel's signal is a free parameter fitted with the line rather than the
-    frames' mean: where the camera clips, the mean of the recorded values is not the signal. With
-    ``clipping`` the model knows where the stack's values pile up at a limit
-    (:func:`clipping_limits`, docs/method.md 4b).
-
-    Parameters
-    ----------
-    stack
-        Calibration stack (frames, Y, X) of a static sample, in raw units.
-    clipping
-        Whether the model learns and keeps the camera's clipping limits.
-    max_pixels
-        At most this many pixel positions (a random subset), each with all its frames.
-    iterations
-        Adam iterations over the whole subset.
-    seed
-        Seed of the subset.
-
-    Returns
-    -------
-    GaussianNoiseModel
-        A fixed (not trainable) model.
-    """
-    frames = as_image_stack(stack, name="calibration stack", min_frames=2)
-    flat = frames.reshape(frames.shape[0], -1)
-    rng = np.random.default_rng(seed)
-    if flat.shape[1] > max_pixels:
-        flat = flat[:, rng.choice(flat.shape[1], max_pixels, replace=False)]
-    observation = torch.from_numpy(np.ascontiguousarray(flat.T, dtype=np.float32))
-    limits = clipping_limits([frames], seed=seed) if clipping else ClippingLimits(
-        quantum=1.0 if is_integer_valued(frames) else 0.0)
-    stats = calibration_statistics(frames)
-    slope, intercept = _linear_variance_fit(stats)
-    mean_signal = observation.mean(1)
-    centre, spread = float(mean_signal.mean()), max(float(mean_signal.std()), 1e-6)
-    sigma_min = math.sqrt(default_min_variance(stats, limits.quantum > 0))
-    model = GaussianNoiseModel(a=max(slope, 0.0), b=intercept, sigma_min=sigma_min, offset=centre, scale=spread,
-                               trainable=True, quantum=limits.quantum, floor=limits.floor, ceiling=limits.ceiling)
-    signal = torch.nn.Parameter(mean_signal.clone())
-    # the signals move in raw units, the line's parameters in units of the data's spread
-    optimiser = torch.optim.Adam([{"params": [signal], "lr": 0.05 * spread},
-                                  {"params": [model.alpha, model.beta], "lr": 0.05}])
-    for _ in range(iterations):
-        optimiser.zero_grad()
-        loss = -model.log_likelihood(observation, signal[:, None]).mean()
-        loss.backward()
-        optimiser.step()
-    model.requires_grad_(False)
-    return model
