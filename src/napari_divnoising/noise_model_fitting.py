@@ -831,4 +831,3 @@ def fit_gmm_from_noisy(images: list[np.ndarray], n_gaussians: int = 3, n_coeffs:
     GMMNoiseModel
     """
     return run_to_end(fit_gmm_from_noisy_iter(images, n_gaussians, n_coeffs, seed, **kwargs))
-
