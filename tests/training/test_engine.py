@@ -263,3 +263,20 @@ def test_the_cpu_trains_the_hierarchical_network_unless_a_plain_gaussian_is_co_l
             assert started.model.noise_model.mean_is_signal == (network == "divnoising")
     asked = next(iter(train_iter(frames, COLEARN, TrainingConfig(max_steps=1, device="cpu", network="hierarchical"))))
     assert asked.config["network"] == "hierarchical"  # what the user asks for is what trains
+
+
+def test_a_co_learned_run_finds_the_clipping_once_and_the_noise_model_keeps_it(monkeypatch):
+    import napari_divnoising.training.noise_setup as noise_setup
+
+    calls = []
+    real = noise_setup.clipping_limits
+
+    def counted(images, **kwargs):
+        calls.append(len(images))
+        return real(images, **kwargs)
+
+    monkeypatch.setattr(noise_setup, "clipping_limits", counted)
+    clipped = np.clip(np.round(np.random.default_rng(0).normal(4.0, 3.0, (3, 80, 80))), 3, 255).astype(np.float32)
+    started = next(iter(train_iter(clipped, COLEARN, TrainingConfig(max_steps=1, device="cpu"))))
+    assert calls == [3]  # once, on every frame (not again on the training part)
+    assert started.model.noise_model.floor == 3.0 and started.config["network"] == "hierarchical"
