@@ -280,3 +280,14 @@ def test_quality_ablation_trains_saves_and_scores_with_views(benchmark_script, t
     assert records[2]["steps"] == 3 and records[2]["settings"]["start_filters"] == 8
     table = ablation.summarise(runs)
     assert "| tiny, 2 orientations | calibration | 3 steps | 1 |" in table
+
+
+def test_quality_ablation_calibration_line_recovers_a_clipped_camera_line(benchmark_script):
+    ablation = benchmark_script("quality_ablation")
+    rng = np.random.default_rng(1)
+    signal = rng.uniform(2.5, 40.0, (48, 48))
+    stack = np.clip(np.round(rng.normal(signal, np.sqrt(3.0 * signal - 5.0), (30, 48, 48))), 3, 255).astype(np.uint8)
+    model = ablation.noise_line_from_calibration(stack, iterations=400)
+    assert (model.quantum, model.floor, model.ceiling) == (1.0, 3.0, None)
+    assert model.a == pytest.approx(3.0, rel=0.1) and model.b == pytest.approx(-5.0, abs=1.5)
+    assert not any(p.requires_grad for p in model.parameters())
