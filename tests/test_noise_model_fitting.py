@@ -309,4 +309,3 @@ def test_clipping_limits_find_the_step_and_where_the_camera_clipped():
     assert (clipping_limits([unclipped]).floor, clipping_limits([unclipped]).ceiling) == (None, None)
     continuous = rng.normal(100.0, 5.0, (64, 64))
     assert clipping_limits([continuous]).quantum == 0.0 and clipping_limits([continuous]).floor is None
-

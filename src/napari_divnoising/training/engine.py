@@ -195,7 +195,7 @@ def train_iter(
         if isinstance(images, Iterator):  # looked at twice: for the clipping and for the training data
             images = list(images)
         limits = colearned_clipping(load_frames(images, 1), config)
-        if config.network is None and not (limits is not None and limits.clips):
+        if config.network is None and not limits.clips:
             # Co-learning a plain Gaussian density, the hierarchical network's finest latents take up part of the
             # noise and the learned noise is too weak (benchmarks/results/ablation.md); the DivNoising network
             # learns it better. A noise model that knows the camera's clipping learns it with either network.

@@ -68,9 +68,10 @@ def colearned_noise_model(
     return GaussianNoiseModel(a=0.0, b=b, sigma_min=floor, offset=mean, scale=std, trainable=True, **recorded)
 
 
-def colearned_clipping(images: list[np.ndarray], config: TrainingConfig) -> ClippingLimits | None:
-    """Where a noise model co-learned on ``images`` with ``config`` knows the camera clipped them (``None``: off)."""
-    return clipping_limits(images, seed=config.seed) if config.noise_clipping else None
+def colearned_clipping(images: list[np.ndarray], config: TrainingConfig) -> ClippingLimits:
+    """Where a noise model co-learned on ``images`` with ``config`` knows the camera clipped them (nowhere when
+    ``config.noise_clipping`` is off)."""
+    return clipping_limits(images, seed=config.seed) if config.noise_clipping else ClippingLimits()
 
 
 def resolve_noise_model(
