@@ -5,8 +5,9 @@ Trains on ``train_noisy.tif``, evaluates on the frames of ``val_noisy.tif`` agai
 
 - DivNoising MMSE and MAP with (a) the GMM noise model fitted on ``calibration_fov01.tif``,
   (b) the co-learned Gaussian noise model, (c) a bootstrapped GMM: fitted on (noisy training data,
-  MMSE of model (b)) with a 0.5/99.5 percentile clip, then a new model trained with it, (d) a GMM
-  estimated from the noisy training images alone (``fit_gmm_from_noisy``; its fitting time is reported);
+  MMSE of model (b)) with a 0.5/99.5 percentile clip, then a new model trained with it
+  (``--bootstrap-warm-start`` also trains model (b)'s network on with it), (d) a GMM estimated from
+  the noisy training images alone (``fit_gmm_from_noisy``; its fitting time is reported);
 - the noisy input; BM3D with a generalized Anscombe VST (noise line from the calibration stack);
 - Noise2Void (CAREamics), run from its own virtual environment as a subprocess.
 
@@ -57,6 +58,7 @@ VARIANT_LABELS = {
     "calibration": "DivNoising, GMM from calibration (a)",
     "colearn": "DivNoising, co-learned Gaussian (b)",
     "bootstrap": "DivNoising, bootstrapped GMM (c)",
+    "bootstrap_warm": "DivNoising, bootstrapped GMM, model (b)'s network trained on (c')",
     "estimated": "DivNoising, GMM from the noisy images alone (d)",
 }
 
@@ -230,11 +232,13 @@ def run(quick: bool = False, budget_minutes: float | None = None, data_dir: Path
         skip: tuple[str, ...] = (), n_samples: int | None = None, sample_counts: list[int] | None = None,
         max_frames: int | None = None, data_range: float = 255.0, max_steps: int | None = None,
         n2v_python: Path = DEFAULT_N2V_PYTHON, bootstrap_samples: int = 20, verbose: bool = True,
-        seed: int = 0) -> dict[str, Any]:
+        seed: int = 0, bootstrap_warm_start: bool = False) -> dict[str, Any]:
     """Run the quality benchmark and return its JSON-serialisable results (see the module docstring).
 
     ``quick`` shrinks budgets (0.2 min), samples (10), the sweep (1, 10) and the frames (2) for a smoke run.
     ``seed`` is the training seed of every DivNoising model (weights, patches, latent noise).
+    ``bootstrap_warm_start``: also bootstrap by training model (b)'s network on (c'), from the same model (b)'s
+    denoising.
     """
     from napari_divnoising.errors import DivNoisingError
     from napari_divnoising.noise_model_fitting import fit_gmm_from_calibration, fit_gmm_from_noisy
@@ -296,12 +300,15 @@ def run(quick: bool = False, budget_minutes: float | None = None, data_dir: Path
         methods["colearn"] = {"label": VARIANT_LABELS["colearn"], **summary,
                               **evaluate_model(models["colearn"], val_noisy, val_gt, n_samples, data_range)}
         log(f"    MMSE {methods['colearn']['psnr_mean']:.2f} dB")
-    if "bootstrap" not in skip:
-        log(f"(c) bootstrapped GMM from (noisy, MMSE of (b)) + {budget:g} min training")
+    bootstraps = [] if "bootstrap" in skip else ["bootstrap"] + (["bootstrap_warm"] if bootstrap_warm_start else [])
+    for key in bootstraps:
+        warm_start = key == "bootstrap_warm"
+        letter, how = ("c'", "model (b)'s network trained on") if warm_start else ("c", "a new network trained")
+        log(f"({letter}) bootstrapped GMM from (noisy, MMSE of (b)), {how} for {budget:g} min")
         t0 = time.perf_counter()
         fit_seconds: list[float] = []
 
-        def timed(events: Any) -> Any:
+        def timed(events: Any, t0: float = t0, fit_seconds: list[float] = fit_seconds) -> Any:
             for event in events:
                 if isinstance(event, BootstrapPhase) and event.stage == 3:
                     fit_seconds.append(time.perf_counter() - t0)
@@ -309,19 +316,20 @@ def run(quick: bool = False, budget_minutes: float | None = None, data_dir: Path
 
         # The same workflow as the Train panel's and `divnoising train --bootstrap`, from model (b).
         events = bootstrap_iter(data["train"], config, first_model=models["colearn"], n_samples=bootstrap_samples,
-                                clip=(0.5, 99.5), seed=500)
+                                clip=(0.5, 99.5), seed=500, warm_start=warm_start)
         try:
-            models["bootstrap"], summary = _train(data["train"], None, config, log, events=timed(events))
+            models[key], summary = _train(data["train"], None, config, log, events=timed(events))
         except DivNoisingError as exc:  # e.g. model (b) too weak to give a usable pseudo-clean signal
-            methods["bootstrap"] = {"label": VARIANT_LABELS["bootstrap"], "error": f"bootstrap fit refused: {exc}"}
-            log(f"    {methods['bootstrap']['error']}")
+            methods[key] = {"label": VARIANT_LABELS[key], "error": f"bootstrap fit refused: {exc}"}
+            log(f"    {methods[key]['error']}")
         else:
             summary["train_seconds"] -= fit_seconds[0]
             summary["bootstrap_seconds"] = fit_seconds[0]
             summary["bootstrap_samples"] = bootstrap_samples
-            methods["bootstrap"] = {"label": VARIANT_LABELS["bootstrap"], **summary,
-                                    **evaluate_model(models["bootstrap"], val_noisy, val_gt, n_samples, data_range)}
-            log(f"    MMSE {methods['bootstrap']['psnr_mean']:.2f} dB")
+            summary["warm_start"] = models[key].history.get("warm_start")
+            methods[key] = {"label": VARIANT_LABELS[key], **summary,
+                            **evaluate_model(models[key], val_noisy, val_gt, n_samples, data_range)}
+            log(f"    MMSE {methods[key]['psnr_mean']:.2f} dB")
     if "estimated" not in skip:
         log(f"(d) GMM estimated from the noisy training images + {budget:g} min training")
         with_fitted_noise_model("estimated", lambda: fit_gmm_from_noisy(list(data["train"])))
@@ -366,7 +374,7 @@ def to_markdown(results: dict[str, Any]) -> str:
     def pm(entry: dict[str, Any]) -> str:
         return f"{entry['psnr_mean']:.2f} ± {entry['psnr_std']:.2f}"
 
-    order = ["noisy", "bm3d", "n2v", "calibration", "colearn", "bootstrap", "estimated"]
+    order = ["noisy", "bm3d", "n2v", "calibration", "colearn", "bootstrap", "bootstrap_warm", "estimated"]
     for key in order:
         if key not in methods:
             continue
@@ -385,6 +393,8 @@ def to_markdown(results: dict[str, Any]) -> str:
             note = f"{m['steps']} steps ({m['stop_reason']})"
             if key == "estimated" and "noise_fit_seconds" in m:
                 note += f"; noise model fitted in {m['noise_fit_seconds']:.0f} s"
+            if m.get("warm_start"):
+                note += f"; network trained on from model (b) ({m['warm_start']['steps']} steps there)"
             if m.get("warnings"):
                 note += f"; {len(m['warnings'])} warning(s)"
         matched = f"{m['psnr_matched_mean']:.2f}" if "psnr_matched_mean" in m else "–"
@@ -437,10 +447,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--name", default="quality", help="output file stem (quality -> quality.json/.md)")
     parser.add_argument("--seed", type=int, default=0, help="training seed of the DivNoising models (0)")
+    parser.add_argument("--bootstrap-warm-start", action="store_true",
+                        help="also bootstrap by training model (b)'s network on with the GMM (c')")
     args = parser.parse_args(argv)
     results = run(quick=args.quick, budget_minutes=args.budget_minutes, data_dir=args.data, skip=tuple(args.skip),
                   n_samples=args.n_samples, sample_counts=args.sample_counts, max_frames=args.max_frames,
-                  max_steps=args.max_steps, n2v_python=args.n2v_python, seed=args.seed)
+                  max_steps=args.max_steps, n2v_python=args.n2v_python, seed=args.seed,
+                  bootstrap_warm_start=args.bootstrap_warm_start)
     markdown = to_markdown(results)
     json_path, md_path = write_results(args.name, results, markdown, args.out_dir)
     print()

@@ -104,6 +104,64 @@ def test_bootstrap_fits_a_gmm_to_the_first_models_denoising_and_trains_with_it()
     assert float(gmm.max_signal) == pytest.approx(hi, rel=1e-4)
 
 
+def _bootstrap_start_weights(first: DivNoisingModel, config: TrainingConfig, **kwargs) -> tuple[list, dict]:
+    """The phases of a bootstrap from ``first`` and the final training's network weights as it started."""
+    phases, start = [], {}
+    for event in bootstrap_iter(noisy_images(), config, first_model=first, n_samples=3, seed=500, **kwargs):
+        if isinstance(event, BootstrapPhase):
+            phases.append(event)
+        elif isinstance(event, TrainingStarted):
+            start = {k: v.clone() for k, v in event.model.network.state_dict().items()}
+        elif isinstance(event, TrainingDone):
+            phases.append(event)
+    return phases, start
+
+
+def test_bootstrap_trains_the_first_network_on_with_the_gmm():
+    first = make_model()
+    before = {k: v.clone() for k, v in first.network.state_dict().items()}
+    first.history["steps"] = 123
+    config = tiny_config(network="divnoising", depth=2)
+    phases, start = _bootstrap_start_weights(first, config, warm_start=True)
+    assert "training the first network on" in phases[1].message
+    assert start.keys() == before.keys() and all(torch.equal(start[k], before[k]) for k in before)
+    done = phases[-1]
+    final = done.model
+    assert final.noise_model.to_config() == phases[1].noise_model.to_config()
+    assert not any(p.requires_grad for p in final.noise_model.parameters())
+    assert final.network is not first.network and all(torch.equal(v, before[k])
+                                                      for k, v in first.network.state_dict().items())
+    assert isinstance(first.noise_model, GaussianNoiseModel)  # the first model keeps its own noise model
+    assert final.history["warm_start"] == {"steps": 123, "noise_model": "gaussian"}
+    assert (final.data_mean, final.data_std) == (first.data_mean, first.data_std)
+    assert done.steps == 4 and final.history["runs"][-1]["start_step"] == 0
+    assert final.history["train_steps"] == [1, 2, 3, 4]  # a new history, counted from step 0
+
+
+def test_a_warm_bootstrap_takes_the_full_kl_weight_from_its_first_step():
+    config = tiny_config(network="divnoising", depth=2, kl_annealing_fraction=0.5)
+    weights = [e.kl_weight for e in bootstrap_iter(noisy_images(), config, first_model=make_model(), n_samples=3,
+                                                   warm_start=True) if isinstance(e, TrainStep)]
+    assert weights and all(w == pytest.approx(config.beta) for w in weights)
+    scratch = [e.kl_weight for e in bootstrap_iter(noisy_images(), config, first_model=make_model(), n_samples=3)
+               if isinstance(e, TrainStep)]
+    assert scratch[0] < config.beta  # a new network anneals the KL weight
+
+
+def test_bootstrap_trains_a_new_network_by_default_or_when_the_config_wants_another():
+    first = make_model()
+    before = first.network.state_dict()
+    for config, kwargs in ((tiny_config(network="divnoising", depth=2), {}),
+                           (tiny_config(network="divnoising", depth=2, start_filters=16), {"warm_start": True}),
+                           (tiny_config(), {"warm_start": True})):  # the CPU default: the hierarchical network
+        phases, start = _bootstrap_start_weights(first, config, **kwargs)
+        assert phases[1].message == "Bootstrap 3/3: training with the bootstrapped GMM noise model"
+        assert "warm_start" not in phases[-1].model.history
+        same = start.keys() == before.keys() and all(
+            start[k].shape == before[k].shape and torch.equal(start[k], before[k]) for k in before)
+        assert not same
+
+
 def test_bootstrap_from_scratch_trains_first_and_explains_a_failed_fit():
     events = []
     with pytest.raises(DivNoisingError, match="Bootstrapping stopped after the first training"):

@@ -14,6 +14,7 @@ generator stops the work after the current step. Qt-free.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .device import resolve_device
 from .errors import DivNoisingError
 from .events import Progress
 from .model import DivNoisingModel
@@ -68,6 +70,7 @@ def bootstrap_iter(
     clip: tuple[float, float] = BOOTSTRAP_CLIP,
     seed: int = 500,
     checkpoint_path: str | Path | None = None,
+    warm_start: bool = False,
 ) -> Iterator[Any]:
     """Bootstrapping: co-learn, denoise the training images, fit a GMM to them, train again with it.
 
@@ -90,6 +93,10 @@ def bootstrap_iter(
         Seed of the latent noise of the denoising (frame ``i`` uses ``seed + i``).
     checkpoint_path
         Model file the final training writes (the first training writes none).
+    warm_start
+        Train the first model's network on with the GMM (a new model with the first one's weights) when it
+        is the network ``config`` asks for, instead of a new network from scratch (measured no better at
+        the same budget: benchmarks/results/ablation.md).
 
     Yields
     ------
@@ -147,8 +154,34 @@ def bootstrap_iter(
             "give a larger budget so it denoises well enough, or fit a noise model from calibration data."
         ) from None
     assert gmm is not None
-    yield BootstrapPhase(3, "Bootstrap 3/3: training with the bootstrapped GMM noise model", noise_model=gmm)
-    yield from train_iter(images, gmm, config, checkpoint_path=checkpoint_path)
+    start = warm_started_model(first_model, gmm, config) if warm_start else None
+    if start is None:
+        yield BootstrapPhase(3, "Bootstrap 3/3: training with the bootstrapped GMM noise model", noise_model=gmm)
+        yield from train_iter(images, gmm, config, checkpoint_path=checkpoint_path)
+        return
+    yield BootstrapPhase(3, "Bootstrap 3/3: training the first network on with the bootstrapped GMM noise model",
+                         noise_model=gmm)
+    yield from train_iter(images, None, config, resume=start, checkpoint_path=checkpoint_path)
+
+
+def warm_started_model(first_model: DivNoisingModel, noise_model: GMMNoiseModel, config: TrainingConfig
+                       ) -> DivNoisingModel | None:
+    """A new model with ``first_model``'s network weights and normalisation and ``noise_model``, ready to train with
+    ``config`` (as ``resume``); None when ``config`` asks for another network than the first model's.
+
+    Its history is new (validation losses under another noise model do not compare) and says the KL weight
+    needs no annealing (the network was trained with the full KL term).
+    """
+    settings = first_model.network.settings()
+    wanted = config.resolved(resolve_device(config.device))
+    if any(getattr(wanted, name) != value for name, value in settings.items()):
+        return None
+    gmm = copy.deepcopy(noise_model)
+    gmm.requires_grad_(False)
+    history = {"kl_annealing_done": True, "warm_start": {"steps": int(first_model.history.get("steps", 0)),
+                                                         "noise_model": getattr(first_model.noise_model, "kind", "")}}
+    return DivNoisingModel(copy.deepcopy(first_model.network).cpu(), gmm, first_model.data_mean, first_model.data_std,
+                           config=dict(first_model.config), history=history, name=config.name)
 
 
 # ---------------------------------------------------------------------- prediction

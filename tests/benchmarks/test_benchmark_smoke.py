@@ -224,13 +224,14 @@ def test_quality_run_end_to_end_on_synthetic_folder(benchmark_script, tmp_path, 
                      np.stack([_poisson_gaussian(signals[2], 4.0, 2.0, rng) for _ in range(2)]).astype(np.float32))
     tifffile.imwrite(tmp_path / "val_gt.tif", signals[2].astype(np.float32))
     results = run_quality.run(quick=True, budget_minutes=0.05, data_dir=tmp_path, skip=("bm3d", "n2v"),
-                              n_samples=3, sample_counts=[1, 3], max_steps=3, bootstrap_samples=2, verbose=False)
+                              n_samples=3, sample_counts=[1, 3], max_steps=3, bootstrap_samples=2, verbose=False,
+                              bootstrap_warm_start=True)
     methods = results["methods"]
-    assert set(methods) == {"noisy", "calibration", "colearn", "bootstrap", "estimated"}
-    assert first_denoisings == [500, 501]
+    assert set(methods) == {"noisy", "calibration", "colearn", "bootstrap", "bootstrap_warm", "estimated"}
+    assert first_denoisings == [500, 501, 500, 501]  # both bootstraps from the same first model
     assert [f["a"] for f in results["frame_intensity"]] == pytest.approx([1.0, 1.0], abs=0.1)
     assert methods["estimated"]["noise_fit_seconds"] > 0
-    for key in ("calibration", "colearn", "bootstrap", "estimated"):
+    for key in ("calibration", "colearn", "bootstrap", "bootstrap_warm", "estimated"):
         m = methods[key]
         assert "error" not in m, m["error"]  # a refused bootstrap fit is a failure, not a result
         assert len(m["psnr"]) == 2 and np.isfinite(m["psnr_mean"]) and np.isfinite(m["map"]["psnr_mean"])
